@@ -1,0 +1,163 @@
+"""The gateway's collector routes: POST /v1/turns, /v1/feedback, /v1/signals.
+
+Each accepts one JSON object or an array of up to `gateway.max_batch`. A batch is all or
+nothing: if any item is invalid the answer is 422 naming every bad item and field, and
+nothing is published. Clients may send their own `event_id` (the idempotency key end to
+end) and `ts`; otherwise the gateway assigns them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from kaizenlm.feedback.events import ID_PATTERN, PAYLOADS, SCHEMA_VERSION, TOPIC_OF, validation_message
+from kaizenlm.ingest.spool import SpoolFull
+
+router = APIRouter()
+_ID_RE = re.compile(ID_PATTERN)
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str, reason: str):
+        super().__init__(message)
+        self.status, self.message, self.reason = status, message, reason
+
+
+def require_scope(request: Request, scope: str) -> None:
+    """Bearer-key check: the ingest key has 'ingest'; the admin key has 'ingest' and 'admin'."""
+    auth = request.app.state.cfg.auth
+    header = request.headers.get("authorization", "")
+    key = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    scopes = {auth.admin_key: {"ingest", "admin"}, auth.ingest_key: {"ingest"}}.get(key)
+    if not key:
+        raise BadRequest(401, "missing API key: send 'Authorization: Bearer <key>'", "unauthorized")
+    if scopes is None:
+        raise BadRequest(401, "unknown API key", "unauthorized")
+    if scope not in scopes:
+        raise BadRequest(403, f"this key lacks the '{scope}' scope", "forbidden")
+
+
+async def read_json_body(request: Request, max_bytes: int):
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise BadRequest(413, f"body: {declared} bytes is over the limit of {max_bytes}", "too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise BadRequest(413, f"body: over the limit of {max_bytes} bytes", "too_large")
+    if not body:
+        raise BadRequest(400, "body: empty; send a JSON object or array", "empty")
+    try:
+        bytes(body).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(400, f"body: not valid UTF-8 at byte {e.start}", "invalid_utf8") from None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(400, f"body: not valid JSON ({e})", "invalid_json") from None
+
+
+def _envelope(event_type: str, item, index: int | None) -> dict:
+    where = "" if index is None else f"[{index}]."
+    if not isinstance(item, dict):
+        raise BadRequest(422, f"{where or 'body'}: must be a JSON object, got {type(item).__name__}", "invalid")
+    item = dict(item)
+    event_id = item.pop("event_id", None)
+    ts = item.pop("ts", None)
+    if event_id is not None and (not isinstance(event_id, str) or not 0 < len(event_id) <= 128
+                                 or not _ID_RE.match(event_id)):
+        raise BadRequest(422, f"{where}event_id: must be 1-128 characters of A-Z a-z 0-9 _ . : @ -", "invalid")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 <= ts < 32503680000):
+        raise BadRequest(422, f"{where}ts: must be seconds since the epoch (a number)", "invalid")
+    try:
+        payload = PAYLOADS[event_type].model_validate(item)
+    except ValidationError as e:
+        raise BadRequest(422, validation_message(e, where.rstrip(".")), "invalid") from None
+    return {"event_id": event_id or uuid.uuid4().hex, "type": event_type, "schema_version": SCHEMA_VERSION,
+            "ts": float(ts) if ts is not None else time.time(),
+            "payload": payload.model_dump(mode="json")}
+
+
+def envelopes_from_body(event_type: str, body, max_batch: int) -> list[dict]:
+    if isinstance(body, list):
+        if not body:
+            raise BadRequest(422, "body: empty array; send at least one event", "invalid")
+        if len(body) > max_batch:
+            raise BadRequest(413, f"body: {len(body)} events is over the batch limit of {max_batch}", "too_large")
+        problems, envelopes = [], []
+        for i, item in enumerate(body):
+            try:
+                envelopes.append(_envelope(event_type, item, i))
+            except BadRequest as e:
+                problems.append(e.message)
+        if problems:
+            shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+            raise BadRequest(422, f"{len(problems)} of {len(body)} events invalid, none accepted: {shown}", "invalid")
+        return envelopes
+    return [_envelope(event_type, body, None)]
+
+
+def record_for(cfg, envelope: dict) -> tuple[str, bytes, bytes]:
+    p = envelope["payload"]
+    key = p.get("conversation_id") or p.get("turn_id") or envelope["event_id"]
+    return cfg.kafka.topic(TOPIC_OF[envelope["type"]]), key.encode(), orjson.dumps(envelope)
+
+
+async def publish_envelopes(request: Request, envelopes: list[dict]) -> str:
+    """Hand validated envelopes to the producer; records accepted/spooled metrics and latency."""
+    state = request.app.state
+    started = time.perf_counter()
+    status = await state.producer.publish([record_for(state.cfg, e) for e in envelopes])
+    state.metrics.observe_produce_latency(time.perf_counter() - started)
+    for e in envelopes:
+        state.metrics.inc("events_accepted_total", help="events accepted", type=e["type"])
+    if status == "spooled":
+        state.metrics.inc("events_spooled_total", len(envelopes), help="events written to the disk spool")
+    return status
+
+
+async def _collect(request: Request, event_type: str) -> JSONResponse:
+    state = request.app.state
+    try:
+        if state.draining:
+            raise BadRequest(503, "gateway is shutting down; retry against another replica", "draining")
+        require_scope(request, "ingest")
+        body = await read_json_body(request, state.cfg.gateway.max_body_bytes)
+        envelopes = envelopes_from_body(event_type, body, state.cfg.gateway.max_batch)
+        status = await publish_envelopes(request, envelopes)
+    except BadRequest as e:
+        state.metrics.inc("events_rejected_total", help="requests rejected", reason=e.reason)
+        headers = {"Retry-After": "1"} if e.status == 503 else None
+        return JSONResponse({"error": e.message}, status_code=e.status, headers=headers)
+    except SpoolFull as e:
+        state.metrics.inc("events_rejected_total", help="requests rejected", reason="spool_full")
+        return JSONResponse({"error": f"broker unreachable and spool full ({e}); retry later"},
+                            status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse({"accepted": len(envelopes), "status": status,
+                         "event_ids": [e["event_id"] for e in envelopes]}, status_code=202)
+
+
+@router.post("/v1/turns", status_code=202)
+async def post_turns(request: Request) -> JSONResponse:
+    """Log chat turns produced elsewhere (one object or an array)."""
+    return await _collect(request, "turn")
+
+
+@router.post("/v1/feedback", status_code=202)
+async def post_feedback(request: Request) -> JSONResponse:
+    """Explicit feedback on a turn: thumbs, rating, comment, correction."""
+    return await _collect(request, "feedback")
+
+
+@router.post("/v1/signals", status_code=202)
+async def post_signals(request: Request) -> JSONResponse:
+    """Implicit signals: regenerate, copy, edit, abandon, completed, follow_up."""
+    return await _collect(request, "signal")
