@@ -61,7 +61,7 @@ def create_app(cfg: Config, start_sink: bool = True) -> FastAPI:
     @app.get("/admin/v1/stats")
     def stats(_: Admin) -> dict:
         cur = app.state.db.cursor()
-        return {"counts": store.counts(cur), "sink": app.state.sink.stats}
+        return {"counts": store.counts(cur), "feedback_mix": store.feedback_mix(cur), "sink": app.state.sink.stats}
 
     @app.post("/admin/v1/drain")
     def drain(_: Admin, timeout: float = Query(60.0, gt=0, le=600)) -> dict:

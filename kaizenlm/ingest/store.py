@@ -225,10 +225,11 @@ def insert_events(con: duckdb.DuckDBPyConnection, envelopes: Iterable[dict]) -> 
         arrays = {c: pa.array(list(v), type=_ARROW_TYPES.get(c, pa.string())) for c, v in zip(cols, columns)}
         con.register("incoming_batch", pa.table(arrays))
         select = ", ".join("to_timestamp(ts)" if c == "ts" else c for c in cols)
-        before = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        # fetchall, not fetchone: DuckDB >= 2 refuses register() while a result is only partly fetched
+        before = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
         con.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) SELECT {select} FROM incoming_batch")
         con.unregister("incoming_batch")
-        inserted[table] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] - before
+        inserted[table] = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] - before
     return inserted
 
 
@@ -245,3 +246,13 @@ def insert_dlq(con: duckdb.DuckDBPyConnection, rows: list[tuple[str, int, int, b
 
 def counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("turns", "feedback", "signals", "dlq")}
+
+
+def feedback_mix(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """How many of each kind of feedback and signal landed (for summaries and the dashboard)."""
+    mix = dict(zip(["thumbs_up", "thumbs_down", "ratings", "comments", "corrections"], con.execute(
+        "SELECT count(*) FILTER (thumbs = 1), count(*) FILTER (thumbs = -1), count(rating), count(comment), "
+        "count(correction) FROM feedback").fetchone()))
+    for kind, n in con.execute("SELECT kind, count(*) FROM signals GROUP BY kind ORDER BY kind").fetchall():
+        mix[f"signal:{kind}"] = n
+    return mix

@@ -1,0 +1,156 @@
+"""KaizenClient: the Python SDK for logging turns, feedback and signals to a kaizenlm gateway.
+
+    from kaizenlm.feedback.client import KaizenClient
+
+    with KaizenClient("http://127.0.0.1:8400", api_key="kz-ingest-dev") as kz:
+        turn_id = kz.log_turn(conversation_id="c1", user_id="u1",
+                              messages=[{"role": "user", "content": "How long is the refund window?"}],
+                              response="The refund window is 30 days.", latency_ms=120)
+        kz.feedback(turn_id, thumbs=1, rating=5)
+        kz.signal("copy", turn_id=turn_id)
+    # leaving the block flushes everything
+
+Calls validate locally (a bad field raises ValueError at once, naming it) and return the
+id at once; a background thread sends batches of up to `batch_size` per event type. Each
+event carries a client-assigned event_id, so retries after timeouts or 5xx answers can
+never double-count. 4xx answers are not retried: they land in `client.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import httpx
+from pydantic import ValidationError
+
+from kaizenlm.feedback.events import PAYLOADS, validation_message
+
+log = logging.getLogger(__name__)
+PATHS = {"turn": "/v1/turns", "feedback": "/v1/feedback", "signal": "/v1/signals"}
+
+
+@dataclass
+class DeliveryError:
+    status: int
+    message: str
+    event_ids: list[str] = field(default_factory=list)
+
+
+class KaizenClient:
+    def __init__(self, base_url: str, api_key: str, batch_size: int = 500, flush_interval: float = 0.2,
+                 max_queue: int = 100_000, max_retries: int = 8, timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_retries = max_retries
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout,
+                                 headers={"Authorization": f"Bearer {api_key}"})
+        self.queue: queue.Queue[tuple[str, dict]] = queue.Queue(maxsize=max_queue)
+        self.errors: list[DeliveryError] = []
+        self.sent = 0
+        self._pending = 0
+        self._pending_lock = threading.Condition()
+        self._closed = threading.Event()
+        self._worker = threading.Thread(target=self._run, name="kaizen-client", daemon=True)
+        self._worker.start()
+
+    # -- public API ------------------------------------------------------------------
+    def log_turn(self, **payload) -> str:
+        """Queue a turn; returns its turn_id (given or assigned) for later feedback."""
+        payload.setdefault("turn_id", uuid.uuid4().hex)
+        self._enqueue("turn", payload)
+        return payload["turn_id"]
+
+    def feedback(self, turn_id: str, thumbs: int | None = None, rating: int | None = None,
+                 comment: str | None = None, correction: str | None = None, **extra) -> str:
+        """Queue explicit feedback on a turn; returns the event_id."""
+        fields = {"thumbs": thumbs, "rating": rating, "comment": comment, "correction": correction, **extra}
+        return self._enqueue("feedback", {"turn_id": turn_id, **{k: v for k, v in fields.items() if v is not None}})
+
+    def signal(self, kind: str, turn_id: str | None = None, conversation_id: str | None = None,
+               value: float | None = None, **extra) -> str:
+        """Queue an implicit signal (regenerate, copy, edit, abandon, completed, follow_up)."""
+        fields = {"turn_id": turn_id, "conversation_id": conversation_id, "value": value, **extra}
+        return self._enqueue("signal", {"kind": kind, **{k: v for k, v in fields.items() if v is not None}})
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued so far was delivered (or rejected); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._pending_lock:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._pending_lock.wait(timeout=min(left, 0.1))
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.flush(timeout)
+        self._closed.set()
+        self._worker.join(timeout=5)
+        self.http.close()
+
+    def __enter__(self) -> KaizenClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------------
+    def _enqueue(self, event_type: str, payload: dict) -> str:
+        event_id = payload.pop("event_id", None) or uuid.uuid4().hex
+        ts = payload.pop("ts", None) or time.time()
+        try:
+            PAYLOADS[event_type].model_validate(payload)
+        except ValidationError as e:
+            raise ValueError(f"{event_type}: {validation_message(e)}") from None
+        with self._pending_lock:
+            self._pending += 1
+        self.queue.put((event_type, {**payload, "event_id": event_id, "ts": ts}))
+        return event_id
+
+    def _run(self) -> None:
+        batches: dict[str, list[dict]] = {t: [] for t in PATHS}
+        last_send = time.monotonic()
+        while not (self._closed.is_set() and self.queue.empty()):
+            try:
+                event_type, event = self.queue.get(timeout=self.flush_interval)
+                batches[event_type].append(event)
+            except queue.Empty:
+                pass
+            full = any(len(b) >= self.batch_size for b in batches.values())
+            due = time.monotonic() - last_send >= self.flush_interval
+            if full or due or self.queue.empty():
+                for event_type, batch in batches.items():
+                    if batch and (full or due or self.queue.empty()):
+                        self._send(event_type, batch)
+                        batches[event_type] = []
+                last_send = time.monotonic()
+
+    def _send(self, event_type: str, batch: list[dict]) -> None:
+        delay = 0.2
+        for attempt in range(self.max_retries + 1):
+            try:
+                r = self.http.post(PATHS[event_type], json=batch)
+                if r.status_code < 300:
+                    self.sent += len(batch)
+                    break
+                if r.status_code < 500 and r.status_code != 429:
+                    self.errors.append(DeliveryError(r.status_code, r.text, [e["event_id"] for e in batch]))
+                    log.error("gateway rejected %d %s events: %s", len(batch), event_type, r.text)
+                    break
+                delay = float(r.headers.get("retry-after", delay))
+            except httpx.HTTPError as e:
+                log.warning("send failed (%s); retry %d in %.1fs", e, attempt + 1, delay)
+            if attempt == self.max_retries:
+                self.errors.append(DeliveryError(0, "gave up after retries", [e["event_id"] for e in batch]))
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        with self._pending_lock:
+            self._pending -= len(batch)
+            self._pending_lock.notify_all()
