@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from kaizenlm import config as config_mod
+from kaizenlm.errors import UsageError
 
 COMMANDS: dict[str, str] = {
     "init": "kaizenlm.commands.init",
@@ -20,13 +21,13 @@ COMMANDS: dict[str, str] = {
     "controller": "kaizenlm.commands.controller",
     "up": "kaizenlm.commands.up",
     "stats": "kaizenlm.commands.stats",
+    "dataset": "kaizenlm.feedback.dataset_command",
     "registry": "kaizenlm.registry.cli",
+    "knowledge": "kaizenlm.retrain.cli_knowledge",
     "demo": "kaizenlm.demo.run",
 }
 
 
-class UsageError(Exception):
-    """Bad input from the user: printed as 'kaizen: error: ...' and exit code 2."""
 
 
 def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
@@ -89,3 +90,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+__all__ = ["COMMANDS", "UsageError", "main"]

@@ -34,6 +34,9 @@ class EventProducer:
             max_block_ms=1000, request_timeout_ms=delivery_timeout_ms - 1000,
             delivery_timeout_ms=delivery_timeout_ms, retry_backoff_ms=200, reconnect_backoff_max_ms=1000,
             batch_size=256 * 1024, max_request_size=4 * 1024 * 1024, client_id="kaizen-gateway",
+            # Duplicates from retries are removed by event_id in the sink; Kafka's idempotent producer
+            # would add nothing and breaks when a memory-only broker restarts (unknown producer id).
+            enable_idempotence=False,
         )
         # kafka-python 3 has no buffer_memory cap, so bound the bytes handed to it but not yet acked.
         self.max_inflight_bytes = buffer_bytes

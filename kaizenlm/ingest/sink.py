@@ -56,6 +56,8 @@ class Sink:
         self._dlq_producer: KafkaProducer | None = None
         self._probe: KafkaConsumer | None = None
         self._probe_lock = threading.Lock()
+        self._outage = False
+        self._last_end: dict = {}
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -66,6 +68,7 @@ class Sink:
             # Small poll/session intervals keep group joins at a few seconds instead of ~25 s.
             max_poll_interval_ms=10_000, session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
             max_poll_records=self.cfg.controller.sink_batch_size, fetch_max_wait_ms=100,
+            request_timeout_ms=11_000, reconnect_backoff_max_ms=500,
         )
 
     def start(self) -> None:
@@ -85,11 +88,47 @@ class Sink:
         if self.consumer is not None:
             self.consumer.close(autocommit=False)
 
+    def _check_broker(self) -> bool:
+        """True when it is safe to process the next poll; re-seeks after an outage or a log reset.
+
+        A broker that lost its log (the embedded memory-only broker after a restart) starts its
+        offsets again at 0: the consumer's old positions would skip the new events. After any
+        outage, or when a partition's end offset went backwards, re-read from the group's
+        committed offset if the broker still has one, else from the beginning (inserts are
+        idempotent, so re-reading is always safe).
+        """
+        parts = list(self.consumer.assignment())
+        if not parts:
+            return True
+        try:
+            ends = self.consumer.end_offsets(parts)
+        except KafkaError as e:
+            if not self._outage:
+                log.warning("sink: broker unreachable (%s); will re-seek when it returns", e)
+            self._outage = True
+            return False
+        for tp in parts:
+            went_back = ends[tp] < self._last_end.get(tp, 0)
+            if self._outage or went_back:
+                committed = self.consumer.committed(tp)
+                if committed is not None and committed <= ends[tp] and not went_back:
+                    self.consumer.seek(tp, committed)
+                else:
+                    self.consumer.seek_to_beginning(tp)
+                log.warning("sink: re-reading %s from %s after %s", tp,
+                            committed if committed is not None and not went_back else "the beginning",
+                            "a log reset" if went_back else "an outage")
+            self._last_end[tp] = ends[tp]
+        self._outage = False
+        return True
+
     def poll_once(self) -> int:
+        if not self._check_broker():
+            return 0
         polled = self.consumer.poll(timeout_ms=self.cfg.controller.sink_max_wait_ms,
                                     max_records=self.cfg.controller.sink_batch_size)
         messages = [m for batch in polled.values() for m in batch]
-        if not messages:
+        if not messages or not self._check_broker():  # an outage during the poll: re-seek first
             return 0
         self.write_batch(messages)
         try:

@@ -1,0 +1,50 @@
+# kaizenlm: `make demo` and `make test` set everything up themselves (.venv included).
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kaizen-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup browsers test test-slow test-all demo demo-short bench lint clean
+
+setup: $(STAMP)
+
+# Re-runs only when pyproject.toml changes; torch first so GPU users can pick their build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Debian's Chromium and ChromeDriver for the browser tests (skipped when present).
+browsers:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# Unit + integration tests (real broker, DuckDB, browser); ~10 minutes on 2 cores.
+test: setup browsers
+	$(PY) -m pytest -m "not slow" -q
+
+# Long checks (training to a learning margin, the short demo end to end).
+test-slow: setup browsers
+	$(PY) -m pytest -m slow -q || test $$? -eq 5
+
+test-all: test test-slow
+
+demo: setup
+	$(VENV)/bin/kaizen demo
+
+demo-short: setup
+	$(VENV)/bin/kaizen demo --short --no-dashboard
+
+bench: setup
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
