@@ -21,6 +21,8 @@ from kaizenlm.feedback.events import ID_PATTERN, PAYLOADS, SCHEMA_VERSION, TOPIC
 from kaizenlm.ingest.spool import SpoolFull
 
 router = APIRouter()
+MIN_TS = 946_684_800  # 2000-01-01: an older timestamp is a client bug (seconds vs ms, or unset clocks)
+MAX_FUTURE_S = 86_400
 _ID_RE = re.compile(ID_PATTERN)
 
 
@@ -75,8 +77,10 @@ def _envelope(event_type: str, item, index: int | None) -> dict:
     if event_id is not None and (not isinstance(event_id, str) or not 0 < len(event_id) <= 128
                                  or not _ID_RE.match(event_id)):
         raise BadRequest(422, f"{where}event_id: must be 1-128 characters of A-Z a-z 0-9 _ . : @ -", "invalid")
-    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 <= ts < 32503680000):
-        raise BadRequest(422, f"{where}ts: must be seconds since the epoch (a number)", "invalid")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, (int, float))
+                           or not MIN_TS <= ts <= time.time() + MAX_FUTURE_S):
+        raise BadRequest(422, f"{where}ts: must be seconds since the epoch, after 2000-01-01 and at most "
+                              "a day ahead of the gateway's clock", "invalid")
     try:
         payload = PAYLOADS[event_type].model_validate(item)
     except ValidationError as e:

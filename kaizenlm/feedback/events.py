@@ -71,6 +71,13 @@ class FeedbackPayload(_Strict):
     correction: str | None = Field(default=None, max_length=MAX_TEXT)
     user_id: str | None = Field(default=None, max_length=MAX_ID, pattern=ID_PATTERN)
 
+    @field_validator("thumbs", mode="before")
+    @classmethod
+    def _thumbs_not_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # True == 1 in Python; a JSON boolean is not a thumbs value
+            raise ValueError("must be 1 or -1, not a boolean")
+        return v
+
     @model_validator(mode="after")
     def _something_said(self) -> FeedbackPayload:
         if self.thumbs is None and self.rating is None and not self.comment and not self.correction:
@@ -109,7 +116,7 @@ class Envelope(_Strict):
     event_id: str = Field(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)
     type: Literal["turn", "feedback", "signal"]
     schema_version: Literal[1]
-    ts: float = Field(ge=0, le=32503680000)  # seconds since the epoch, before year 3000
+    ts: float = Field(ge=946_684_800, le=32503680000)  # seconds since the epoch, 2000..3000
     payload: dict[str, Any]
 
     @field_validator("ts", mode="before")
