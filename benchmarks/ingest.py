@@ -1,0 +1,203 @@
+"""Ingestion throughput and latency, gateway -> Kafka -> DuckDB, on a real local stack.
+
+Prints one JSON line:
+  batched_events_per_s   SDK (batches of 1,000) until every event is queryable in DuckDB
+  single_requests_per_s  one event per HTTP request, 64 keep-alive connections
+  p50/p99_ingest_to_query_s  at a fixed offered rate (default 1,000 events/s): the time from
+                         the client stamping the event to its DuckDB row's commit
+  baseline_raw_produce_per_s  kafka-python producing the same JSON straight to the broker
+                         (no HTTP, no validation, no DuckDB), measured in the same run
+Usage: python benchmarks/ingest.py [--events 60000] [--requests 20000] [--rate 1000] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kaizenlm import config as config_mod  # noqa: E402
+from kaizenlm.commands.up import Supervisor  # noqa: E402
+from kaizenlm.feedback.client import KaizenClient  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def turn(i: int, tag: str, ts: float | None = None) -> dict:
+    body = {"turn_id": f"{tag}-{i}", "conversation_id": f"{tag}-c{i // 4}", "user_id": f"u{i % 500}",
+            "messages": [{"role": "user", "content": "How long is the refund window?"}],
+            "response": "The refund window is 30 days.", "latency_ms": 120}
+    if ts is not None:
+        body["ts"] = ts
+    return body
+
+
+def drain(cfg) -> None:
+    import httpx
+
+    httpx.post(cfg.controller_url + "/admin/v1/drain", params={"timeout": 300}, timeout=320,
+               headers={"Authorization": f"Bearer {cfg.auth.admin_key}"}).raise_for_status()
+
+
+def bench_raw_produce(cfg, n: int) -> float:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=cfg.kafka.servers, acks="all", linger_ms=2, batch_size=256 * 1024,
+                             enable_idempotence=False)
+    values = [orjson.dumps({"event_id": f"raw-{i}", "payload": turn(i, "raw")}) for i in range(n)]
+    t0 = time.perf_counter()
+    for v in values:
+        producer.send("kaizen.bench-raw", v)
+    producer.flush()
+    elapsed = time.perf_counter() - t0
+    producer.close()
+    return n / elapsed
+
+
+def bench_batched(cfg, n: int) -> float:
+    t0 = time.perf_counter()
+    with KaizenClient(cfg.gateway_url, cfg.auth.ingest_key, batch_size=1000, flush_interval=0.05) as sdk:
+        for i in range(n):
+            sdk.log_turn(**turn(i, "batched"))
+        sdk.flush(300)
+        assert not sdk.errors, sdk.errors[:2]
+    drain(cfg)
+    return n / (time.perf_counter() - t0)
+
+
+class RawHTTP:
+    """A minimal keep-alive HTTP/1.1 client: the load generator must cost less than the server."""
+
+    def __init__(self, host: str, port: int, key: str):
+        self.host, self.port, self.key = host, port, key
+
+    async def open(self):
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, path: str, body: bytes) -> int:
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.key}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        self.writer.write(head + body)
+        status_line = await self.reader.readline()
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await self.reader.readexactly(length)
+        return int(status_line.split()[1])
+
+
+async def _single_requests(cfg, n: int, connections: int) -> float:
+    clients = [RawHTTP(cfg.gateway.host, cfg.gateway.port, cfg.auth.ingest_key) for _ in range(connections)]
+    await asyncio.gather(*(c.open() for c in clients))
+    bodies = [orjson.dumps(turn(i, "single")) for i in range(n)]
+    counter = iter(range(n))
+    bad = []
+
+    async def worker(c):
+        for i in counter:
+            status = await c.post("/v1/turns", bodies[i])
+            if status != 202:
+                bad.append(status)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in clients))
+    elapsed = time.perf_counter() - t0
+    if bad:
+        raise RuntimeError(f"{len(bad)} requests failed: {bad[:5]}")
+    return n / elapsed
+
+
+async def _fixed_rate(cfg, rate: int, seconds: float, connections: int = 32) -> int:
+    clients = [RawHTTP(cfg.gateway.host, cfg.gateway.port, cfg.auth.ingest_key) for _ in range(connections)]
+    await asyncio.gather(*(c.open() for c in clients))
+    queue: asyncio.Queue = asyncio.Queue()
+    n = int(rate * seconds)
+
+    async def worker(c):
+        while True:
+            i = await queue.get()
+            if i is None:
+                return
+            await c.post("/v1/turns", orjson.dumps(turn(i, "latency", ts=time.time())))
+
+    workers = [asyncio.create_task(worker(c)) for c in clients]
+    t0 = time.perf_counter()
+    for i in range(n):  # open-loop schedule: event i is offered at t0 + i/rate
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait(i)
+    for _ in clients:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    return n
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=60_000)
+    ap.add_argument("--requests", type=int, default=20_000)
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="kaizen-bench-ingest-"))
+    env = {"KAIZEN_HOME": str(home), "KAIZEN_BROKER_PORT": str(free_port()),
+           "KAIZEN_GATEWAY_PORT": str(free_port()), "KAIZEN_CONTROLLER_PORT": str(free_port())}
+    os.environ.update(env)
+    cfg = config_mod.load(env={**os.environ})
+    sup = Supervisor(cfg)
+    sup.start()
+    try:
+        raw = bench_raw_produce(cfg, args.events)
+        batched = bench_batched(cfg, args.events)
+        single = asyncio.run(_single_requests(cfg, args.requests, connections=64))
+        drain(cfg)
+        asyncio.run(_fixed_rate(cfg, args.rate, args.seconds))
+        drain(cfg)
+    finally:
+        sup.stop()
+    con = duckdb.connect(str(cfg.duckdb_path), read_only=True)
+    lat = [r[0] for r in con.execute(
+        "SELECT epoch(ingested_at) - epoch(ts) FROM turns WHERE turn_id LIKE 'latency-%'").fetchall()]
+    total = con.execute("SELECT count(*) FROM turns").fetchone()[0]
+    con.close()
+    expected = args.events + args.requests + int(args.rate * args.seconds)
+    print(json.dumps({
+        "benchmark": "ingest", "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "batched_events_per_s": round(batched), "single_requests_per_s": round(single),
+        "p50_ingest_to_query_s": round(percentile(lat, 0.5), 3), "p99_ingest_to_query_s": round(percentile(lat, 0.99), 3),
+        "offered_rate_per_s": args.rate, "baseline_raw_produce_per_s": round(raw),
+        "batched_vs_raw_produce": round(batched / raw, 3), "single_vs_raw_produce": round(single / raw, 3),
+        "events_stored": total, "events_expected": expected, "lost": expected - total,
+        "targets_met": {"batched>=5000": batched >= 5000, "single>=1500": single >= 1500,
+                        "p99<=2s": percentile(lat, 0.99) <= 2.0},
+    }))
+
+
+if __name__ == "__main__":
+    main()
