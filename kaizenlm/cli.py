@@ -23,7 +23,11 @@ COMMANDS: dict[str, str] = {
     "stats": "kaizenlm.commands.stats",
     "dataset": "kaizenlm.feedback.dataset_command",
     "registry": "kaizenlm.registry.cli",
+    "ab": "kaizenlm.abtest.cli",
+    "rollback": "kaizenlm.abtest.cli_rollback",
     "knowledge": "kaizenlm.retrain.cli_knowledge",
+    "jobs": "kaizenlm.retrain.cli_jobs",
+    "review": "kaizenlm.retrain.cli_review",
     "demo": "kaizenlm.demo.run",
 }
 

@@ -216,6 +216,381 @@ class CurationConfig:
 
 
 @dataclass
+class BaseModelConfig:
+    """The base model every retrain starts from: the embedded tiny model, or any Hugging Face causal LM directory."""
+
+    path: str = "embedded"
+    """'embedded' = the tiny model kaizenlm trains itself (`kaizen base build`, kept under <home>/models/base-embedded); or the directory of any Hugging Face causal LM."""
+    vocab_size: int = 1024
+    """Embedded model: BPE vocabulary size (byte-level, so any text encodes)."""
+    hidden_size: int = 192
+    """Embedded model: width of the transformer."""
+    num_layers: int = 4
+    """Embedded model: number of transformer blocks."""
+    num_heads: int = 4
+    """Embedded model: attention heads per block."""
+    intermediate_size: int = 512
+    """Embedded model: width of the MLP."""
+    max_position: int = 128
+    """Embedded model: longest sequence in tokens (the generated corpus is short)."""
+    steps: int = 600
+    """Embedded model: optimizer steps of the base build."""
+    batch_size: int = 32
+    """Embedded model: sequences per step of the base build."""
+    lr: float = 3e-3
+    """Embedded model: peak learning rate of the base build (cosine decay after warm-up)."""
+    warmup_steps: int = 60
+    """Embedded model: linear warm-up steps of the base build."""
+    weight_decay: float = 0.01
+    """Embedded model: AdamW weight decay of the base build."""
+    system_prompt_rate: float = 0.2
+    """Embedded model: share of base-build rows that carry a system prompt (so either chat shape works)."""
+    threads: int = 2
+    """CPU threads for the base build."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.path.strip()), "base.path", "must be 'embedded' or a model directory")
+        _check(300 <= self.vocab_size <= 65536, "base.vocab_size", "must be in 300..65536 (256 bytes + merges)")
+        _check(self.hidden_size >= 16 and self.num_heads >= 1, "base.hidden_size", "must be >= 16")
+        _check(self.hidden_size % self.num_heads == 0, "base.num_heads", "must divide base.hidden_size")
+        _check(self.num_layers >= 1, "base.num_layers", "must be >= 1")
+        _check(self.intermediate_size >= 16, "base.intermediate_size", "must be >= 16")
+        _check(self.max_position >= 32, "base.max_position", "must be >= 32")
+        _check(self.steps >= 1, "base.steps", "must be >= 1")
+        _check(self.batch_size >= 1, "base.batch_size", "must be >= 1")
+        _check(0.0 < self.lr < 1.0, "base.lr", "must be in (0, 1)")
+        _check(0 <= self.warmup_steps <= self.steps, "base.warmup_steps", "must be in 0..base.steps")
+        _check(0.0 <= self.system_prompt_rate <= 1.0, "base.system_prompt_rate", "must be in [0, 1]")
+        _check(self.threads >= 1, "base.threads", "must be >= 1")
+
+
+@dataclass
+class LoraSFTConfig:
+    """LoRA SFT recipe (kaizenlm/retrain/lora_sft.py). Defaults suit real models; with the embedded base, keys left at these defaults take the tiny overrides documented in docs/TRAINING.md."""
+
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.1
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Linear layers that get LoRA adapters."""
+    learning_rate: float = 3e-5
+    """Peak learning rate (cosine decay after warm-up)."""
+    epochs: float = 3.0
+    """Passes over the training rows (early stopping may end sooner)."""
+    batch_size: int = 8
+    """Rows per device step."""
+    grad_accum: int = 1
+    """Steps whose gradients are summed before one optimizer update."""
+    warmup_ratio: float = 0.05
+    """Share of the updates spent warming the learning rate up."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_length: int = 1024
+    """Longest training sequence in tokens (longer rows are truncated)."""
+    val_fraction: float = 0.1
+    """Share of rows held out for validation loss when no eval split is given."""
+    early_stopping_patience: int = 2
+    """Evaluations without a better validation loss before training stops; 0 disables early stopping."""
+    evals_per_epoch: int = 2
+    """Validation-loss evaluations (and checkpoints) per epoch."""
+
+    def __post_init__(self) -> None:
+        _check(self.lora_r >= 1, "sft.lora_r", "must be >= 1")
+        _check(self.lora_alpha >= 1, "sft.lora_alpha", "must be >= 1")
+        _check(0.0 <= self.lora_dropout < 1.0, "sft.lora_dropout", "must be in [0, 1)")
+        _check(bool(self.target_modules), "sft.target_modules", "must name at least one module")
+        _check(0.0 < self.learning_rate < 1.0, "sft.learning_rate", "must be in (0, 1)")
+        _check(self.epochs > 0, "sft.epochs", "must be > 0")
+        _check(self.batch_size >= 1 and self.grad_accum >= 1, "sft.batch_size", "batch_size and grad_accum must be >= 1")
+        _check(0.0 <= self.warmup_ratio < 1.0, "sft.warmup_ratio", "must be in [0, 1)")
+        _check(self.max_grad_norm > 0, "sft.max_grad_norm", "must be > 0")
+        _check(self.max_length >= 16, "sft.max_length", "must be >= 16")
+        _check(0.0 <= self.val_fraction < 0.5, "sft.val_fraction", "must be in [0, 0.5)")
+        _check(self.early_stopping_patience >= 0, "sft.early_stopping_patience", "must be >= 0")
+        _check(self.evals_per_epoch >= 1, "sft.evals_per_epoch", "must be >= 1")
+
+
+@dataclass
+class LoraDPOConfig:
+    """LoRA DPO recipe (kaizenlm/retrain/lora_dpo.py), trained on top of the SFT adapter (LoRA shape is inherited from it)."""
+
+    beta: float = 0.1
+    """DPO temperature: how far the policy may move from the reference (the SFT adapter)."""
+    learning_rate: float = 5e-6
+    """Peak learning rate (cosine decay after warm-up)."""
+    epochs: float = 1.0
+    """Passes over the preference pairs (early stopping may end sooner)."""
+    batch_size: int = 4
+    """Pairs per device step."""
+    grad_accum: int = 1
+    """Steps whose gradients are summed before one optimizer update."""
+    warmup_ratio: float = 0.1
+    """Share of the updates spent warming the learning rate up."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    max_length: int = 1024
+    """Longest prompt + answer in tokens."""
+    val_fraction: float = 0.1
+    """Share of pairs held out for validation loss."""
+    early_stopping_patience: int = 2
+    """Evaluations without a better validation loss before training stops; 0 disables early stopping."""
+    evals_per_epoch: int = 2
+    """Validation-loss evaluations (and checkpoints) per epoch."""
+
+    def __post_init__(self) -> None:
+        _check(self.beta > 0, "dpo.beta", "must be > 0")
+        _check(0.0 < self.learning_rate < 1.0, "dpo.learning_rate", "must be in (0, 1)")
+        _check(self.epochs > 0, "dpo.epochs", "must be > 0")
+        _check(self.batch_size >= 1 and self.grad_accum >= 1, "dpo.batch_size", "batch_size and grad_accum must be >= 1")
+        _check(0.0 <= self.warmup_ratio < 1.0, "dpo.warmup_ratio", "must be in [0, 1)")
+        _check(self.max_grad_norm > 0, "dpo.max_grad_norm", "must be > 0")
+        _check(self.max_length >= 16, "dpo.max_length", "must be >= 16")
+        _check(0.0 <= self.val_fraction < 0.5, "dpo.val_fraction", "must be in [0, 0.5)")
+        _check(self.early_stopping_patience >= 0, "dpo.early_stopping_patience", "must be >= 0")
+        _check(self.evals_per_epoch >= 1, "dpo.evals_per_epoch", "must be >= 1")
+
+
+@dataclass
+class RetrainConfig:
+    """What every training run shares: seed, hardware choices and the health checks of the monitoring callback."""
+
+    seed: int = 0
+    """Seed of data shuffling, LoRA initialisation and the train/validation split."""
+    precision: str = "auto"
+    """'auto' (bf16 on a GPU that supports it, else fp32), 'bf16', 'fp16' or 'fp32'."""
+    gradient_checkpointing: str = "auto"
+    """'auto' (on with a GPU, off on CPU where memory is not the limit), 'on' or 'off'."""
+    cpu_threads: int = 2
+    """Torch threads for training on CPU."""
+    max_loss_gap: float = 0.05
+    """Warn when validation loss exceeds training loss by more than this (over-fitting)."""
+    grad_norm_min: float = 0.1
+    """Warn when the gradient norm falls below this (vanishing updates)."""
+    grad_norm_max: float = 1.0
+    """Warn when the gradient norm rises above this (unstable updates; clipping is at max_grad_norm)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept per run (a rerun resumes from the newest)."""
+
+    def __post_init__(self) -> None:
+        _check(self.precision in ("auto", "bf16", "fp16", "fp32"), "retrain.precision", "must be auto, bf16, fp16 or fp32")
+        _check(self.gradient_checkpointing in ("auto", "on", "off"), "retrain.gradient_checkpointing", "must be auto, on or off")
+        _check(self.cpu_threads >= 1, "retrain.cpu_threads", "must be >= 1")
+        _check(self.max_loss_gap >= 0, "retrain.max_loss_gap", "must be >= 0")
+        _check(0 <= self.grad_norm_min < self.grad_norm_max, "retrain.grad_norm_min", "must be >= 0 and < retrain.grad_norm_max")
+        _check(self.keep_checkpoints >= 1, "retrain.keep_checkpoints", "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of a candidate model and the gates it must pass to become the challenger."""
+
+    max_new_tokens: int = 32
+    """Greedy decoding budget per exam answer."""
+    pairwise_sample: int = 48
+    """Exam questions in the blind pairwise comparison with the champion; 0 skips it."""
+    judge_url: str = ""
+    """OpenAI-compatible base URL of an LLM judge for the pairwise comparison; empty = the reference-based judge."""
+    judge_model: str = ""
+    """Model name sent to the judge URL."""
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the judge's API key (the key itself never goes in this file)."""
+    min_domain_gain: float = 0.0
+    """Gate: the candidate's domain score must exceed the champion's by more than this."""
+    min_retention: float = 0.98
+    """Gate: the candidate's general-skill score must be at least this fraction of the champion's."""
+    max_refusal_drop: float = 0.02
+    """Gate: the candidate's out-of-scope refusal rate may be at most this much (absolute) below the champion's."""
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_new_tokens <= 4096, "eval.max_new_tokens", "must be in 1..4096")
+        _check(self.pairwise_sample >= 0, "eval.pairwise_sample", "must be >= 0")
+        _check(-1.0 <= self.min_domain_gain <= 1.0, "eval.min_domain_gain", "must be in -1..1")
+        _check(0.0 <= self.min_retention <= 1.0, "eval.min_retention", "must be in [0, 1]")
+        _check(0.0 <= self.max_refusal_drop <= 1.0, "eval.max_refusal_drop", "must be in [0, 1]")
+
+
+@dataclass
+class KnowledgeConfig:
+    """The weekly knowledge refresh (FAISS index), retrieval in the gateway, and coverage (docs/KNOWLEDGE.md)."""
+
+    docs_dir: str = ""
+    """Folder of knowledge documents (.md, .txt, .jsonl); empty means $KAIZEN_HOME/docs."""
+    chunk_words: int = 40
+    """Words per chunk. Short chunks match short questions best with all-MiniLM-L6-v2 (it reads at most 256 word pieces)."""
+    chunk_overlap: int = 10
+    """Words shared by consecutive chunks of a document, so a sentence cut by a boundary is whole in one of them."""
+    top_k: int = 3
+    """Chunks put into the prompt per question."""
+    min_score: float = 0.3
+    """Least cosine similarity (-1..1) for a chunk to be put into the prompt."""
+    exact_index_max_chunks: int = 50000
+    """Up to this many chunks the index is exact (flat inner product); above it, HNSW (approximate, faster)."""
+    hnsw_m: int = 16
+    """Neighbours per node of the HNSW graph: more is better recall, slower build and more memory."""
+    promote_min_rating: float = 5.0
+    """Least average 1-5 rating for an answer to join the knowledge base (and no thumbs-down on it)."""
+    prompt_template: str = (
+        "Answer the question using the context. If the context does not answer it, say so.\n\n"
+        "Context:\n{context}\n\nQuestion: {question}\nAnswer:"
+    )
+    """Prompt with retrieved chunks; '{context}' becomes the chunks (one '[doc_id] text' per line), '{question}' the question."""
+    coverage_threshold: float = 0.3
+    """A question counts as covered when its best-matching chunk has at least this cosine similarity."""
+    coverage_days: int = 7
+    """Look-back of the coverage report over user questions."""
+
+    def __post_init__(self) -> None:
+        import string
+
+        _check(8 <= self.chunk_words <= 1000, "knowledge.chunk_words", "must be in 8..1000")
+        _check(0 <= self.chunk_overlap < self.chunk_words, "knowledge.chunk_overlap",
+               "must be >= 0 and smaller than knowledge.chunk_words")
+        _check(1 <= self.top_k <= 50, "knowledge.top_k", "must be in 1..50")
+        _check(-1.0 <= self.min_score <= 1.0, "knowledge.min_score", "must be in -1..1 (cosine similarity)")
+        _check(self.exact_index_max_chunks >= 0, "knowledge.exact_index_max_chunks", "must be >= 0")
+        _check(4 <= self.hnsw_m <= 128, "knowledge.hnsw_m", "must be in 4..128")
+        _check(1.0 <= self.promote_min_rating <= 5.0, "knowledge.promote_min_rating", "must be in 1..5")
+        _check(-1.0 <= self.coverage_threshold <= 1.0, "knowledge.coverage_threshold", "must be in -1..1")
+        _check(1 <= self.coverage_days <= 366, "knowledge.coverage_days", "must be in 1..366")
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(self.prompt_template) if name is not None}
+        except ValueError as e:
+            raise ConfigError(f"config key 'knowledge.prompt_template': {e}; write a literal brace as '{{{{' or '}}}}'") from None
+        _check(fields == {"context", "question"}, "knowledge.prompt_template",
+               f"must use exactly the fields {{context}} and {{question}}, found {sorted(fields)}")
+
+
+@dataclass
+class ABConfig:
+    """A/B experiments: the always-valid sequential test, SRM check, guardrails and decisions (docs/STATISTICS.md).
+
+    These are the defaults of every experiment; one experiment may override any of them
+    (``dataclasses.replace(cfg.ab, alpha=...)`` is what `kaizenlm.abtest.stats.analyse` takes).
+    """
+
+    alpha: float = 0.05
+    """Significance level of the primary test; peeking at every analysis keeps the false-positive rate at most this."""
+    mde: float = 0.1
+    """Minimum detectable effect on the primary metric (per-turn reward, -1..1); the test is tuned to detect it fastest."""
+    split: float = 0.5
+    """Share of users assigned to the challenger (0..1, exclusive); the champion gets the rest."""
+    max_duration_hours: float = 168.0
+    """An experiment still inconclusive after this long keeps the champion."""
+    min_samples_per_arm: int = 100
+    """No decision other than 'continue' (or keep the champion at max duration) before each arm has this many units."""
+    futility_beta: float = 0.3
+    """Stop early and keep the champion once the data speak against an effect of +-mde (likelihood ratio <= this). It costs at most this much power at the MDE; 0.3 leaves about 80% power there, as a fixed-horizon test planned for 80% power. 0 turns it off."""
+    srm_threshold: float = 0.001
+    """Sample-ratio mismatch when the chi-square p-value of the assignment counts against the split is below this."""
+    latency_p95_relative_margin: float = 0.10
+    """Guardrail: the challenger's p95 latency may exceed the champion's by at most this fraction (0.10 = 10%)."""
+    error_rate_margin: float = 0.01
+    """Guardrail: the challenger's error rate may exceed the champion's by at most this (absolute, 0.01 = 1 point)."""
+    regenerate_rate_margin: float = 0.02
+    """Guardrail: the challenger's regenerate rate may exceed the champion's by at most this (absolute)."""
+    promote_requires_non_inferiority: bool = True
+    """Promote only once every guardrail is shown non-inferior (its interval below the margin); this can take several times the primary metric's sample. false: promote unless a guardrail is breached."""
+    analysis_interval_s: int = 300
+    """Seconds between two analyses of each running experiment (an analysis can also be asked for at any time)."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.alpha < 0.5, "ab.alpha", "must be in (0, 0.5)")
+        _check(self.mde > 0.0, "ab.mde", "must be > 0")
+        _check(0.0 < self.split < 1.0, "ab.split", "must be in (0, 1), exclusive")
+        _check(self.max_duration_hours > 0.0, "ab.max_duration_hours", "must be > 0")
+        _check(self.min_samples_per_arm >= 2, "ab.min_samples_per_arm", "must be >= 2")
+        _check(0.0 <= self.futility_beta < 0.5, "ab.futility_beta", "must be in [0, 0.5); 0 turns futility stopping off")
+        _check(0.0 < self.srm_threshold < 0.5, "ab.srm_threshold", "must be in (0, 0.5)")
+        _check(0.0 <= self.latency_p95_relative_margin <= 10.0, "ab.latency_p95_relative_margin", "must be in 0..10")
+        _check(0.0 <= self.error_rate_margin <= 1.0, "ab.error_rate_margin", "must be in 0..1")
+        _check(0.0 <= self.regenerate_rate_margin <= 1.0, "ab.regenerate_rate_margin", "must be in 0..1")
+        _check(self.analysis_interval_s >= 1, "ab.analysis_interval_s", "must be >= 1")
+
+
+@dataclass
+class ServingConfig:
+    """How the gateway answers POST /v1/chat/completions and follows routing (docs/SERVING.md)."""
+
+    backend: str = "local"
+    """'local' (transformers + peft in the gateway: one base in memory, every adapter on it) or 'openai' (any OpenAI-compatible server, e.g. vLLM with LoRA modules)."""
+    upstream_url: str = ""
+    """Backend 'openai': base URL of the upstream, e.g. 'http://127.0.0.1:8000/v1'."""
+    upstream_api_key: str = ""
+    """Backend 'openai': API key sent to the upstream (or set KAIZEN_UPSTREAM_API_KEY); empty sends none."""
+    timeout_s: float = 60.0
+    """Backend 'openai': longest wait for an upstream answer; past it the client gets HTTP 504."""
+    retries: int = 2
+    """Backend 'openai': retries after a connection error, HTTP 429 or 502/503/504 from the upstream (never after a timeout)."""
+    retry_backoff_s: float = 0.2
+    """Backend 'openai': wait before the first retry; each further retry waits twice as long."""
+    max_new_tokens: int = 128
+    """Completion tokens when a request gives no max_tokens (the local backend also stops at the model's context)."""
+    max_tokens_limit: int = 4096
+    """Largest max_tokens a request may ask for; larger values get HTTP 400."""
+    default_alias: str = "champion"
+    """Alias served when a request's `model` is empty or 'default'."""
+    device: str = "auto"
+    """Backend 'local': 'auto' (cuda when available, else cpu), 'cpu' or 'cuda'."""
+    threads: int = 2
+    """Backend 'local': torch CPU threads for generation."""
+    routing_heartbeat_s: float = 30.0
+    """The controller republishes the routing state this often (a broker that lost it, e.g. the memory-only embedded one after a restart, gets it back)."""
+
+    def __post_init__(self) -> None:
+        _check(self.backend in ("local", "openai"), "serving.backend", f"must be 'local' or 'openai', got {self.backend!r}")
+        if self.backend == "openai":
+            _check(self.upstream_url.startswith(("http://", "https://")), "serving.upstream_url",
+                   "must be the http(s) base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1) "
+                   "when serving.backend is 'openai'")
+        _check(0.0 < self.timeout_s <= 3600.0, "serving.timeout_s", "must be in (0, 3600] seconds")
+        _check(0 <= self.retries <= 10, "serving.retries", "must be in 0..10")
+        _check(0.0 <= self.retry_backoff_s <= 60.0, "serving.retry_backoff_s", "must be in 0..60 seconds")
+        _check(1 <= self.max_new_tokens <= self.max_tokens_limit, "serving.max_new_tokens",
+               "must be in 1..serving.max_tokens_limit")
+        _check(1 <= self.max_tokens_limit <= 1_000_000, "serving.max_tokens_limit", "must be in 1..1000000")
+        _check(bool(self.default_alias.strip()), "serving.default_alias", "must name an alias, e.g. 'champion'")
+        _check(self.device in ("auto", "cpu", "cuda"), "serving.device", "must be 'auto', 'cpu' or 'cuda'")
+        _check(self.threads >= 1, "serving.threads", "must be >= 1")
+        _check(1.0 <= self.routing_heartbeat_s <= 3600.0, "serving.routing_heartbeat_s", "must be in 1..3600 seconds")
+
+
+@dataclass
+class ScheduleConfig:
+    """The controller's three-tier cadence (docs/SCHEDULE.md). Cron lines are standard crontab: minute hour day-of-month month day-of-week (0 or 7 = Sunday)."""
+
+    enabled: bool = True
+    """Run the tiers on their cron schedule inside the controller; false leaves only manual runs (`kaizen jobs run TIER`)."""
+    weekly_cron: str = "0 3 * * 1"
+    """Weekly tier (knowledge refresh): Mondays 03:00."""
+    monthly_cron: str = "0 4 1 * *"
+    """Monthly tier (curate, snapshot, LoRA SFT, DPO, evaluate, register, start an A/B test): the 1st, 04:00."""
+    quarterly_cron: str = "0 5 1 1,4,7,10 *"
+    """Quarterly tier (review report over the last quarter): Jan/Apr/Jul/Oct 1st, 05:00."""
+    timezone: str = "UTC"
+    """IANA time zone of the cron lines, e.g. 'UTC' or 'Europe/Berlin'."""
+    max_retries: int = 3
+    """Retries of a failed scheduled run (0 = none); manual runs are not retried."""
+    retry_backoff_s: float = 60.0
+    """Wait before the first retry; each further retry waits twice as long as the one before."""
+
+    def __post_init__(self) -> None:
+        from kaizenlm.retrain.cron import CronError, check_timezone, cron_trigger
+
+        for key in ("timezone", "weekly_cron", "monthly_cron", "quarterly_cron"):
+            try:
+                check_timezone(self.timezone) if key == "timezone" else cron_trigger(getattr(self, key), self.timezone)
+            except CronError as e:
+                raise ConfigError(f"config key 'schedule.{key}': {e}") from None
+        _check(0 <= self.max_retries <= 100, "schedule.max_retries", "must be in 0..100")
+        _check(0.0 < self.retry_backoff_s <= 86400.0, "schedule.retry_backoff_s", "must be in (0, 86400] seconds")
+
+
+@dataclass
 class Config:
     """The whole configuration; one attribute per `[section]` of kaizen.toml."""
 
@@ -226,6 +601,15 @@ class Config:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
+    base: BaseModelConfig = field(default_factory=BaseModelConfig)
+    sft: LoraSFTConfig = field(default_factory=LoraSFTConfig)
+    dpo: LoraDPOConfig = field(default_factory=LoraDPOConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    ab: ABConfig = field(default_factory=ABConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     @property
     def home(self) -> Path:
@@ -257,6 +641,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "KAIZEN_CONTROLLER_PORT": ("controller", "port"),
     "KAIZEN_INGEST_KEY": ("auth", "ingest_key"),
     "KAIZEN_ADMIN_KEY": ("auth", "admin_key"),
+    "KAIZEN_UPSTREAM_API_KEY": ("serving", "upstream_api_key"),
 }
 
 
@@ -358,7 +743,7 @@ def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):

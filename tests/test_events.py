@@ -54,8 +54,8 @@ def test_batch_limit_and_client_event_id():
     with pytest.raises(collector.BadRequest) as e:
         collector.envelopes_from_body("feedback", [{"turn_id": "a", "rating": 5}] * 3, 2)
     assert e.value.status == 413
-    envs = collector.envelopes_from_body("feedback", {"turn_id": "a", "rating": 5, "event_id": "my-id-1", "ts": 5}, 2)
-    assert envs[0]["event_id"] == "my-id-1" and envs[0]["ts"] == 5.0
+    envs = collector.envelopes_from_body("feedback", {"turn_id": "a", "rating": 5, "event_id": "my-id-1", "ts": 1.7e9}, 2)
+    assert envs[0]["event_id"] == "my-id-1" and envs[0]["ts"] == 1.7e9
 
 
 def test_nul_characters_rejected():

@@ -132,6 +132,70 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        6,
+        "scheduler: job_runs, job_tiers",
+        # One row per run of a tier (retries are rows of their own, attempt = 2, 3, ...).
+        # job_tiers remembers when each tier was first scheduled, so a run missed before the
+        # first success still catches up after a restart (kaizenlm/retrain/schedule.py).
+        """
+        CREATE TABLE job_runs (
+            run_id VARCHAR PRIMARY KEY,
+            tier VARCHAR NOT NULL,
+            trigger VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            attempt INTEGER NOT NULL,
+            scheduled_for TIMESTAMPTZ,
+            started_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ,
+            duration_s DOUBLE,
+            log_path VARCHAR NOT NULL,
+            result JSON,
+            error VARCHAR
+        );
+        CREATE TABLE job_tiers (
+            tier VARCHAR PRIMARY KEY,
+            scheduled_since TIMESTAMPTZ NOT NULL,
+            cron VARCHAR NOT NULL,
+            timezone VARCHAR NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
+    (
+        5,
+        "a/b: experiments, experiment_decisions",
+        # config holds the experiment's full effective [ab] settings, frozen at its start.
+        # Every analysis stores one decision row (continue included) with all its numbers;
+        # `applied` records what the controller did about it (alias move, statuses).
+        """
+        CREATE TABLE experiments (
+            experiment_id VARCHAR PRIMARY KEY,
+            alias VARCHAR NOT NULL,
+            champion VARCHAR NOT NULL,
+            challenger VARCHAR NOT NULL,
+            split DOUBLE NOT NULL,
+            config JSON NOT NULL,
+            status VARCHAR NOT NULL,
+            started_at TIMESTAMPTZ NOT NULL,
+            ended_at TIMESTAMPTZ,
+            end_reason VARCHAR,
+            actor VARCHAR NOT NULL
+        );
+        CREATE SEQUENCE experiment_decisions_seq START 1;
+        CREATE TABLE experiment_decisions (
+            seq BIGINT PRIMARY KEY DEFAULT nextval('experiment_decisions_seq'),
+            experiment_id VARCHAR NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            action VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL,
+            numbers JSON NOT NULL,
+            warnings JSON NOT NULL,
+            applied JSON NOT NULL,
+            actor VARCHAR NOT NULL
+        );
+        """,
+    ),
 ]
 
 # Column order of each event table, as built by `rows_for` (ingested_at takes its default).

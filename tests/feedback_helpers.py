@@ -1,0 +1,71 @@
+"""Builders for the feedback/curation tests: an event log written straight into a DuckDB file
+through the real schema validation (make_envelope) and the real store (insert_events)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from kaizenlm.config import Config, CurationConfig, PathsConfig
+from kaizenlm.feedback.events import make_envelope
+from kaizenlm.ingest import store
+
+T0 = 1_700_000_000.0
+_IDS = itertools.count(1)  # one sequence for all logs: ids never collide across logs
+
+
+class EventLog:
+    """Turns, feedback and signals with increasing timestamps (1 s apart unless given)."""
+
+    def __init__(self, t0: float = T0) -> None:
+        self.envelopes: list[dict] = []
+        self.t = t0
+
+    def _ts(self, ts: float | None) -> float:
+        if ts is None:
+            self.t += 1.0
+            return self.t
+        return ts
+
+    def _id(self, prefix: str) -> str:
+        return f"{prefix}{next(_IDS):07d}"
+
+    def turn(self, prompt: str, response: str, *, turn_id: str | None = None, conversation_id: str | None = None,
+             user_id: str = "u1", ts: float | None = None, history: list[dict] | None = None,
+             system: str | None = "You are a helpful support assistant.", model_version: str = "m1") -> str:
+        turn_id = turn_id or self._id("t")
+        messages = ([{"role": "system", "content": system}] if system else []) + list(history or [])
+        messages.append({"role": "user", "content": prompt})
+        self.envelopes.append(make_envelope("turn", {
+            "turn_id": turn_id, "conversation_id": conversation_id or f"c-{turn_id}", "user_id": user_id,
+            "model_version": model_version, "messages": messages, "response": response,
+        }, event_id=self._id("e"), ts=self._ts(ts)))
+        return turn_id
+
+    def feedback(self, turn_id: str, *, ts: float | None = None, event_id: str | None = None, **fields) -> None:
+        self.envelopes.append(make_envelope("feedback", {"turn_id": turn_id, **fields},
+                                            event_id=event_id or self._id("e"), ts=self._ts(ts)))
+
+    def signal(self, kind: str, *, turn_id: str | None = None, conversation_id: str | None = None,
+               ts: float | None = None) -> None:
+        payload = {"kind": kind}
+        if turn_id:
+            payload["turn_id"] = turn_id
+        if conversation_id:
+            payload["conversation_id"] = conversation_id
+        self.envelopes.append(make_envelope("signal", payload, event_id=self._id("e"), ts=self._ts(ts)))
+
+    def write(self, con) -> dict[str, int]:
+        con.execute("BEGIN")
+        inserted = store.insert_events(con, self.envelopes)
+        con.execute("COMMIT")
+        self.envelopes = []
+        return inserted
+
+
+def make_config(home: Path, **curation) -> Config:
+    return Config(paths=PathsConfig(home=str(home)), curation=CurationConfig(**curation))
+
+
+def open_store(cfg: Config):
+    return store.connect(cfg.duckdb_path)
