@@ -7,6 +7,7 @@ works against either.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import subprocess
@@ -82,10 +83,8 @@ def ensure_topics(cfg: KafkaConfig, timeout: float = 30.0) -> list[str]:
                                topic_configs={"cleanup.policy": "compact"}))
         missing = [t for t in wanted if t.name not in existing]
         for topic in missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process created it first
                 admin.create_topics([topic])
-            except TopicAlreadyExistsError:
-                pass
         return [t.name for t in missing]
     finally:
         admin.close()
