@@ -223,17 +223,17 @@ class BaseModelConfig:
     """'embedded' = the tiny model kaizenlm trains itself (`kaizen base build`, kept under <home>/models/base-embedded); or the directory of any Hugging Face causal LM."""
     vocab_size: int = 1024
     """Embedded model: BPE vocabulary size (byte-level, so any text encodes)."""
-    hidden_size: int = 192
+    hidden_size: int = 128
     """Embedded model: width of the transformer."""
-    num_layers: int = 4
+    num_layers: int = 2
     """Embedded model: number of transformer blocks."""
     num_heads: int = 4
     """Embedded model: attention heads per block."""
-    intermediate_size: int = 512
+    intermediate_size: int = 384
     """Embedded model: width of the MLP."""
     max_position: int = 128
     """Embedded model: longest sequence in tokens (the generated corpus is short)."""
-    steps: int = 600
+    steps: int = 900
     """Embedded model: optimizer steps of the base build."""
     batch_size: int = 32
     """Embedded model: sequences per step of the base build."""
@@ -245,6 +245,8 @@ class BaseModelConfig:
     """Embedded model: AdamW weight decay of the base build."""
     system_prompt_rate: float = 0.2
     """Embedded model: share of base-build rows that carry a system prompt (so either chat shape works)."""
+    rows_per_skill: int = 300
+    """Embedded model: generated training rows per general skill (more rows, more robust skills)."""
     threads: int = 2
     """CPU threads for the base build."""
 
@@ -262,6 +264,7 @@ class BaseModelConfig:
         _check(0 <= self.warmup_steps <= self.steps, "base.warmup_steps", "must be in 0..base.steps")
         _check(0.0 <= self.system_prompt_rate <= 1.0, "base.system_prompt_rate", "must be in [0, 1]")
         _check(self.threads >= 1, "base.threads", "must be >= 1")
+        _check(self.rows_per_skill >= 20, "base.rows_per_skill", "must be >= 20")
 
 
 @dataclass
