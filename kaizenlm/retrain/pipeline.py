@@ -1,20 +1,186 @@
-"""The monthly retrain pipeline: curate -> snapshot -> LoRA SFT -> DPO -> evaluate -> register -> start an A/B test.
+"""The monthly retrain pipeline: curate -> snapshot -> LoRA SFT -> DPO -> evaluate -> gate ->
+register -> start an A/B test.
 
-The scheduler's monthly tier calls `run_monthly(ctx)` (ctx: kaizenlm.retrain.schedule.JobContext,
-with ctx.cfg, ctx.db, ctx.log and ctx.progress). Until every step exists it is a stub that
-says what is missing; the scheduler records the run as failed and does not retry a
-NotImplementedError.
+Parent side; it runs in the controller (the scheduler's monthly tier calls `run_monthly`)
+or in `kaizen retrain` when no controller runs, always on the DuckDB connection that
+process owns. Training and evaluation run in a child process (`retrain_job`), whose output
+is registered only after it exits cleanly: a crash or kill leaves the registry unchanged
+and the champion serving, and a rerun resumes from the job's last checkpoint.
+
+Every new adapter is trained from the base with the snapshot's data (the snapshot's window
+covers the accumulated feedback, and the replay rows guard the general skills); its
+lineage parent is the champion it was meant to replace.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+
+from kaizenlm.config import Config
+from kaizenlm.registry import aliases as alias_ops
+from kaizenlm.registry import versions as version_ops
+from kaizenlm.retrain import jobs
+from kaizenlm.retrain.retrain_job import RetrainInputs, inputs_as_json
+
+log = logging.getLogger(__name__)
+JOB_NAME = "retrain"
+CHAMPION = "champion"
+EVAL_KEYS = ("domain_score", "general_score", "refusal_rate")
+
+
+def base_version(con: duckdb.DuckDBPyConnection, version: version_ops.Version) -> version_ops.Version:
+    """Walk the parent chain to the base model version."""
+    seen = set()
+    while version.kind != "base" and version.parent_id and version.parent_id not in seen:
+        seen.add(version.version_id)
+        version = version_ops.get_version(con, version.parent_id)
+    if version.kind != "base":
+        raise ValueError(f"version {version.version_id} has no base model in its lineage")
+    return version
+
+
+def _model_dir(version: version_ops.Version, marker: str) -> str:
+    for candidate in (Path(version.artifact_dir), Path(version.artifact_dir) / "model"):
+        if (candidate / marker).is_file():
+            return str(candidate)
+    raise ValueError(f"version {version.version_id}: no {marker} under {version.artifact_dir}")
+
+
+def ensure_champion(cfg: Config, con: duckdb.DuckDBPyConnection, log_fn: Callable[[str], None] = print) -> str:
+    """The champion's version id; on a fresh install, register the base model as `base` + champion.
+
+    With base.path = "embedded" the tiny base is built first if it is not on disk yet.
+    """
+    current = alias_ops.get_alias(con, CHAMPION)
+    if current is not None:
+        return current
+    from kaizenlm.retrain.cli_base import resolve_base_path
+
+    base_dir = resolve_base_path(cfg)
+    if not (base_dir / "config.json").is_file():
+        if cfg.base.path != "embedded":
+            raise ValueError(f"base.path {base_dir} holds no Hugging Face model (no config.json)")
+        _build_base_in_child(cfg, base_dir, log_fn)
+    version = version_ops.register_version(con, "base", str(base_dir), cfg.home,
+                                           config={"base_path": str(base_dir)}, status="promoted",
+                                           note="the first base model")
+    alias_ops.set_alias(con, CHAMPION, version.version_id, reason="first base model", actor="retrain")
+    log_fn(f"registered {version.version_id} from {base_dir} as {CHAMPION}")
+    return version.version_id
+
+
+def _build_base_in_child(cfg: Config, base_dir: Path, log_fn: Callable[[str], None]) -> None:
+    """`kaizen base build` in a child process, so the controller never loads torch itself."""
+    log_path = cfg.home / "logs" / "base-build.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_fn(f"building the embedded base model into {base_dir} (a few minutes on CPU; log: {log_path})")
+    with open(log_path, "ab") as out:
+        done = subprocess.run([sys.executable, "-m", "kaizenlm.cli", "base", "build", "--out", str(base_dir),
+                               "--force"], stdout=out, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"building the base model failed (exit {done.returncode}); see {log_path}")
+
+
+def build_inputs(cfg: Config, con: duckdb.DuckDBPyConnection, champion: version_ops.Version,
+                 snapshot_dir: Path) -> RetrainInputs:
+    base = base_version(con, champion)
+    base_dir = _model_dir(base, "config.json")
+    has_metrics = all(k in (champion.metrics or {}) for k in EVAL_KEYS)
+    return RetrainInputs(
+        base_dir=base_dir, snapshot_dir=str(snapshot_dir),
+        champion_metrics=champion.metrics if has_metrics else None,
+        champion_base=base_dir,
+        champion_adapter=_model_dir(champion, "adapter_config.json") if champion.kind == "adapter" else None,
+        sft=dataclasses.asdict(cfg.sft), dpo=dataclasses.asdict(cfg.dpo), retrain=dataclasses.asdict(cfg.retrain),
+        eval=dataclasses.asdict(cfg.eval), seed=cfg.retrain.seed,
+    )
+
+
+def build_training_snapshot(cfg: Config, con: duckdb.DuckDBPyConnection):
+    """Curate the configured window into a snapshot; exam questions are held out of training."""
+    from kaizenlm.demo.domain import build_domain
+    from kaizenlm.feedback.datasets import build_snapshot, default_window
+
+    exam = [r["prompt"] for r in build_domain(cfg.retrain.seed).exam_rows()]
+    return build_snapshot(con, cfg, default_window(cfg.curation), holdout=exam)
+
+
+def retrain_once(cfg: Config, con: duckdb.DuckDBPyConnection,
+                 on_progress: Callable[[jobs.Progress], None] | None = None,
+                 start_ab: bool = True, log_fn: Callable[[str], None] = log.info) -> dict:
+    """One full monthly cycle; returns what happened (the snapshot, the job, the gate, the experiment)."""
+    from kaizenlm.retrain.evaluate import gate
+
+    champion_id = ensure_champion(cfg, con, log_fn)
+    champion = version_ops.get_version(con, champion_id)
+    snapshot = build_training_snapshot(cfg, con)
+    counts = snapshot.manifest["counts"]
+    log_fn(f"snapshot {snapshot.snapshot_id}: {counts}")
+    if counts.get("sft_train", 0) == 0:
+        return {"status": "skipped", "reason": "the snapshot has no SFT rows; collect more feedback first",
+                "snapshot": snapshot.snapshot_id}
+    inputs = build_inputs(cfg, con, champion, snapshot.path)
+    config = {"sft": inputs.sft, "dpo": inputs.dpo, "base": inputs.base_dir, "champion": champion_id}
+    inputs_path = jobs.jobs_tmp(cfg.home).parent / f"retrain-inputs-{snapshot.snapshot_id}.json"
+    inputs_path.parent.mkdir(parents=True, exist_ok=True)
+    inputs_path.write_text(inputs_as_json(inputs), encoding="utf-8")
+    spec = jobs.JobSpec(JOB_NAME, "kaizenlm.retrain.retrain_job", ["--inputs", str(inputs_path)],
+                        checkpoint_key=jobs.checkpoint_key(snapshot.content_hash, config))
+    new = jobs.NewVersion("adapter", parent_id=champion_id, config=config, snapshot_id=snapshot.snapshot_id,
+                          snapshot_hash=snapshot.content_hash, status="candidate",
+                          note=f"monthly retrain on {snapshot.snapshot_id}")
+    try:
+        result = jobs.run_job_atomically(spec, cfg.home, con, new, on_progress)
+    finally:
+        inputs_path.unlink(missing_ok=True)
+    if not result.ok:
+        return {"status": "failed", "error": result.error, "log": result.log_path, "snapshot": snapshot.snapshot_id}
+    evaluation = result.result.get("evaluation", {})
+    champion_metrics = {k: v for k, v in evaluation.get("champion", {}).items() if k != "answers"}
+    if inputs.champion_metrics is None and champion_metrics:
+        version_ops.set_metrics(con, champion_id, champion_metrics)  # first evaluation of the champion
+    candidate_id = result.version["version_id"]
+    passed, reasons = gate(result.result.get("metrics", {}), champion_metrics, cfg.eval)
+    summary = {"status": "trained", "snapshot": snapshot.snapshot_id, "candidate": candidate_id,
+               "champion": champion_id, "gate_passed": passed, "gate_reasons": reasons,
+               "candidate_metrics": _headline(result.result.get("metrics", {})),
+               "champion_metrics": _headline(champion_metrics), "log": result.log_path}
+    version_ops.set_metrics(con, candidate_id, {"gate": {"passed": passed, "reasons": reasons}})
+    if not passed:
+        version_ops.set_status(con, candidate_id, "rejected", note="; ".join(reasons))
+        return summary
+    if start_ab:
+        from kaizenlm.abtest.experiments import start_experiment
+
+        experiment = start_experiment(con, cfg, candidate_id, alias=CHAMPION, actor="retrain")
+        summary["experiment"] = experiment.experiment_id
+    else:
+        version_ops.set_status(con, candidate_id, "challenger")
+    return summary
+
+
+def _headline(metrics: dict) -> dict:
+    keys = ("domain_score", "domain_token_f1", "general_score", "refusal_rate", "val_perplexity",
+            "pairwise_win_rate")
+    return {k: metrics[k] for k in keys if k in metrics}
+
 
 def run_monthly(ctx) -> dict:
-    """STUB: raises NotImplementedError naming the missing pieces."""
-    raise NotImplementedError(
-        "monthly pipeline: needs the evaluation step (domain exam, general-skill retention, out-of-scope "
-        "refusal, written into the version's metrics) and a retrain job module that runs SFT + DPO in a child "
-        "process (kaizenlm.retrain.jobs); the other pieces exist to be chained here: "
-        "kaizenlm.feedback.datasets.build_snapshot, kaizenlm.retrain.lora_sft.train_sft, "
-        "kaizenlm.retrain.lora_dpo.train_dpo, kaizenlm.abtest.experiments.start_experiment"
-    )
+    """The scheduler's monthly tier (ctx: kaizenlm.retrain.schedule.JobContext)."""
+
+    def on_progress(p: jobs.Progress) -> None:
+        ctx.progress(p.fraction, p.message)
+
+    summary = retrain_once(ctx.cfg, ctx.db, on_progress=on_progress, log_fn=ctx.log.info)
+    ctx.log.info("monthly retrain: %s", json.dumps(summary, default=str))
+    if summary["status"] == "failed":
+        raise RuntimeError(f"retrain job failed: {summary.get('error')} (log: {summary.get('log')})")
+    return summary
