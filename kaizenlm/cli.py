@@ -22,13 +22,17 @@ COMMANDS: dict[str, str] = {
     "up": "kaizenlm.commands.up",
     "stats": "kaizenlm.commands.stats",
     "dataset": "kaizenlm.feedback.dataset_command",
+    "forget": "kaizenlm.feedback.forget_command",
     "registry": "kaizenlm.registry.cli",
     "ab": "kaizenlm.abtest.cli",
     "rollback": "kaizenlm.abtest.cli_rollback",
     "knowledge": "kaizenlm.retrain.cli_knowledge",
     "jobs": "kaizenlm.retrain.cli_jobs",
+    "retrain": "kaizenlm.retrain.cli_retrain",
     "review": "kaizenlm.retrain.cli_review",
     "demo": "kaizenlm.demo.run",
+    "base": "kaizenlm.retrain.cli_base",
+    "dashboard": "kaizenlm.commands.dashboard",
 }
 
 

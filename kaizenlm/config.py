@@ -144,11 +144,32 @@ class RewardsConfig:
     """Weight per 'follow_up' signal (counted up to signal_cap)."""
     signal_cap: int = 3
     """Most signals of one kind that count for one turn (ten regenerates weigh as much as signal_cap)."""
+    latency: float = -0.2
+    """Weight of slowness: 0 at latency_target_ms, the full weight at twice that. Counts only on turns with other feedback."""
+    latency_target_ms: float = 3000.0
+    """Answer latency (ms) up to which a turn gets no latency penalty."""
+    explicit_confidence: float = 0.8
+    """Confidence that one piece of explicit feedback (thumbs, rating, correction) gives the reward."""
+    implicit_confidence: float = 0.3
+    """Confidence that one kind of implicit signal (copy, regenerate, ...) gives; confidence = 1 - prod(1 - c)."""
 
     def __post_init__(self) -> None:
-        for name in ("thumbs", "rating", "correction", "regenerate", "copy", "edit", "abandon", "completed", "follow_up"):
+        for name in ("thumbs", "rating", "correction", "regenerate", "copy", "edit", "abandon", "completed", "follow_up",
+                     "latency"):
             _check(-2.0 <= getattr(self, name) <= 2.0, f"rewards.{name}", "must be in -2..2")
         _check(1 <= self.signal_cap <= 100, "rewards.signal_cap", "must be in 1..100")
+        _check(self.latency_target_ms > 0, "rewards.latency_target_ms", "must be > 0")
+        for name in ("explicit_confidence", "implicit_confidence"):
+            _check(0.0 <= getattr(self, name) < 1.0, f"rewards.{name}", "must be in [0, 1)")
+
+
+# Phrases of answers that say nothing (AI disclaimers, placeholders, non-answers): curation.boilerplate_phrases.
+DEFAULT_BOILERPLATE = (
+    "as an ai language model", "as a large language model", "i am just an ai", "i m just an ai",
+    "lorem ipsum", "insert answer here", "i cannot help with that", "i can t help with that",
+    "i do not have access to real time", "i don t have access to real time", "i am not sure", "i m not sure",
+    "i do not know", "i don t know",
+)
 
 
 @dataclass
@@ -171,16 +192,28 @@ class CurationConfig:
     """Turns whose conversation context is longer are left out."""
     max_repetition: float = 0.5
     """Share of repeated word 3-grams above which an answer counts as degenerate (looping) and is not chosen."""
+    min_avg_sentence_words: float = 5.0
+    """The seed rule: drop turns whose average sentence has fewer words than this (0 turns it off)."""
+    sentence_rule_scope: str = "response"
+    """What the sentence rule measures: 'response' (the answer, or the correction) or 'turn' (user message + answer)."""
+    boilerplate_phrases: list[str] = field(default_factory=lambda: list(DEFAULT_BOILERPLATE))
+    """Answers containing one of these phrases (compared case- and punctuation-insensitively) are boilerplate and dropped."""
+    pii_keep: list[str] = field(default_factory=list)
+    """Exact strings PII scrubbing leaves alone: your organisation's own public addresses and numbers (e.g. "support@example.com")."""
+    truncation_min_words: int = 8
+    """Answers of at least this many words that end without closing punctuation count as truncated (0: only open code fences and trailing commas/colons)."""
+    topic_balance_ratio: float = 3.0
+    """No topic keeps more than this many times the examples of the smallest topic (the seed's 1:3 rule); 0 turns balancing off."""
     dedup_threshold: float = 0.8
     """Jaccard similarity (character 5-grams) at which two conversation contexts count as near-duplicates."""
     max_per_prompt: int = 1
     """SFT examples kept per near-duplicate cluster of contexts (best first: corrections, then reward, then newest)."""
     max_per_user: int = 500
     """SFT examples kept per user, so that no single user dominates a snapshot."""
-    pair_margin: float = 0.5
-    """Least reward difference between chosen and rejected answers of a DPO pair."""
+    pair_margin: float = 0.4
+    """Least reward difference between chosen and rejected answers of a DPO pair (a turn without a reward counts 0)."""
     pair_min_chosen_reward: float = 0.0
-    """Least reward of the chosen answer of a DPO pair built from ranked answers."""
+    """Least reward of the chosen answer of a DPO pair that is not a correction."""
     max_pairs_per_prompt: int = 4
     """DPO pairs kept per near-duplicate cluster of contexts."""
     decontam_threshold: float = 0.6
@@ -188,13 +221,13 @@ class CurationConfig:
     holdout_path: str = ""
     """File of held-out texts (evaluation questions) that training data must not contain: .txt, .jsonl, .json or .parquet."""
     eval_fraction: float = 0.05
-    """Share of near-duplicate clusters that go to the eval split (whole clusters, so paraphrases do not leak)."""
+    """Share of the validation split, drawn by whole conversations and near-duplicate clusters (nothing leaks across)."""
     replay_fraction: float = 0.08
-    """Share of general (replay) examples in the SFT train split, against catastrophic forgetting."""
+    """Share of general (replay) examples in the SFT train split, against catastrophic forgetting: 0.05-0.10."""
+    replay_fraction_override: bool = False
+    """Allow a replay_fraction outside 0.05-0.10 (0 = no replay); only when you know why."""
     replay_path: str = ""
-    """File of general examples to replay (prompt or messages, and response): .jsonl, .json or .parquet."""
-    scrub_pii: bool = True
-    """Replace e-mail addresses, phone and card numbers, IP addresses and secrets by placeholders like [EMAIL]."""
+    """JSONL file of general examples to replay (prompt or messages, and response); empty: the embedded general-skills set."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.window_days <= 36500, "curation.window_days", "must be in 0..36500")
@@ -213,6 +246,14 @@ class CurationConfig:
         _check(0.0 < self.decontam_threshold <= 1.0, "curation.decontam_threshold", "must be in (0, 1]")
         _check(0.0 <= self.eval_fraction < 1.0, "curation.eval_fraction", "must be in [0, 1)")
         _check(0.0 <= self.replay_fraction < 1.0, "curation.replay_fraction", "must be in [0, 1)")
+        _check(self.replay_fraction_override or 0.05 <= self.replay_fraction <= 0.10, "curation.replay_fraction",
+               "must be in 0.05..0.10 (set curation.replay_fraction_override = true to use another value)")
+        _check(self.min_avg_sentence_words >= 0, "curation.min_avg_sentence_words", "must be >= 0")
+        _check(self.sentence_rule_scope in ("response", "turn"), "curation.sentence_rule_scope",
+               "must be 'response' or 'turn'")
+        _check(self.truncation_min_words >= 0, "curation.truncation_min_words", "must be >= 0")
+        _check(self.topic_balance_ratio == 0 or self.topic_balance_ratio >= 1.0, "curation.topic_balance_ratio",
+               "must be 0 (off) or >= 1")
 
 
 @dataclass
@@ -324,6 +365,8 @@ class LoraDPOConfig:
 
     beta: float = 0.1
     """DPO temperature: how far the policy may move from the reference (the SFT adapter)."""
+    sft_loss_weight: float = 0.0
+    """Weight of an SFT term (NLL of the chosen answer) added to the DPO loss, as in RPO; keeps chosen answers likely. 0 = plain DPO."""
     learning_rate: float = 5e-6
     """Peak learning rate (cosine decay after warm-up)."""
     epochs: float = 1.0
@@ -347,6 +390,7 @@ class LoraDPOConfig:
 
     def __post_init__(self) -> None:
         _check(self.beta > 0, "dpo.beta", "must be > 0")
+        _check(self.sft_loss_weight >= 0, "dpo.sft_loss_weight", "must be >= 0")
         _check(0.0 < self.learning_rate < 1.0, "dpo.learning_rate", "must be in (0, 1)")
         _check(self.epochs > 0, "dpo.epochs", "must be > 0")
         _check(self.batch_size >= 1 and self.grad_accum >= 1, "dpo.batch_size", "batch_size and grad_accum must be >= 1")
@@ -528,7 +572,7 @@ class ServingConfig:
     timeout_s: float = 60.0
     """Backend 'openai': longest wait for an upstream answer; past it the client gets HTTP 504."""
     retries: int = 2
-    """Backend 'openai': retries after a connection error, HTTP 429 or 502/503/504 from the upstream (never after a timeout)."""
+    """Backend 'openai': retries after a connection error, HTTP 429 or 500/502/503/504 from the upstream (never after a timeout)."""
     retry_backoff_s: float = 0.2
     """Backend 'openai': wait before the first retry; each further retry waits twice as long."""
     max_new_tokens: int = 128
@@ -594,6 +638,24 @@ class ScheduleConfig:
 
 
 @dataclass
+class DashboardConfig:
+    """The Streamlit dashboard (`kaizen dashboard`, docs/DASHBOARD.md); it reads only the controller's API."""
+
+    host: str = "127.0.0.1"
+    """Address the dashboard listens on; it shows conversations and holds the admin key, so keep it private or behind a proxy with login."""
+    port: int = 8501
+    """Port of the dashboard."""
+    controller_url: str = ""
+    """Base URL of the controller the dashboard reads, e.g. 'http://10.0.0.5:8401'; empty = controller.host:controller.port. KAIZEN_CONTROLLER_URL overrides it."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host.strip()), "dashboard.host", "must be an address, e.g. 127.0.0.1")
+        _check(1 <= self.port <= 65535, "dashboard.port", "must be a TCP port (1-65535)")
+        _check(self.controller_url == "" or self.controller_url.startswith(("http://", "https://")),
+               "dashboard.controller_url", "must be empty or an http(s) URL, e.g. http://127.0.0.1:8401")
+
+
+@dataclass
 class Config:
     """The whole configuration; one attribute per `[section]` of kaizen.toml."""
 
@@ -613,6 +675,7 @@ class Config:
     ab: ABConfig = field(default_factory=ABConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     @property
     def home(self) -> Path:

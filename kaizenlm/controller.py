@@ -14,9 +14,11 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 
+from kaizenlm.abtest import api as ab_api
 from kaizenlm.config import Config
 from kaizenlm.ingest import store
 from kaizenlm.ingest.sink import Sink
+from kaizenlm.registry import api as registry_api
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,13 @@ def create_app(cfg: Config, start_sink: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI):
         if start_sink:
             app.state.sink.start()
+        if start_sink and cfg.schedule.enabled:  # the crons run only in a real controller, not in API tests
+            app.state.scheduler.start()
+        if start_sink:  # publishes the full routing state, then syncs it and analyses experiments
+            ab_api.start(app)
         yield
+        ab_api.stop(app)
+        app.state.scheduler.shutdown()
         app.state.sink.stop()
         app.state.db.close()
 
@@ -53,6 +61,15 @@ def create_app(cfg: Config, start_sink: bool = True) -> FastAPI:
     app.state.db = store.connect(cfg.duckdb_path)
     app.state.db_lock = threading.Lock()
     app.state.sink = Sink(cfg, app.state.db.cursor(), app.state.db_lock)
+    from kaizenlm.retrain import jobs_api  # imported here: jobs_api imports require_admin from this module
+
+    jobs_api.install(app)  # app.state.scheduler (docs/SCHEDULE.md); /admin/v1/jobs..., /admin/v1/review
+    app.include_router(registry_api.router)  # /admin/v1/registry/... (docs/REGISTRY.md)
+    ab_api.install(app)  # /admin/v1/ab/..., /admin/v1/rollback, /admin/v1/routing; app.state.on_alias_moved
+    from kaizenlm.dashboard import read_api as dashboard_api  # here too: it imports require_admin from this module
+    app.include_router(dashboard_api.router)  # /admin/v1/dashboard/... (docs/DASHBOARD.md)
+    from kaizenlm.feedback import api as feedback_api  # here too: it imports require_admin from this module
+    app.include_router(feedback_api.router)  # /admin/v1/datasets..., /admin/v1/rewards, /admin/v1/forget
 
     @app.get("/healthz")
     def healthz() -> dict:

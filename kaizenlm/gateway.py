@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse, Response
 
+from kaizenlm.abtest import chat
 from kaizenlm.config import Config
 from kaizenlm.feedback import collector
 from kaizenlm.ingest.broker import DATA_TOPICS
@@ -38,8 +39,10 @@ def create_app(cfg: Config, replica: str | None = None) -> FastAPI:
                                 help="bytes waiting in the disk spool")
         app.state.metrics.gauge("broker_up", lambda: float(app.state.producer.broker_up),
                                 help="1 when the producer is delivering straight to the broker")
+        app.state.serving = chat.start_serving(cfg)  # routing follower + model backend
         yield
         app.state.draining = True
+        await chat.stop_serving(app.state.serving)  # waits for pending turn logs
         app.state.producer.close(timeout=30)
 
     app = FastAPI(title="kaizenlm gateway", lifespan=lifespan)
@@ -50,6 +53,7 @@ def create_app(cfg: Config, replica: str | None = None) -> FastAPI:
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "OPTIONS"],
                        allow_headers=["authorization", "content-type"])
     app.include_router(collector.router)
+    chat.install(app)  # POST /v1/chat/completions (a fast path in front of the routers), /v1/models, /v1/routing
 
     @app.get("/healthz")
     async def healthz() -> dict:

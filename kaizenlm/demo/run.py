@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from kaizenlm.commands.up import Supervisor
 from kaizenlm.demo.domain import Domain, build_domain
+from kaizenlm.demo.stages import stage_ab, stage_knowledge, stage_retrain, stage_review, stage_rollback
+from kaizenlm.demo.stages_data import stage_dataset
 from kaizenlm.demo.users import baseline_answer_fn, simulate
 from kaizenlm.feedback.client import KaizenClient
 
@@ -44,6 +46,10 @@ class DemoContext:
     days: float
     conversations: int
     summary: dict = field(default_factory=dict)
+    dataset: dict | None = None  # the manifest stage_dataset built
+    retrain: dict | None = None
+    ab: dict | None = None
+    console: Console = field(default_factory=lambda: console)
 
     def admin(self, method: str, path: str, **kw) -> dict:
         r = httpx.request(method, self.cfg.controller_url + path, timeout=kw.pop("timeout", 120),
@@ -90,7 +96,7 @@ def stage_traffic(ctx: DemoContext) -> None:
     console.print(table)
 
 
-STAGES = [stage_traffic]
+STAGES = [stage_traffic, stage_dataset, stage_knowledge, stage_retrain, stage_ab, stage_rollback, stage_review]
 
 
 def run(args, cfg) -> int:
