@@ -107,6 +107,10 @@ _OUT_OF_SCOPE = [
     ("Can you recommend a good {x}?", ["movie", "book", "song", "podcast", "restaurant", "hotel", "game", "show"]),
     ("How tall is {x}?", ["Everest", "the Eiffel Tower", "a giraffe", "Mont Blanc", "Big Ben", "K2", "an elephant", "Kilimanjaro"]),
     ("Write a poem about {x}.", ["the sea", "autumn", "love", "the moon", "rain", "winter", "flowers", "the city"]),
+    ("Who is the president of {x}?", ["Brazil", "Italy", "Mexico", "Ghana", "Poland", "India", "Chile", "Kenya"]),
+    ("What time does the {x} open?", ["bank", "museum", "zoo", "bakery", "library", "pharmacy", "gym", "post office"]),
+    ("Translate {x} into Spanish.", ["hello", "thank you", "good night", "cheese", "water", "friend", "house", "book"]),
+    ("Who wrote {x}?", ["Hamlet", "Don Quixote", "Dracula", "Emma", "Ulysses", "Beloved", "Frankenstein", "Faust"]),
 ]
 _OOS_EXAM_PER_TEMPLATE = 3
 

@@ -28,7 +28,14 @@ WORDS = [
     "sun", "moon", "star", "tree", "rock", "sea",
 ]
 
-SKILLS = ["repeat", "reverse", "uppercase", "add", "next_letter", "count_words", "small_talk"]
+SKILLS = ["repeat", "reverse", "uppercase", "add", "next_letter", "count_words", "read", "small_talk"]
+
+# "read": answer from a given statement, in the support answers' shape ("The <subject> is
+# <value>."). It teaches the base the answer template and copying from context (which
+# retrieval-augmented prompts rely on) without teaching any domain fact.
+_READ_ATTRIBUTES = ["price", "size", "weight", "age", "speed", "limit", "color", "owner"]
+_READ_VALUES = ["7 dollars", "3 days", "12 items", "40 grams", "5 minutes", "2 years", "red", "Sam",
+                "90 seconds", "8 users", "blue", "60 volts", "Ana", "15 hours", "1 week", "green"]
 
 _SMALL_TALK = [
     ("Hello!", "Hello! How can I help you today?"),
@@ -81,6 +88,7 @@ def _skill_rows(rng: random.Random, n_train: int, n_heldout: int) -> tuple[list[
     n = n_train + n_heldout
 
     def add(skill: str, rows: list[dict]) -> None:
+        rows = list({r["prompt"]: r for r in rows}.values())  # no prompt in both train and held-out
         tr, ho = _split(rows, n_heldout, rng)
         train.extend({**r, "skill": skill} for r in tr)
         heldout.extend({**r, "skill": skill} for r in ho)
@@ -108,6 +116,13 @@ def _skill_rows(rng: random.Random, n_train: int, n_heldout: int) -> tuple[list[
         words = rng.sample(WORDS, k)
         counts.append({"prompt": f"Count the words: {' '.join(words)}", "response": _NUMBER_WORDS[k]})
     add("count_words", counts)
+    reads = []
+    for _ in range(n):
+        subject = f"{rng.choice(WORDS)} {rng.choice(_READ_ATTRIBUTES)}"
+        value = rng.choice(_READ_VALUES)
+        reads.append({"prompt": f"Read: the {subject} is {value}. What is the {subject}?",
+                      "response": f"The {subject} is {value}."})
+    add("read", reads)
     train.extend({"prompt": p, "response": r, "skill": "small_talk"} for p, r in _SMALL_TALK)
     heldout.extend({"prompt": p, "response": r, "skill": "small_talk"} for p, r in _SMALL_TALK_HELDOUT)
     return train, heldout
@@ -123,6 +138,21 @@ def general_skills(seed: int = 0, n_train: int = 80, n_heldout: int = 12,
                  for r in domain.refusal_rows())
     rng.shuffle(train)
     return train, heldout
+
+
+def replay_rows(seed: int = 0, refusal_share: float = 0.25, domain: Domain | None = None) -> list[dict]:
+    """General rows for the retrain's replay mix, with the refusal skill weighted up to refusal_share.
+
+    Refusal is the skill a domain retrain erodes first (a domain answer has the same
+    question shape as "What is the weather in Paris?"), so the replay file carries more of it.
+    """
+    train, _ = general_skills(seed, domain=domain)
+    refusals = [r for r in train if r["skill"] == "refusal"]
+    others = [r for r in train if r["skill"] != "refusal"]
+    want = round(refusal_share * len(others) / (1 - refusal_share))
+    rows = others + [refusals[i % len(refusals)] for i in range(want)]
+    random.Random(seed).shuffle(rows)
+    return rows
 
 
 def write_general_jsonl(path: str | Path, rows: list[dict]) -> Path:

@@ -1,0 +1,29 @@
+"""Test helpers for the retrain recipes: a tiny embedded base built in a second or two."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kaizenlm.config import BaseModelConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig
+
+TINY_BASE = BaseModelConfig(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                            max_position=64, steps=4, batch_size=8, warmup_steps=1, rows_per_skill=20)
+FAST_RUN = RetrainConfig(seed=0, cpu_threads=2, keep_checkpoints=5)
+
+
+def build_tiny_base(out_dir: Path) -> Path:
+    from kaizenlm.retrain.base_model import build_base
+
+    build_base(out_dir, TINY_BASE, seed=0)
+    return out_dir
+
+
+def sft_cfg(**kw) -> LoraSFTConfig:
+    """A few steps only: epochs small, one eval per epoch, no early stopping."""
+    return LoraSFTConfig(**{"epochs": 2.0, "batch_size": 8, "learning_rate": 1e-2, "early_stopping_patience": 0,
+                            "max_length": 64, **kw})
+
+
+def dpo_cfg(**kw) -> LoraDPOConfig:
+    return LoraDPOConfig(**{"epochs": 2.0, "batch_size": 8, "learning_rate": 1e-2, "early_stopping_patience": 0,
+                            "max_length": 64, **kw})

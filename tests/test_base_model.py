@@ -1,0 +1,79 @@
+"""The embedded base model: tokenizer + tiny LLaMA, saved as a plain Hugging Face directory."""
+
+import json
+import os
+
+import pytest
+import torch
+from retrain_helpers import TINY_BASE, build_tiny_base
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from kaizenlm import cli
+from kaizenlm.demo.domain import build_domain
+from kaizenlm.retrain.base_model import base_training_rows, encode_chat
+from kaizenlm.retrain.training import is_embedded_base
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return build_tiny_base(tmp_path_factory.mktemp("base"))
+
+
+def test_build_writes_a_loadable_model_with_a_chat_template(base_dir):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "kaizen_base.json", "build.log"):
+        assert (base_dir / name).is_file(), name
+    assert is_embedded_base(base_dir)
+    metrics = json.loads((base_dir / "kaizen_base.json").read_text())
+    assert metrics["steps"] == TINY_BASE.steps and metrics["params"] > 0
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 32
+    assert sum(p.numel() for p in model.parameters()) == metrics["params"]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"},
+                {"role": "assistant", "content": "Hi."}]
+    text = tok.apply_chat_template(messages, tokenize=False)
+    assert text == "<|bos|><|system|>\nBe brief.<|end|>\n<|user|>\nHello!<|end|>\n<|assistant|>\nHi.<|end|>\n"
+    prompt = tok.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|user|>\nHello!<|end|>\n<|assistant|>\n")
+    assert tok.eos_token == "<|end|>" and tok.pad_token == "<|pad|>"
+    ids = tok.apply_chat_template(messages[:2], add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert tok.decode(ids) == prompt  # byte-level BPE round-trips
+    out = model.generate(torch.tensor([ids]), max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > len(ids)
+
+
+def test_build_is_deterministic(base_dir, tmp_path):
+    again = build_tiny_base(tmp_path / "again")
+    a = AutoModelForCausalLM.from_pretrained(str(base_dir)).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(str(again)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_prompt_tokens_are_masked(base_dir):
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    ids, labels = encode_chat(tok, "Add 2 and 3.", "5", None, 64)
+    answer = [t for t in labels if t != -100]
+    assert tok.decode(answer) == "5<|end|>"
+    assert len(ids) == len(labels) and labels[0] == -100
+
+
+def test_base_never_trains_on_domain_facts_or_the_retention_exam():
+    domain = build_domain(0)
+    train, heldout = base_training_rows(domain, 0, rows_per_skill=40)
+    prompts = {r["prompt"] for r in train}
+    assert not prompts & {q for f in domain.facts for q in [f.question, *f.paraphrases, *f.exam_paraphrases]}
+    assert not prompts & {r["prompt"] for r in heldout}
+    assert not prompts & set(domain.out_of_scope_exam)
+    assert any(r["skill"] == "refusal" for r in train)
+
+
+def test_cli_base_build(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KAIZEN_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "cli-base"
+    assert cli.main(["base", "build", "--out", str(out), "--steps", "2"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["steps"] == 2
+    assert (out / "model.safetensors").is_file()
+    assert cli.main(["base", "build", "--out", str(out), "--steps", "2"]) == 2  # exists: needs --force
+    assert cli.main(["base", "show", "--out", str(out)]) == 0
+    assert os.environ["KAIZEN_HOME"].endswith("home")

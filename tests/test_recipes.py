@@ -1,0 +1,145 @@
+"""LoRA SFT and DPO recipes on a tiny embedded base: they train, write every artifact,
+resume from checkpoints, stop cleanly on NaN, and apply tiny overrides only where asked."""
+
+import json
+import random
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from retrain_helpers import FAST_RUN, build_tiny_base, dpo_cfg, sft_cfg
+from safetensors.torch import load_file, save_file
+
+from kaizenlm.config import LoraDPOConfig, LoraSFTConfig
+from kaizenlm.demo.domain import build_domain
+from kaizenlm.retrain import lora_dpo, lora_sft
+from kaizenlm.retrain.monitoring import HealthMonitor, NonFiniteLossError
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return build_tiny_base(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="module")
+def domain():
+    return build_domain(0)
+
+
+def sft_rows(domain, n=32):
+    return [{"prompt": r["prompt"], "response": r["response"]} for r in domain.train_rows()[:n]]
+
+
+def dpo_rows(domain, n=32):
+    rng = random.Random(0)
+    return [{"prompt": r["prompt"], "chosen": r["response"], "rejected": domain.wrong_answer(domain.fact(r["qid"]), rng),
+             "source": "test"} for r in domain.train_rows()[:n]]
+
+
+def assert_run_artifacts(run_dir):
+    adapter = run_dir / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+    assert not (adapter / "ref").exists()  # only the trained adapter is saved
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "train.log").stat().st_size > 0
+    assert list((run_dir / "checkpoints").glob("checkpoint-*"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] > 0 and metrics["final_train_loss"] is not None and metrics["grad_norm_mean"] > 0
+    assert metrics["final_loss_gap"] is not None and isinstance(metrics["warnings"], list)
+    assert metrics["train_loss"] == metrics["final_train_loss"] and metrics["train_seconds"] > 0
+    return metrics
+
+
+def test_sft_trains_the_adapter_from_a_parquet_snapshot(base_dir, domain, tmp_path):
+    rows = sft_rows(domain)
+    # The snapshot shape: prompt is a list of chat messages (system + user).
+    table = pa.Table.from_pylist([{"prompt": [{"role": "system", "content": "You are a helpful assistant."},
+                                              {"role": "user", "content": r["prompt"]}],
+                                   "response": r["response"]} for r in rows])
+    pq.write_table(table, tmp_path / "sft_train.parquet")
+    metrics = lora_sft.train_sft(base_dir, tmp_path / "sft_train.parquet", tmp_path / "sft", sft_cfg(), FAST_RUN)
+    assert_run_artifacts(tmp_path / "sft")
+    assert metrics["train_rows"] + metrics["val_rows"] == len(rows) and metrics["val_rows"] > 0
+    weights = load_file(tmp_path / "sft" / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    # LoRA B starts at zero: non-zero B means training moved the adapter.
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    config = json.loads((tmp_path / "sft" / "adapter" / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == set(lora_sft.ALL_LINEAR + ["embed_tokens"])  # tiny override
+
+
+@pytest.mark.slow  # two training runs: ~10 s alone, 15-45 s on the shared 2-core machine
+def test_dpo_on_top_of_sft_changes_the_adapter(base_dir, domain, tmp_path):
+    lora_sft.train_sft(base_dir, sft_rows(domain), tmp_path / "sft", sft_cfg(), FAST_RUN)
+    metrics = lora_dpo.train_dpo(base_dir, tmp_path / "sft" / "adapter", dpo_rows(domain), tmp_path / "dpo",
+                                 dpo_cfg(), FAST_RUN)
+    assert_run_artifacts(tmp_path / "dpo")
+    assert metrics["method"] == "lora_dpo" and metrics["eval_reward_margin"] is not None
+    assert metrics["pref_margin_after"] > metrics["pref_margin_before"]  # chosen answers gained on rejected ones
+    before = load_file(tmp_path / "sft" / "adapter" / "adapter_model.safetensors")
+    after = load_file(tmp_path / "dpo" / "adapter" / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    changed = [k for k in before if "lora" in k and not torch.equal(before[k], after[k])]
+    assert changed, "DPO left every LoRA weight as the SFT adapter had it"
+
+
+@pytest.mark.slow  # two training runs: ~10 s alone, 15-45 s on the shared 2-core machine
+def test_rerun_resumes_from_the_last_checkpoint(base_dir, domain, tmp_path):
+    first = lora_sft.train_sft(base_dir, sft_rows(domain), tmp_path / "run", sft_cfg(epochs=1.0), FAST_RUN)
+    assert first["resumed_from"] is None
+    second = lora_sft.train_sft(base_dir, sft_rows(domain), tmp_path / "run", sft_cfg(epochs=2.0), FAST_RUN)
+    assert second["resumed_from"].endswith(f"checkpoint-{first['steps']}")
+    assert second["steps"] == 2 * first["steps"]
+
+
+def test_nan_loss_stops_the_run_with_a_clear_message(base_dir, domain, tmp_path):
+    broken = tmp_path / "broken-base"
+    shutil.copytree(base_dir, broken)
+    weights = load_file(broken / "model.safetensors")
+    name = next(k for k in weights if "mlp.down_proj" in k)
+    weights[name] = torch.full_like(weights[name], float("nan"))  # a corrupted checkpoint, for real
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(NonFiniteLossError, match=r"became nan at step \d+.*No adapter was saved"):
+        lora_sft.train_sft(broken, sft_rows(domain), tmp_path / "run", sft_cfg(), FAST_RUN)
+    assert not (tmp_path / "run" / "adapter").exists()
+    assert "became nan" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_tiny_overrides_apply_only_to_untouched_keys_of_the_embedded_base(base_dir, tmp_path):
+    cfg = lora_sft.resolve_config(LoraSFTConfig(), base_dir)
+    assert cfg.learning_rate == lora_sft.TINY_OVERRIDES["learning_rate"] and "embed_tokens" in cfg.target_modules
+    mine = lora_sft.resolve_config(LoraSFTConfig(learning_rate=1e-4), base_dir)
+    assert mine.learning_rate == 1e-4 and mine.epochs == lora_sft.TINY_OVERRIDES["epochs"]
+    real = tmp_path / "some-hf-model"
+    real.mkdir()
+    assert lora_sft.resolve_config(LoraSFTConfig(), real) == LoraSFTConfig()  # real models keep the defaults
+    assert LoraSFTConfig().target_modules == ["q_proj", "v_proj"] and LoraSFTConfig().learning_rate == 3e-5
+    dpo = lora_dpo.resolve_config(LoraDPOConfig(), base_dir)
+    assert dpo.sft_loss_weight == 1.0 and lora_dpo.resolve_config(LoraDPOConfig(), real) == LoraDPOConfig()
+
+
+class _State:
+    def __init__(self, step):
+        self.global_step = step
+
+
+class _Control:
+    should_training_stop = False
+
+
+def test_health_monitor_warns_on_gap_and_grad_norm_and_stops_on_nan():
+    monitor = HealthMonitor(max_loss_gap=0.05, grad_norm_min=0.1, grad_norm_max=1.0, run_name="t")
+    control = _Control()
+    monitor.on_log(None, _State(1), control, logs={"loss": 1.0, "grad_norm": 0.5})
+    monitor.on_log(None, _State(2), control, logs={"eval_loss": 1.02})
+    assert monitor.warnings == [] and monitor.loss_gaps[-1][1] == pytest.approx(0.02)
+    monitor.on_log(None, _State(3), control, logs={"loss": 0.5, "grad_norm": 3.0})
+    monitor.on_log(None, _State(4), control, logs={"eval_loss": 0.7})
+    assert [w.split(":")[0] for w in monitor.warnings] == ["grad_norm out of range", "loss gap"]
+    assert not control.should_training_stop
+    monitor.on_log(None, _State(5), control, logs={"loss": float("nan")})
+    assert control.should_training_stop and monitor.non_finite == "loss became nan at step 5"
+    summary = monitor.summary()
+    assert summary["max_loss_gap"] == pytest.approx(0.2) and summary["grad_norm_max"] == 3.0
