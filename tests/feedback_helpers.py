@@ -32,13 +32,16 @@ class EventLog:
 
     def turn(self, prompt: str, response: str, *, turn_id: str | None = None, conversation_id: str | None = None,
              user_id: str = "u1", ts: float | None = None, history: list[dict] | None = None,
-             system: str | None = "You are a helpful support assistant.", model_version: str = "m1") -> str:
+             system: str | None = "You are a helpful support assistant.", model_version: str = "m1",
+             topic: str | None = None, experiment_id: str | None = None, variant: str | None = None,
+             latency_ms: float | None = None) -> str:
         turn_id = turn_id or self._id("t")
         messages = ([{"role": "system", "content": system}] if system else []) + list(history or [])
         messages.append({"role": "user", "content": prompt})
         self.envelopes.append(make_envelope("turn", {
             "turn_id": turn_id, "conversation_id": conversation_id or f"c-{turn_id}", "user_id": user_id,
-            "model_version": model_version, "messages": messages, "response": response,
+            "model_version": model_version, "messages": messages, "response": response, "topic": topic,
+            "experiment_id": experiment_id, "variant": variant, "latency_ms": latency_ms,
         }, event_id=self._id("e"), ts=self._ts(ts)))
         return turn_id
 
@@ -47,8 +50,8 @@ class EventLog:
                                             event_id=event_id or self._id("e"), ts=self._ts(ts)))
 
     def signal(self, kind: str, *, turn_id: str | None = None, conversation_id: str | None = None,
-               ts: float | None = None) -> None:
-        payload = {"kind": kind}
+               ts: float | None = None, user_id: str | None = None) -> None:
+        payload = {"kind": kind, "user_id": user_id}
         if turn_id:
             payload["turn_id"] = turn_id
         if conversation_id:
@@ -69,3 +72,18 @@ def make_config(home: Path, **curation) -> Config:
 
 def open_store(cfg: Config):
     return store.connect(cfg.duckdb_path)
+
+
+def demo_envelopes(n_conversations: int = 300, seed: int = 0, days: float = 10.0, t0: float = T0) -> list[dict]:
+    """The simulated users of `kaizen demo` (kaizenlm/demo/users.py), as envelopes: real demo
+    traffic (topics, regenerates, corrections, PII in comments) without a running stack."""
+    from kaizenlm.demo.domain import build_domain
+    from kaizenlm.demo.users import baseline_answer_fn, simulate
+
+    domain = build_domain(seed)
+    out = []
+    for i, (kind, payload) in enumerate(simulate(domain, baseline_answer_fn(domain), n_conversations, t0, days, seed)):
+        payload = dict(payload)
+        ts = payload.pop("ts")
+        out.append(make_envelope(kind, payload, event_id=f"demo-{seed}-{i:07d}", ts=ts))
+    return out

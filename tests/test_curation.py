@@ -1,4 +1,5 @@
-"""Curation: text checks, PII scrubbing, near-duplicates, decontamination and SFT selection."""
+"""Curation: the PII suite, quality rules (and the demo's short answers), near-duplicates,
+decontamination, and the SFT steps (reward, quality, dedup, caps, topic balance)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import random
 import numpy as np
 import pandas as pd
 import pytest
-from feedback_helpers import EventLog, make_config, open_store
+from feedback_helpers import EventLog, demo_envelopes, make_config, open_store
+from pii_cases import NEGATIVES, POSITIVES
 
 from kaizenlm.config import ConfigError, CurationConfig
 from kaizenlm.feedback import curation
 from kaizenlm.feedback.curation import (
     Funnel,
+    avg_sentence_words,
     contaminated,
+    is_truncated,
     load_holdout,
     near_duplicate_groups,
     normalize,
@@ -36,16 +40,20 @@ def test_normalize():
 
 
 @pytest.mark.parametrize(("text", "expected", "kind"), [
-    ("mail me: jane.doe+x@mail.example.co.uk please", "mail me: [EMAIL] please", "EMAIL"),
-    ("call +1 415 555 0100 now", "call [PHONE] now", "PHONE"),
-    ("call (415) 555-0100", "call [PHONE]", "PHONE"),
-    ("card 4111 1111 1111 1111 exp 12/29", "card [CARD] exp 12/29", "CARD"),
-    ("card 4111-1111-1111-1111", "card [CARD]", "CARD"),
-    ("server at 192.168.10.254.", "server at [IP].", "IP"),
-    ("key sk-abcdefghijklmnop1234 leaked", "key [SECRET] leaked", "SECRET"),
-    ("aws AKIAABCDEFGHIJKLMNOP", "aws [SECRET]", "SECRET"),
-    ("Authorization: Bearer abcdefghijklmnopqrstuvwxyz012345", "Authorization: [SECRET]", "SECRET"),
-    ("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY----- ok", "[SECRET] ok", "SECRET"),
+    ("mail me: jane.doe+x@mail.example.co.uk please", "mail me: <EMAIL> please", "EMAIL"),
+    ("call +1 415 555 0100 now", "call <PHONE> now", "PHONE"),
+    ("call (415) 555-0100", "call <PHONE>", "PHONE"),
+    ("Telefon: 030 901820", "Telefon: <PHONE>", "PHONE"),
+    ("card 4111 1111 1111 1111 exp 12/29", "card <CARD> exp 12/29", "CARD"),
+    ("card 4111-1111-1111-1111", "card <CARD>", "CARD"),
+    ("IBAN DE89 3704 0044 0532 0130 00 BIC COBADEFFXXX", "IBAN <IBAN> BIC COBADEFFXXX", "IBAN"),
+    ("server at 192.168.10.254.", "server at <IP>.", "IP"),
+    ("try 2001:db8::ff00:42:8329 instead", "try <IP> instead", "IP"),
+    ("SSN 536-22-1234 on file", "SSN <ID> on file", "ID"),
+    ("Passport number: X1234567", "Passport number: <ID>", "ID"),
+    ("key sk-abcdefghijklmnop1234 leaked", "key <SECRET> leaked", "SECRET"),
+    ("Authorization: Bearer abcdefghijklmnopqrstuvwxyz012345", "Authorization: <SECRET>", "SECRET"),
+    ("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY----- ok", "<SECRET> ok", "SECRET"),
 ])
 def test_scrub_pii_replaces(text, expected, kind):
     counts: dict[str, int] = {}
@@ -57,11 +65,36 @@ def test_scrub_pii_replaces(text, expected, kind):
     "order 123456789 shipped on 2024-01-15",  # ids and dates are not phones
     "upgrade to version 1.2.3 or 10.4",
     "number 4111 1111 1111 1112",  # fails the Luhn check: not a card
+    "code GB82 WEST 1234 5698 7654 33",  # fails the mod-97 check: not an IBAN
     "it costs 1,299.00 USD",
     "",
 ])
 def test_scrub_pii_leaves_ordinary_text(text):
     assert scrub_pii(text) == text
+
+
+def test_pii_suite():
+    """At least 200 labeled strings in several languages: recall >= 99% on the positives
+    (every labeled value gone and its typed placeholder there), <= 2% changed negatives."""
+    assert len(POSITIVES) + len(NEGATIVES) >= 200 and len(POSITIVES) >= 100 and len(NEGATIVES) >= 100
+    kinds = {kind for _, labels in POSITIVES for kind, _ in labels}
+    assert {"EMAIL", "PHONE", "CARD", "IBAN", "IP", "ID"} <= kinds
+    assert sum(any(ord(ch) > 0x3000 for ch in text) for text, _ in POSITIVES) >= 8  # CJK, not only Latin
+    missed = []
+    for text, labels in POSITIVES:
+        out = scrub_pii(text)
+        if any(value in out for _, value in labels) or any(f"<{kind}>" not in out for kind, _ in labels):
+            missed.append((text, out))
+    changed = [(text, scrub_pii(text)) for text in NEGATIVES if scrub_pii(text) != text]
+    recall = 1 - len(missed) / len(POSITIVES)
+    false_positive_rate = len(changed) / len(NEGATIVES)
+    assert recall >= 0.99, missed
+    assert false_positive_rate <= 0.02, changed
+
+
+def test_pii_keep_leaves_an_organisations_own_addresses():
+    text = "Write to help@kaizen.cloud, not to me at jane@example.com."
+    assert scrub_pii(text, keep={"help@kaizen.cloud"}) == "Write to help@kaizen.cloud, not to me at <EMAIL>."
 
 
 def test_repetition_and_text_issues():
@@ -73,7 +106,7 @@ def test_repetition_and_text_issues():
     cfg = CurationConfig(min_response_chars=3, max_response_chars=200)
     assert text_issue(varied, cfg) is None
     assert text_issue(loop, cfg) in {"repetitive", "too_long"}
-    assert text_issue("I can help. " * 15, CurationConfig()) == "repetitive"
+    assert text_issue("I can help you with that. " * 15, CurationConfig()) == "repetitive"
     assert text_issue("ok", cfg) == "too_short"
     assert text_issue("   ", cfg) == "empty"
     assert text_issue(None, cfg) == "empty"
@@ -81,11 +114,67 @@ def test_repetition_and_text_issues():
     assert text_issue("x" * 201, cfg) == "too_long"
 
 
+def test_sentence_rule():
+    cfg = CurationConfig()
+    assert avg_sentence_words("The refund window is 30 days.") == 6
+    assert avg_sentence_words("Sure! The refund window is 30 days.") == 3.5
+    assert avg_sentence_words("Run this:\n```\nx = 1\ny = 2\n```\nThen open the page you want to see.") == 5
+    assert avg_sentence_words("```\ncode only\n```") is None
+    assert avg_sentence_words("返金期間は三十日です。") == 5  # CJK: two characters a word
+    assert text_issue("The api version is v2.", cfg) is None  # 5 words: not under 5
+    assert text_issue("Yes. It is. Thirty days.", cfg) == "short_sentences"
+    assert text_issue("Sure! The refund window is 30 days.", cfg) == "short_sentences"
+    assert text_issue("Yes. It is. Thirty days.", CurationConfig(min_avg_sentence_words=0)) is None
+    # scope "turn" measures the user message too: a terse question pulls a good answer under
+    turn = CurationConfig(sentence_rule_scope="turn")
+    assert text_issue("The refund window is 30 days.", turn, prompt="Refund window?") == "short_sentences"
+    assert text_issue("The refund window is 30 days.", turn, prompt="What is the refund window?") is None
+    assert text_issue("The refund window is 30 days.", cfg, prompt="Refund window?") is None
+
+
+def test_boilerplate_and_truncation():
+    cfg = CurationConfig()
+    assert text_issue("As an AI language model, I cannot browse the web for you.", cfg) == "boilerplate"
+    assert text_issue("I'm not sure, maybe ask someone else about it.", cfg) == "boilerplate"
+    assert text_issue("Lorem ipsum dolor sit amet, consectetur adipiscing.", cfg) == "boilerplate"
+    assert text_issue("Sorry, I can only help with Kaizen Cloud questions.", cfg) is None  # the refusal is an answer
+    assert text_issue("If you do not know your password, use the reset link.", cfg) is None
+    assert is_truncated("Open Settings and then choose Billing, then the", 8)
+    assert is_truncated("The steps are:", 8) and is_truncated("First open Settings,", 0)
+    assert is_truncated("Run:\n```python\nprint(1)\n", 0)
+    assert not is_truncated("The refund window is 30 days", 8)  # short: not judged
+    assert not is_truncated("You will find every detail of the plans at https://kaizen.cloud/plans", 8)
+    assert not is_truncated("Open Settings and then choose Billing, then press Save.", 8)
+    assert text_issue("Open Settings and then choose Billing, then the new plan", cfg) == "truncated"
+    assert text_issue("It is thirty days after purchase for every single plan", cfg, casual=True) is None
+
+
+def test_the_sentence_rule_keeps_the_demos_short_answers():
+    """The demo answers in one short sentence ("The refund window is 30 days.": 6 words). On
+    its traffic the rule as configured (on the answer) drops no right answer; on the whole
+    turn it would drop those asked tersely ("Refund window?"). docs/DATASETS.md has the numbers."""
+    from kaizenlm.demo.domain import build_domain
+
+    domain = build_domain(0)
+    right = {f.answer for f in domain.facts} | {domain.refusal}
+    turns = [e["payload"] for e in demo_envelopes(600) if e["type"] == "turn"]
+    answers = [(t["messages"][-1]["content"], t["response"]) for t in turns if t["response"] in right]
+    assert len(answers) > 250
+    on_answer = [text_issue(a, CurationConfig()) for _, a in answers]
+    on_turn = [text_issue(a, CurationConfig(sentence_rule_scope="turn"), prompt=q) for q, a in answers]
+    assert on_answer.count("short_sentences") == 0
+    assert 0 < on_turn.count("short_sentences") < 0.15 * len(answers)
+
+
 def test_curation_config_is_validated():
     with pytest.raises(ConfigError, match="curation.eval_fraction"):
         CurationConfig(eval_fraction=1.0)
     with pytest.raises(ConfigError, match="curation.max_response_chars"):
         CurationConfig(min_response_chars=10, max_response_chars=5)
+    with pytest.raises(ConfigError, match="curation.sentence_rule_scope"):
+        CurationConfig(sentence_rule_scope="prompt")
+    with pytest.raises(ConfigError, match="curation.topic_balance_ratio"):
+        CurationConfig(topic_balance_ratio=0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,29 +325,45 @@ def test_select_sft_takes_rewarded_answers_and_corrections(env):
     log = EventLog()
     liked = log.turn("How do I change my plan?", GOOD)
     log.feedback(liked, thumbs=1)
-    disliked = log.turn("Can I pay by invoice?", "Yes, always, for everyone, instantly.")
+    disliked = log.turn("Can I pay by invoice?", "Yes, always, for everyone, instantly, no questions asked.")
     log.feedback(disliked, thumbs=-1)
-    corrected = log.turn("What is the refund window?", "Seven days after purchase.")
+    corrected = log.turn("What is the refund window?", "Seven days after the date of purchase.")
     log.feedback(corrected, correction="Thirty days after purchase, for every plan.")
     implicit = log.turn("How do I add a teammate?", "Go to Team, press Invite and enter their e-mail address.")
     log.signal("copy", turn_id=implicit)
     log.signal("completed", turn_id=implicit)
-    log.turn("Is there an API?", "Yes: see the developer docs under Settings, API.")  # no feedback
+    log.turn("Is there an API?", "Yes: see the developer docs under Settings, API.")  # no feedback: no reward
     sft, funnel, _ = env(log)
     got = dict(zip(sft["turn_id"], zip(sft["source"], sft["target"], strict=True), strict=True))
     assert got == {
         liked: ("feedback", GOOD),
-        corrected: ("correction", "Thirty days after purchase, for every plan."),
+        corrected: ("correction", "Thirty days after purchase, for every plan."),  # in place of the answer
         implicit: ("feedback", "Go to Team, press Invite and enter their e-mail address."),
     }
     assert sft.set_index("turn_id").loc[corrected, "reward"] == curation.GOLD_REWARD
     steps = _steps(funnel, "sft")
-    assert steps["answers"]["dropped"]["low_reward"] == 3
-    # the chain of counts is consistent
+    assert steps["reward"]["dropped"] == {"low_reward": 1, "no_reward": 1}
+    assert {e["reason"] for e in steps["reward"]["examples"]} == {"low_reward", "no_reward"}
+    assert steps["reward"]["params"]["sft_min_reward"] == 0.5
+    # the chain of counts is consistent, and every step names its parameters
     chain = funnel.steps["sft"]
+    assert [s["step"] for s in chain] == ["reward", "quality", "decontaminate", "exact_dedup", "near_dedup",
+                                          "per_user_cap", "topic_balance"]
     assert chain[-1]["out"] == len(sft)
-    for a, b in zip(chain[2:], chain[3:], strict=False):
-        assert a["out"] == b["in"]
+    for a, b in zip(chain, chain[1:], strict=False):
+        assert a["out"] == b["in"] and "params" in b
+        assert b["in"] - b["out"] == sum(b.get("dropped", {}).values())
+
+
+def test_a_corrected_answer_never_becomes_a_target(env):
+    log = EventLog()
+    t = log.turn("What is the refund window?", "Seven days after the date of purchase.")
+    log.feedback(t, thumbs=1, rating=5)  # liked first ...
+    log.feedback(t, correction="Thirty days after purchase, for every plan.")  # ... then corrected
+    sft, _, _ = env(log, max_per_prompt=5)
+    assert sft[["source", "target"]].values.tolist() == [["correction", "Thirty days after purchase, for every plan."]]
+    sft, funnel, _ = env(log, include_corrections=False)
+    assert sft.empty and _steps(funnel, "sft")["reward"]["dropped"] == {"corrected_answer": 1}
 
 
 def test_require_explicit_and_threshold(env):
@@ -266,8 +371,8 @@ def test_require_explicit_and_threshold(env):
     implicit = log.turn("How do I add a teammate?", "Go to Team, press Invite and enter their e-mail address.")
     log.signal("copy", turn_id=implicit)
     log.signal("completed", turn_id=implicit)
-    sft, _, _ = env(log, sft_require_explicit=True)
-    assert sft.empty
+    sft, funnel, _ = env(log, sft_require_explicit=True)
+    assert sft.empty and _steps(funnel, "sft")["reward"]["dropped"] == {"no_explicit_feedback": 1}
     log = EventLog()
     implicit = log.turn("How do I add a teammate?", "Go to Team, press Invite and enter their e-mail address.")
     log.signal("copy", turn_id=implicit)
@@ -277,44 +382,80 @@ def test_require_explicit_and_threshold(env):
 
 def test_bad_targets_are_not_chosen(env):
     log = EventLog()
-    looping = log.turn("How do I export data?", "You can export data. " * 20)
+    looping = log.turn("How do I export data?", "You can export your data here. " * 20)
     log.feedback(looping, thumbs=1)
-    echo = log.turn("What is a seat?", "What is a seat?")
+    echo = log.turn("What is a seat in the team plan?", "What is a seat in the team plan?")
     log.feedback(echo, thumbs=1)
     tiny = log.turn("Is it free?", "y")
     log.feedback(tiny, thumbs=1)
-    bad_fix = log.turn("When do you open?", "At nine.")
-    log.feedback(bad_fix, correction="At nine.")  # the "correction" repeats the answer
+    terse = log.turn("Is it free?", "Yes. It is. No cost.")
+    log.feedback(terse, thumbs=1)
+    disclaimer = log.turn("What is the weather?", "As an AI language model, I cannot see the weather.")
+    log.feedback(disclaimer, thumbs=1)
+    cut = log.turn("How do I upgrade?", "Open Settings, choose Billing and then press the button labelled")
+    log.feedback(cut, thumbs=1)
+    bad_fix = log.turn("When do you open?", "We open at nine in the morning.")
+    log.feedback(bad_fix, correction="We open at nine in the morning.")  # the "correction" repeats the answer
     sft, funnel, _ = env(log)
     assert sft.empty
-    steps = _steps(funnel, "sft")
-    assert steps["answers"]["dropped"] == {"low_reward": 1, "repetitive": 1, "echoes_prompt": 1, "too_short": 1}
-    assert steps["corrections"]["dropped"] == {"same_as_answer": 1}
+    quality = _steps(funnel, "sft")["quality"]
+    assert quality["dropped"] == {"repetitive": 1, "echoes_prompt": 1, "too_short": 1, "short_sentences": 1,
+                                  "boilerplate": 1, "truncated": 1, "same_as_answer": 1}
+    assert len(quality["examples"]) == curation.MAX_EXAMPLES
+    assert quality["params"]["min_avg_sentence_words"] == 5.0
 
 
-def test_dedup_keeps_the_best_per_cluster_and_caps_users(env):
+def test_exact_and_near_dedup_keep_the_best_and_caps_apply(env):
     log = EventLog()
-    ok = log.turn("How do I reset my password?", "Use the 'Forgot password' link on the sign-in page.")
-    log.feedback(ok, thumbs=1)
-    better = log.turn("how do I reset my password??", "Press 'Forgot password' on the sign-in page and follow the mail.")
+    q = "How do I reset my password for the Kaizen Cloud dashboard?"
+    log.feedback(log.turn(q, "Use the 'Forgot password' link on the sign-in page."), thumbs=1)
+    same = log.turn(q.upper(), "Use the 'Forgot password' link on the sign-in page!")
+    log.feedback(same, thumbs=1)  # the same context and answer, normalized: an exact duplicate
+    better = log.turn(q + "?", "Press 'Forgot password' on the sign-in page and follow the mail.")
     log.feedback(better, thumbs=1)
     log.feedback(better, rating=5)
-    fixed = log.turn("How do I reset my password", "Call us.")
+    fixed = log.turn(q.replace("password", "pasword"), "Call us, we will sort it out for you.")  # a typo: near-dup
     log.feedback(fixed, correction="Use 'Forgot password' on the sign-in page; the link is valid for one hour.")
     for i in range(5):  # one user, five different liked questions
         t = log.turn(f"Question number {i} about topic {'abcde'[i] * 6}?", f"A distinct, helpful answer number {i}.",
                      user_id="heavy")
         log.feedback(t, thumbs=1)
     sft, funnel, _ = env(log, max_per_user=3)
-    password = sft[sft["prompt"].str.contains("password")]
+    password = sft[sft["prompt"].str.contains("(?i)password|pasword")]
     assert password["turn_id"].tolist() == [fixed]  # the correction wins the cluster
     assert (sft["user_id"] == "heavy").sum() == 3
     steps = _steps(funnel, "sft")
-    assert steps["deduplicate"]["dropped"] == {"near_duplicate": 2}
+    assert steps["exact_dedup"]["dropped"] == {"exact_duplicate": 1}
+    assert steps["near_dedup"]["dropped"] == {"near_duplicate": 2}
     assert steps["per_user_cap"]["dropped"] == {"user_over_cap": 2}
 
     sft, _, _ = env(log, max_per_prompt=2, include_corrections=False)
-    assert set(sft[sft["prompt"].str.contains("password")]["turn_id"]) == {ok, better}
+    # exact duplicates with equal rewards: the newest stays
+    assert set(sft[sft["prompt"].str.contains("(?i)password|pasword")]["turn_id"]) == {better, same}
+
+
+def test_topic_balance_holds_the_one_to_three_rule(env):
+    log = EventLog()
+    rng = random.Random(5)
+    words = ["invoice", "parcel", "router", "seat", "token", "refund", "plan", "label", "quota", "webhook",
+             "backup", "domain", "coupon", "report", "folder", "avatar", "session", "carrier", "warranty", "trial"]
+    counts = {"billing": 12, "shipping": 5, "api": 2}
+    for topic, n in counts.items():
+        for i in range(n):
+            t = log.turn(" ".join(rng.sample(words, 7)) + "?",  # distinct questions: no near-duplicates
+                         f"A helpful {topic} answer, number {i}, with enough words in it.", topic=topic)
+            log.feedback(t, thumbs=1, rating=5 if i % 2 else 4)
+    sft, funnel, _ = env(log)
+    got = sft["topic"].value_counts().to_dict()
+    assert got == {"billing": 6, "shipping": 5, "api": 2}
+    assert max(got.values()) <= 3 * min(got.values())
+    step = _steps(funnel, "sft")["topic_balance"]
+    assert step["dropped"] == {"topic_over_cap": 6} and step["params"]["per_topic_limit"] == 6
+    assert step["params"]["topics"] == counts
+    # the best of the capped topic stay: its rating-5 answers first
+    assert sft[sft["topic"] == "billing"]["reward"].min() == pytest.approx(1.0)
+    sft, _, _ = env(log, topic_balance_ratio=0)
+    assert sft["topic"].value_counts().to_dict() == counts
 
 
 def test_pii_is_scrubbed_and_counted(env):
@@ -323,11 +464,11 @@ def test_pii_is_scrubbed_and_counted(env):
                  "Hi jane@example.com: the charge on card 4111 1111 1111 1111 is your annual renewal.")
     log.feedback(t, thumbs=1)
     sft, funnel, frame = env(log)
-    assert "[EMAIL]" in sft.loc[0, "target"] and "[CARD]" in sft.loc[0, "target"]
+    assert "<EMAIL>" in sft.loc[0, "target"] and "<CARD>" in sft.loc[0, "target"]
     assert "jane@example.com" not in json.dumps(sft.loc[0, "messages"])
     assert funnel.notes["pii_replaced"]["EMAIL"] == 2 and funnel.notes["pii_replaced"]["CARD"] == 1
-    sft, funnel, _ = env(log, scrub_pii=False)
-    assert "jane@example.com" in sft.loc[0, "target"]
+    step = _steps(funnel, "candidates")["pii_scrub"]
+    assert step["in"] == step["out"] == 1 and "jane" not in json.dumps(step)
 
 
 def test_holdout_prompts_are_dropped(env):
@@ -357,4 +498,4 @@ def test_contexts_and_multi_turn(env):
     # same last message, different history: different clusters, both kept
     assert len(sft) == 2 and sft["cluster"].nunique() == 2
     assert sft.loc[sft["turn_id"] == t, "prompt"].item() == "Yes please"
-    assert funnel.steps["candidates"][0]["dropped"] == {"context_too_long": 1}
+    assert _steps(funnel, "candidates")["context"]["dropped"] == {"context_too_long": 1}

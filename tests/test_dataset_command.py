@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from feedback_helpers import EventLog, open_store
 from test_datasets import populate
+from test_forget import free_port
 
 from kaizenlm import config as config_mod
 from kaizenlm.cli import main
@@ -21,6 +22,7 @@ def home(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KAIZEN_CONFIG", raising=False)
     monkeypatch.setenv("KAIZEN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAIZEN_CONTROLLER_PORT", str(free_port()))  # no controller: the CLI opens DuckDB itself
     (tmp_path / "kaizen.toml").write_text("[curation]\nwindow_days = 0\neval_fraction = 0.3\n")
     return tmp_path / "home"
 
@@ -88,17 +90,23 @@ def test_build_json_and_dry_run(data, capsys):
 
 def test_rewards(data, capsys):
     code, out, _ = run(capsys, "dataset", "rewards")
-    assert code == 0 and out.startswith("turns 80: 80 with feedback")
+    assert code == 0 and out.startswith("turns 80: 80 with a reward (0 without)")
+    assert "calibration (implicit-only reward vs explicit ratings" in out
     code, out, _ = run(capsys, "dataset", "rewards", "--json")
     summary = json.loads(out)
     assert summary["turns"] == 80 and summary["with_correction"] == 20 and summary["window"]["since"] is None
+    assert set(summary["calibration"]) >= {"agreement", "auc", "turns_with_both"}
 
 
 def test_config_file_settings_are_used(data, capsys, home):
     (home.parent / "general.jsonl").write_text('{"prompt": "Hi", "response": "Hello!"}\n')
     (home.parent / "kaizen.toml").write_text('[curation]\nwindow_days = 0\nreplay_path = "general.jsonl"\n')
     code, out, _ = run(capsys, "dataset", "build", "--dry-run", "--json")
-    assert json.loads(out)["curation"]["replay"]["used"] == 1
+    mix = json.loads(out)["mix_ratio"]
+    assert mix["source"].endswith("general.jsonl") and mix["replay_rows"] == round(0.08 * mix["sft_train_rows"])
+    (home.parent / "kaizen.toml").write_text("[curation]\nreplay_fraction = 0.2\n")
+    code, _, err = run(capsys, "dataset", "list")
+    assert code == 2 and "curation.replay_fraction" in err and "replay_fraction_override" in err
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -1,18 +1,21 @@
-"""Dataset snapshots: content addressing, reproducibility, split, replay, integrity, atomicity."""
+"""Dataset snapshots: content addressing, determinism, the split grouped by conversation (no
+leakage), the replay mix ratio, integrity, atomicity, and forgotten snapshots."""
 
 from __future__ import annotations
 
 import json
-import math
+import random
 from datetime import UTC, datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest
-from feedback_helpers import T0, EventLog, make_config, open_store
+from feedback_helpers import T0, EventLog, demo_envelopes, make_config, open_store
 
+from kaizenlm.config import ConfigError, CurationConfig
 from kaizenlm.feedback import datasets
 from kaizenlm.feedback.datasets import SnapshotError, build_snapshot
 from kaizenlm.feedback.rewards import Window
+from kaizenlm.ingest import store
 
 TOPICS = ["password", "invoice", "refund", "plan", "export", "teammate", "login", "address", "receipt", "cancel",
           "upgrade", "storage", "api", "billing", "language", "avatar", "notifications", "backup", "trial", "seats"]
@@ -60,14 +63,23 @@ def test_build_writes_a_verified_snapshot(con, cfg):
     assert datasets.verify(snap.path) == []
     tables = datasets.open_snapshot(snap.path)
     assert {k: t.num_rows for k, t in tables.items()} == snap.counts
-    assert snap.counts["sft_train"] + snap.counts["sft_eval"] == 3 * len(TOPICS)
+    mix = snap.manifest["mix_ratio"]
+    assert snap.counts["sft_train"] + snap.counts["sft_eval"] - mix["replay_rows"] == 3 * len(TOPICS)
     assert snap.counts["dpo_train"] + snap.counts["dpo_eval"] == 2 * len(TOPICS)
+    assert mix["source"] == datasets.EMBEDDED_REPLAY and mix["replay_rows"] > 0  # the embedded default
     assert tables["sft_train"].schema == datasets.SFT_SCHEMA and tables["dpo_eval"].schema == datasets.DPO_SCHEMA
     manifest = json.loads((snap.path / "manifest.json").read_text())
     assert manifest["counts"] == snap.counts and manifest["window"]["as_of"]
     assert manifest["config"]["curation"]["eval_fraction"] == 0.3
-    assert manifest["curation"]["dpo_sources"] == {"correction": 20, "regenerate": 20, "ranked": 0}
-    assert "no replay data" in " ".join(manifest["warnings"])
+    assert manifest["pair_sources"] == {"correction": 20, "regenerate": 20, "ab_variant": 0, "rating": 0}
+    assert manifest["mix_ratio"]["configured"] == 0.08 and not manifest["warnings"]
+    assert manifest["code_version"]["kaizenlm"] and "git_commit" in manifest["code_version"]
+    assert set(manifest["curation"]["reward_calibration"]) >= {"agreement", "auc", "turns_with_both"}
+    # every filter reports its parameters and counts
+    steps = [s for output in manifest["curation"]["steps"].values() for s in output]
+    assert {"recency_window", "pii_scrub", "context", "reward", "quality", "exact_dedup", "near_dedup",
+            "topic_balance", "split", "replay_mix", "margin", "dedup"} <= {s["step"] for s in steps}
+    assert all("params" in s and "in" in s and "out" in s for s in steps if s["step"] != "mine")
     assert not [p for p in cfg.snapshots_dir.iterdir() if p.name.startswith(".tmp")]
     row = con.execute("SELECT snapshot_id, content_hash, counts FROM dataset_snapshots").fetchall()
     assert [(r[0], r[1], json.loads(r[2])) for r in row] == [(snap.snapshot_id, snap.content_hash, snap.counts)]
@@ -82,7 +94,7 @@ def test_same_data_same_snapshot(con, cfg):
     assert con.execute("SELECT count(*) FROM dataset_snapshots").fetchall() == [(1,)]
     # new feedback changes the content, and so the id
     log = EventLog(t0=T0 + 10_000)
-    t = log.turn("Is there a dark mode for the mobile app?", "Yes: Settings, Appearance, Dark.")
+    t = log.turn("Is there a dark mode for the mobile app?", "Yes: open Settings, then Appearance, and pick Dark.")
     log.feedback(t, thumbs=1)
     log.write(con)
     assert build_snapshot(con, cfg, Window()).snapshot_id != first.snapshot_id
@@ -92,7 +104,7 @@ def test_as_of_makes_rebuilds_reproducible(con, cfg):
     cut = datetime.now(UTC)
     first = build_snapshot(con, cfg, Window(as_of=cut))
     log = EventLog(t0=T0 + 10_000)
-    t = log.turn("Is there a dark mode for the mobile app?", "Yes: Settings, Appearance, Dark.")
+    t = log.turn("Is there a dark mode for the mobile app?", "Yes: open Settings, then Appearance, and pick Dark.")
     log.feedback(t, thumbs=1)
     log.write(con)
     con.execute("UPDATE turns SET ingested_at = ?::TIMESTAMPTZ + INTERVAL 1 MINUTE WHERE turn_id = ?", [cut, t])
@@ -102,15 +114,62 @@ def test_as_of_makes_rebuilds_reproducible(con, cfg):
     assert build_snapshot(con, cfg, later, dry_run=True).snapshot_id != first.snapshot_id
 
 
+def _conversations(table) -> set:
+    cols = [c for c in ("conversation_id", "rejected_conversation_id") if c in table.column_names]
+    return {v for c in cols for v in table.column(c).to_pylist() if v is not None}
+
+
+def _clusters(table) -> set:
+    return {v for v in table.column("cluster").to_pylist() if v is not None}
+
+
 def test_split_keeps_clusters_together(con, cfg):
     snap = build_snapshot(con, cfg, Window())
     t = datasets.open_snapshot(snap.path)
-    train = set(t["sft_train"].column("cluster").to_pylist()) | set(t["dpo_train"].column("cluster").to_pylist())
-    evals = set(t["sft_eval"].column("cluster").to_pylist()) | set(t["dpo_eval"].column("cluster").to_pylist())
+    train = _clusters(t["sft_train"]) | _clusters(t["dpo_train"])
+    evals = _clusters(t["sft_eval"]) | _clusters(t["dpo_eval"])
     assert train and evals and not (train & evals)
-    for c in evals:
-        assert datasets.in_eval(c, 0.3)
     assert 0.1 < len(evals) / (len(train) + len(evals)) < 0.5
+
+
+def test_no_conversation_leaks_across_the_split(tmp_path):
+    """Multi-turn conversations (each turn its own cluster) and answers to one question in
+    many conversations: no conversation and no cluster ends up on both sides."""
+    cfg = make_config(tmp_path / "home", eval_fraction=0.4, window_days=0, max_per_prompt=3, topic_balance_ratio=0)
+    con = open_store(cfg)
+    log = EventLog()
+    rng = random.Random(3)
+    words = ["invoice", "parcel", "router", "seat", "token", "refund", "plan", "label", "quota", "webhook",
+             "backup", "domain", "coupon", "report", "folder", "avatar", "session", "carrier", "warranty", "trial"]
+    for c in range(40):
+        conv = f"conv{c}"
+        history = []
+        for k in range(3):
+            q = " ".join(rng.sample(words, 8)) + "?"  # distinct questions: each turn its own cluster
+            t = log.turn(q, f"Thanks; for workspace {c} step {k}, open Settings and press Repair now.",
+                         conversation_id=conv, history=history, user_id=f"u{c}")
+            log.feedback(t, thumbs=1)
+            history = history + [{"role": "user", "content": q},
+                                 {"role": "assistant", "content": f"Noted, step {k} for workspace {c} is done now."}]
+        if c % 3 == 0:  # a common question answered well and badly in other conversations: rating pairs
+            good = log.turn("How do I reset my password on the web app?", "Use the Forgot password link on sign-in.",
+                            conversation_id=conv, user_id=f"u{c}")
+            log.feedback(good, thumbs=1)
+            bad = log.turn("How do I reset my password on the web app?", f"Call the office number {c} and wait there.",
+                           conversation_id=f"other{c}", user_id=f"v{c}")
+            log.feedback(bad, thumbs=-1)
+    log.write(con)
+    snap = build_snapshot(con, cfg, Window())
+    t = datasets.open_snapshot(snap.path)
+    train = _conversations(t["sft_train"]) | _conversations(t["dpo_train"])
+    evals = _conversations(t["sft_eval"]) | _conversations(t["dpo_eval"])
+    assert len(train) > 10 and len(evals) > 5
+    assert not (train & evals)
+    assert not ((_clusters(t["sft_train"]) | _clusters(t["dpo_train"]))
+                & (_clusters(t["sft_eval"]) | _clusters(t["dpo_eval"])))
+    split = {s["step"]: s for s in snap.manifest["curation"]["steps"]["sft"]}["split"]
+    assert split["params"]["grouped_by"] == ["conversation", "near-duplicate cluster"]
+    con.close()
 
 
 def test_eval_fraction_zero(con, tmp_path):
@@ -123,20 +182,102 @@ def test_replay_mix(con, cfg):
     replay = [{"messages": [{"role": "user", "content": f"Repeat the word number {i}."}], "response": f"word {i}"}
               for i in range(200)]
     replay.append({"messages": [{"role": "user", "content": "Reverse: red cat"}], "response": "cat red"})
+    replay.append({"messages": [{"role": "user", "content": "Mail jane@example.com"}], "response": "Sent."})
     snap = build_snapshot(con, cfg, Window(), replay=replay, holdout=["Reverse: red cat"])
     t = datasets.open_snapshot(snap.path)["sft_train"]
     sources = t.column("source").to_pylist()
-    n_replay, n_own = sources.count("replay"), len(sources) - sources.count("replay")
-    assert n_replay == math.ceil(0.08 / 0.92 * n_own)
-    assert 0.07 <= n_replay / len(sources) <= 0.1
+    n_replay = sources.count("replay")
+    assert n_replay == round(0.08 * len(sources))  # the ratio holds exactly (to the row)
     rows = [r for r in t.to_pylist() if r["source"] == "replay"]
     assert all(r["turn_id"] is None and r["reward"] is None and r["cluster"] is None for r in rows)
     assert all(r["prompt"][0]["content"] != "Reverse: red cat" for r in rows)
-    info = snap.manifest["curation"]["replay"]
-    assert info == {"fraction": 0.08, "wanted": n_replay, "available": 201, "contaminated": 1, "used": n_replay}
-    assert not snap.manifest["warnings"]
+    assert "jane@example.com" not in json.dumps(rows)  # replay text is scrubbed too
+    step = {s["step"]: s for s in snap.manifest["curation"]["steps"]["sft"]}["replay_mix"]
+    assert step["dropped"]["matches_holdout"] == 1 and step["out"] == n_replay
+    assert snap.manifest["mix_ratio"] == {"configured": 0.08, "replay_rows": n_replay, "sft_train_rows": len(sources),
+                                          "actual": round(n_replay / len(sources), 6), "source": "given"}
     again = build_snapshot(con, cfg, Window(), replay=replay, holdout=["Reverse: red cat"], dry_run=True)
     assert again.snapshot_id == snap.snapshot_id  # the sample is deterministic
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.08, 0.1])
+def test_replay_count_is_exact_to_the_row(fraction):
+    for n_train in range(1, 3000):
+        r = datasets.replay_count(n_train, fraction)
+        total = n_train + r
+        assert r == round(fraction * total), (n_train, r)
+        assert abs(r / total - fraction) <= 0.5 / total
+    assert datasets.replay_count(0, fraction) == 0
+
+
+def test_small_replay_pool_is_repeated_to_hold_the_ratio(con, cfg):
+    replay = [{"messages": [{"role": "user", "content": "Say hi."}], "response": "Hi!"}]
+    snap = build_snapshot(con, cfg, Window(), replay=replay)
+    rows = datasets.open_snapshot(snap.path)["sft_train"].to_pylist()
+    n_replay = sum(r["source"] == "replay" for r in rows)
+    assert n_replay == round(0.08 * len(rows)) > 1
+    assert len({r["example_id"] for r in rows}) == len(rows)
+
+
+def test_embedded_replay_never_mixes_in_its_held_out_split(con, cfg):
+    from kaizenlm.demo.general import general_skills
+
+    train, heldout = general_skills(0)
+    snap = build_snapshot(con, cfg, Window())
+    rows = [r for r in datasets.open_snapshot(snap.path)["sft_train"].to_pylist() if r["source"] == "replay"]
+    prompts = {r["prompt"][-1]["content"] for r in rows}
+    assert prompts and prompts <= {r["prompt"] for r in train}
+    assert not prompts & {r["prompt"] for r in heldout}
+
+
+def test_replay_fraction_outside_5_to_10_percent_is_a_config_error(tmp_path):
+    for bad in (0.0, 0.04, 0.11, 0.5):
+        with pytest.raises(ConfigError, match="curation.replay_fraction.*0.05..0.10.*replay_fraction_override"):
+            CurationConfig(replay_fraction=bad)
+    assert CurationConfig(replay_fraction=0.2, replay_fraction_override=True).replay_fraction == 0.2
+    cfg = make_config(tmp_path / "home", replay_fraction=0.0, replay_fraction_override=True)
+    con = open_store(cfg)
+    log = EventLog()
+    populate(log, 3)
+    log.write(con)
+    snap = build_snapshot(con, cfg, Window())
+    assert snap.manifest["mix_ratio"]["replay_rows"] == 0
+    con.close()
+
+
+def test_same_inputs_and_config_give_the_same_hash(tmp_path):
+    """Two stores filled with the same events (in different orders), built separately."""
+    envelopes = demo_envelopes(250)
+    hashes = []
+    for i, order in enumerate((envelopes, list(reversed(envelopes)))):
+        cfg = make_config(tmp_path / f"home{i}", window_days=0)
+        con = open_store(cfg)
+        con.execute("BEGIN")
+        store.insert_events(con, order)
+        con.execute("COMMIT")
+        hashes.append(build_snapshot(con, cfg, Window()).content_hash)
+        con.close()
+    assert hashes[0] == hashes[1]
+
+
+def test_demo_traffic_snapshot(tmp_path):
+    """The demo's simulated users: every pair source but A/B, PII scrubbed, the ratio exact."""
+    cfg = make_config(tmp_path / "home", window_days=0, pii_keep=["help@kaizen.cloud", "security@kaizen.cloud"])
+    con = open_store(cfg)
+    con.execute("BEGIN")
+    store.insert_events(con, demo_envelopes(600))
+    con.execute("COMMIT")
+    snap = build_snapshot(con, cfg, Window())
+    m = snap.manifest
+    assert m["pair_sources"]["correction"] > 20 and m["pair_sources"]["regenerate"] > 20
+    assert m["pair_sources"]["rating"] > 20
+    assert m["mix_ratio"]["replay_rows"] == round(0.08 * m["counts"]["sft_train"])
+    tables = datasets.open_snapshot(snap.path)
+    text = json.dumps([tables[t].to_pylist() for t in datasets.TABLES], default=str)
+    assert "help@kaizen.cloud" in text  # the organisation's own address is kept (pii_keep)
+    quality = {s["step"]: s for s in m["curation"]["steps"]["sft"]}["quality"]
+    assert quality.get("dropped", {}).get("short_sentences", 0) == 0  # the demo's short answers survive
+    con.close()
 
 
 def test_load_replay(tmp_path):
@@ -212,7 +353,7 @@ def test_empty_window_gives_an_empty_snapshot(con, cfg):
 def test_snapshot_rows_fit_the_sft_recipe(con, cfg):
     """kaizenlm.retrain.lora_sft reads {prompt, response} rows, prompt being text or messages."""
     snap = build_snapshot(con, cfg, Window())
-    row = pq.read_table(snap.path / "sft_train.parquet").to_pylist()[0]
+    row = next(r for r in pq.read_table(snap.path / "sft_train.parquet").to_pylist() if r["source"] != "replay")
     assert isinstance(row["response"], str) and row["response"]
     assert [m["role"] for m in row["prompt"]] == ["system", "user"]
 
@@ -222,7 +363,9 @@ def test_training_records(con, cfg):
     t = datasets.open_snapshot(snap.path)
     sft = list(datasets.sft_records(t["sft_train"]))
     assert len(sft) == t["sft_train"].num_rows
-    assert sft[0]["messages"][0]["role"] == "system" and sft[0]["messages"][-1]["role"] == "assistant"
+    own = next(r for r, source in zip(sft, t["sft_train"].column("source").to_pylist(), strict=True)
+               if source != "replay")
+    assert own["messages"][0]["role"] == "system" and own["messages"][-1]["role"] == "assistant"
     dpo = list(datasets.dpo_records(t["dpo_train"]))
     assert dpo[0]["prompt"][-1]["role"] == "user"
     assert dpo[0]["chosen"][0]["role"] == dpo[0]["rejected"][0]["role"] == "assistant"
@@ -263,3 +406,17 @@ def test_snapshots_with_turns(con, cfg):
     assert datasets.snapshots_with_turns(cfg.snapshots_dir, [last, "nope"]) == [everything.snapshot_id]
     assert datasets.snapshots_with_turns(cfg.snapshots_dir, ["nope"]) == []
     assert datasets.snapshots_with_turns(cfg.snapshots_dir, []) == []
+
+
+def test_forgotten_snapshots_are_marked_and_refused(con, cfg):
+    snap = build_snapshot(con, cfg, Window())
+    turn = datasets.open_snapshot(snap.path)["sft_train"].column("turn_id").to_pylist()[0]
+    assert datasets.mark_forgotten(con, cfg.snapshots_dir, [snap.snapshot_id], "abc123", [turn]) == [snap.snapshot_id]
+    manifest = datasets.read_manifest(snap.path)
+    assert [f["subject"] for f in manifest["forgotten"]] == ["abc123"]
+    stored = json.loads(con.execute("SELECT manifest FROM dataset_snapshots").fetchall()[0][0])
+    assert stored["forgotten"] == manifest["forgotten"]
+    with pytest.raises(SnapshotError, match="forgotten"):
+        datasets.open_snapshot(snap.path)
+    assert datasets.open_snapshot(snap.path, allow_forgotten=True)["sft_train"].num_rows > 0
+    assert datasets.verify(snap.path) == []  # the data files are untouched

@@ -1,4 +1,5 @@
-"""DPO pairs: corrections, regenerated and A/B answers, margins, caps and dedup."""
+"""DPO pairs mined from each of the four sources (correction, regenerate, ab_variant, rating),
+margins, dedup across sources, caps and decontamination."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def test_correction_pair(build):
     assert row.chosen_reward == 1.0 and row.rejected_reward == pytest.approx(-0.6)
     assert row.margin == pytest.approx(1.6)
     assert row.prompt == "What is the refund window?"
-    assert funnel.notes["dpo_sources"] == {"correction": 1, "regenerate": 0, "ranked": 0}
+    assert funnel.notes["pair_sources"] == {"correction": 1, "regenerate": 0, "ab_variant": 0, "rating": 0}
     out, _ = build(log, include_corrections=False)
     assert out.empty
 
@@ -64,7 +65,65 @@ def test_regenerate_pair_in_one_conversation(build):
     assert out[["source", "chosen_turn_id", "rejected_turn_id"]].values.tolist() == [["regenerate", second, first]]
 
 
-def test_ranked_pairs_across_conversations_pair_best_with_worst(build):
+def test_regenerate_pairs_come_from_behaviour_alone(build):
+    log = EventLog()
+    # a chain: two answers regenerated away, the third kept; nobody rated anything
+    chain = [log.turn("Which plan has SSO?", text, conversation_id="c1") for text in (BAD, GOOD2, GOOD)]
+    log.signal("regenerate", turn_id=chain[0])
+    log.signal("regenerate", turn_id=chain[1])
+    # regenerated, then left: nothing was kept, so no pair
+    gone = [log.turn("Where is my invoice?", BAD, conversation_id="c2"),
+            log.turn("Where is my invoice?", GOOD2, conversation_id="c2")]
+    for t in gone:
+        log.signal("regenerate", turn_id=t)
+    # a second answer without a regenerate (a plain repeat question) is not a regenerate pair
+    log.turn("Can I pay yearly?", BAD, conversation_id="c3")
+    log.turn("Can I pay yearly?", GOOD, conversation_id="c3")
+    out, funnel = build(log)
+    got = sorted(out[["source", "chosen_turn_id", "rejected_turn_id"]].values.tolist())
+    assert got == sorted([["regenerate", chain[2], chain[0]], ["regenerate", chain[2], chain[1]]])
+    # the kept answer counts as 0 and a lone regenerate as -0.4: exactly the default margin
+    assert out["margin"].tolist() == pytest.approx([0.4, 0.4])
+    out, funnel = build(log, pair_margin=0.5)
+    assert out.empty
+    margin = {s["step"]: s for s in funnel.steps["dpo"]}["margin"]
+    assert margin["dropped"] == {"below_margin": 2} and margin["examples"][0]["reason"] == "below_margin"
+
+
+def test_ab_variant_pairs_cross_the_variants(build):
+    log = EventLog()
+    ids = {}
+    for name, variant, response, signals in [
+            ("c_good", "champion", GOOD, ["copy", "completed"]), ("c_bad", "champion", BAD, ["abandon", "edit"]),
+            ("x_good", "challenger", GOOD2, ["copy"]), ("x_bad", "challenger", "No idea, sorry about that one.", ["edit"])]:
+        ids[name] = log.turn("How do I change my plan?", response, conversation_id=f"c-{name}", user_id=name,
+                             experiment_id="exp-1", variant=variant)
+        for kind in signals:
+            log.signal(kind, turn_id=ids[name])
+    # the same question outside the experiment is not an A/B pair
+    outside = log.turn("How do I change my plan?", "Press the big red button twice, then wait a week.")
+    log.signal("abandon", turn_id=outside)
+    out, funnel = build(log)
+    assert funnel.notes["pair_sources"]["ab_variant"] == 2 and funnel.notes["pair_sources"]["rating"] == 0
+    got = sorted(out[["source", "chosen_turn_id", "rejected_turn_id"]].values.tolist())
+    # best (champion 0.6) with the worst of the other variant, then the rest across variants
+    assert got == sorted([["ab_variant", ids["c_good"], ids["x_bad"]], ["ab_variant", ids["x_good"], ids["c_bad"]]])
+
+
+def test_a_pair_found_by_two_sources_is_kept_once_under_the_most_specific(build):
+    log = EventLog()
+    first = log.turn("How do I change my plan?", BAD, conversation_id="c1")
+    log.feedback(first, thumbs=-1)
+    log.signal("regenerate", turn_id=first)
+    second = log.turn("How do I change my plan?", GOOD, conversation_id="c1")
+    log.feedback(second, thumbs=1)  # both rated: a rating pair too
+    out, funnel = build(log)
+    assert funnel.notes["pair_sources"] == {"correction": 0, "regenerate": 1, "ab_variant": 0, "rating": 1}
+    assert out[["source", "chosen_turn_id", "rejected_turn_id"]].values.tolist() == [["regenerate", second, first]]
+    assert {s["step"]: s for s in funnel.steps["dpo"]}["dedup"]["dropped"] == {"same_pair": 1}
+
+
+def test_rating_pairs_across_conversations_pair_best_with_worst(build):
     log = EventLog()
     ids = {}
     for name, response, fb in [("best", GOOD, {"thumbs": 1, "rating": 5}), ("good", GOOD2, {"thumbs": 1}),
@@ -75,8 +134,8 @@ def test_ranked_pairs_across_conversations_pair_best_with_worst(build):
     out, _ = build(log)
     got = sorted(zip(out["chosen_turn_id"], out["rejected_turn_id"], strict=True))
     assert got == sorted([(ids["best"], ids["worst"]), (ids["good"], ids["bad"])])
-    assert set(out["source"]) == {"ranked"}
-    assert (out["margin"] >= 0.5).all()
+    assert set(out["source"]) == {"rating"}
+    assert (out["margin"] >= 0.4).all()
     # the middle answer is not used; every answer at most once
     used = list(out["chosen_turn_id"]) + list(out["rejected_turn_id"])
     assert ids["meh"] not in used and len(used) == len(set(used))
@@ -87,10 +146,18 @@ def test_margin_evidence_and_chosen_quality(build):
     a = log.turn("Can I export my data?", GOOD)
     log.feedback(a, thumbs=1)
     b = log.turn("Can I export my data?", GOOD2)
-    log.signal("copy", turn_id=b)  # 0.3 vs 0.6: below the margin
-    c = log.turn("Can I export my data?", BAD)  # no feedback at all: reward 0 means unknown
+    log.signal("copy", turn_id=b)  # implicit only: not a rating
+    c = log.turn("Can I export my data?", BAD)  # no feedback at all: no reward
     out, _ = build(log)
     assert out.empty
+
+    log = EventLog()
+    a = log.turn("Can I export my data?", GOOD)
+    log.feedback(a, rating=4)
+    b = log.turn("Can I export my data?", GOOD2)
+    log.feedback(b, rating=3)  # 0.3 vs 0.0: below the margin
+    out, funnel = build(log)
+    assert out.empty and {s["step"]: s for s in funnel.steps["dpo"]}["margin"]["dropped"] == {"below_margin": 1}
 
     log = EventLog()
     looping = log.turn("Can I export my data?", "Yes you can export. " * 20)
@@ -115,13 +182,14 @@ def test_margin_evidence_and_chosen_quality(build):
 def test_min_chosen_reward(build):
     log = EventLog()
     meh = log.turn("Can I export my data?", GOOD)
-    log.signal("follow_up", turn_id=meh)  # evidence, reward 0.0
+    log.feedback(meh, rating=3)  # rated, reward 0.0
     bad = log.turn("Can I export my data?", BAD)
     log.feedback(bad, thumbs=-1)
     out, _ = build(log)
     assert len(out) == 1
-    out, _ = build(log, pair_min_chosen_reward=0.1)
+    out, funnel = build(log, pair_min_chosen_reward=0.1)
     assert out.empty
+    assert {s["step"]: s for s in funnel.steps["dpo"]}["margin"]["dropped"] == {"chosen_reward_too_low": 1}
 
 
 def test_same_answer_twice_is_not_a_pair_and_caps_apply(build):

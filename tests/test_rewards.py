@@ -1,5 +1,6 @@
-"""Per-turn rewards: the definition, 'latest wins', signal attribution, windows, and the SQL
-(bulk) and Python (one turn) paths agreeing on random data."""
+"""Per-turn rewards: the definition (no evidence, no reward), latency, confidence, 'latest
+wins', signal attribution, windows, the calibration report, and the SQL (bulk) and Python
+(one turn) paths agreeing on random data."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import random
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from feedback_helpers import T0, EventLog, make_config, open_store
 
@@ -27,7 +29,7 @@ def sig(kind, ts=0.0, event_id="s"):
 
 
 @pytest.mark.parametrize(("feedback", "signals", "expected"), [
-    ([], [], 0.0),
+    ([], [], None),  # no evidence: no reward, not zero
     ([fb(1, thumbs=1)], [], 0.6),
     ([fb(1, thumbs=-1)], [], -0.6),
     ([fb(1, rating=5)], [], 0.6),
@@ -38,12 +40,36 @@ def sig(kind, ts=0.0, event_id="s"):
     ([], [sig("copy"), sig("completed")], 0.6),
     ([], [sig("regenerate")] * 10, -1.0),  # capped at signal_cap, then clipped
     ([], [sig("copy")] * 10, 0.9),  # 3 counted
-    ([fb(1, comment="meh")], [], 0.0),  # comment alone carries no score
+    ([fb(1, comment="meh")], [], None),  # a comment alone carries no score: still no reward
     ([fb(1, correction="It is 42.")], [], -0.6),
     ([], [sig("follow_up")], 0.0),
 ])
 def test_reward_definition(feedback, signals, expected):
-    assert turn_reward(feedback, signals, W) == pytest.approx(expected)
+    got = turn_reward(feedback, signals, W)
+    assert got is None if expected is None else got == pytest.approx(expected)
+
+
+def test_latency_moves_a_reward_but_never_makes_one():
+    assert turn_reward([], [], W, latency_ms=60_000) is None  # slow but silent: still no reward
+    assert turn_reward([fb(1, thumbs=1)], [], W, latency_ms=1_000) == pytest.approx(0.6)  # under the target
+    assert turn_reward([fb(1, thumbs=1)], [], W, latency_ms=4_500) == pytest.approx(0.6 - 0.2 * 0.5)  # halfway
+    assert turn_reward([fb(1, thumbs=1)], [], W, latency_ms=60_000) == pytest.approx(0.4)  # capped at the weight
+    assert turn_reward([fb(1, thumbs=1)], [], RewardsConfig(latency=0.0), latency_ms=60_000) == pytest.approx(0.6)
+
+
+def test_confidence():
+    def conf(**features):
+        base = {name: float("nan") for name in ("thumbs", "rating")} | {"has_correction": 0}
+        base |= {f"n_{k}": 0 for k in SIGNAL_KINDS}
+        return float(rewards.confidence({**base, **features}, W)[0])
+
+    assert conf() == 0.0
+    assert conf(thumbs=1) == pytest.approx(0.8)
+    assert conf(thumbs=1, rating=5) == pytest.approx(1 - 0.2 * 0.2)
+    assert conf(n_copy=1) == pytest.approx(0.3)
+    assert conf(n_copy=3) == pytest.approx(0.3)  # repeats of a kind add nothing
+    assert conf(n_copy=1, n_completed=1) == pytest.approx(1 - 0.7 * 0.7)
+    assert conf(thumbs=1, n_copy=1) > conf(thumbs=1) > conf(n_copy=1, n_completed=1)
 
 
 def test_latest_value_wins_and_ties_break_by_event_id():
@@ -61,10 +87,12 @@ def test_weights_come_from_config():
 
 
 def test_combine_takes_columns_and_handles_missing_explicit():
-    features = {name: [0, 0] for name in rewards.FEATURES}
-    features["thumbs"] = [float("nan"), 1]
-    features["rating"] = [None, float("nan")]
-    assert combine(features, W).tolist() == pytest.approx([0.0, 0.6])
+    features = {name: [0, 0, 0] for name in rewards.FEATURES}
+    features["thumbs"] = [float("nan"), 1, float("nan")]
+    features["rating"] = [None, float("nan"), None]
+    features["n_copy"] = [0, 0, 1]
+    got = combine(features, W)
+    assert np.isnan(got[0]) and got[1:].tolist() == pytest.approx([0.6, 0.3])
 
 
 def test_bad_weights_are_rejected():
@@ -115,7 +143,8 @@ def test_sql_frame_matches_definition(con):
     assert frame.loc[down, "reward"] == pytest.approx(-1.0)
     assert frame.loc[corrected, "reward"] == pytest.approx(-0.6)
     assert frame.loc[corrected, "correction"] == "It is 30 days."
-    assert frame.loc[silent, "reward"] == 0.0
+    assert np.isnan(frame.loc[silent, "reward"]) and frame.loc[silent, "confidence"] == 0.0
+    assert frame.loc[up, "confidence"] == pytest.approx(0.8)
     assert not frame.loc[silent, "has_explicit"] and frame.loc[up, "has_explicit"]
     assert frame.loc[up, "n_feedback"] == 2 and frame.loc[down, "n_signals"] == 1
 
@@ -214,7 +243,11 @@ def test_sql_and_python_agree_on_random_data(con):
             want, got = expected[name], row[name]
             assert (math.isnan(want) and math.isnan(got)) or want == got, (tid, name, want, got)
         assert (row["correction"] if isinstance(row["correction"], str) else None) == expected["correction"]
-        assert row["reward"] == pytest.approx(turn_reward(turns[tid]["feedback"], turns[tid]["signals"], W))
+        expected_reward = turn_reward(turns[tid]["feedback"], turns[tid]["signals"], W)
+        if expected_reward is None:
+            assert np.isnan(row["reward"])
+        else:
+            assert row["reward"] == pytest.approx(expected_reward)
 
 
 def test_summary(con):
@@ -227,7 +260,43 @@ def test_summary(con):
     log.write(con)
     s = rewards.summarize(reward_frame(con, Window(), W))
     assert (s["turns"], s["with_feedback"], s["with_explicit"], s["positive"], s["negative"]) == (3, 2, 1, 1, 1)
-    assert s["mean_reward_with_feedback"] == pytest.approx(0.1)
+    assert (s["with_reward"], s["without_reward"]) == (2, 1)
+    assert s["mean_reward"] == pytest.approx(0.1)
+    assert s["mean_confidence"] == pytest.approx((0.8 + 0.3) / 2)
     assert sum(b["turns"] for b in s["histogram"]) == 2
     empty = rewards.summarize(reward_frame(con, Window(since="2000-01-01", until="2000-01-02"), W))
-    assert empty["turns"] == 0 and empty["mean_reward_with_feedback"] is None
+    assert empty["turns"] == 0 and empty["mean_reward"] is None
+
+
+def test_calibration_compares_implicit_reward_with_ratings(con):
+    log = EventLog()
+    agree = []
+    for i in range(6):  # liked and copied; disliked and regenerated: implicit agrees with explicit
+        a = log.turn(f"good question {i}", f"good answer {i}")
+        log.feedback(a, thumbs=1)
+        log.signal("copy", turn_id=a)
+        b = log.turn(f"bad question {i}", f"bad answer {i}")
+        log.feedback(b, rating=1)
+        log.signal("regenerate", turn_id=b)
+        agree += [a, b]
+    liar = log.turn("odd question", "odd answer")  # copied, yet rated down: disagrees
+    log.feedback(liar, thumbs=-1)
+    log.signal("copy", turn_id=liar)
+    only_explicit = log.turn("q", "a")
+    log.feedback(only_explicit, thumbs=1)
+    only_implicit = log.turn("q2", "a2")
+    log.signal("completed", turn_id=only_implicit)
+    neutral = log.turn("q3", "a3")  # rating 3: no explicit label
+    log.feedback(neutral, rating=3)
+    log.signal("copy", turn_id=neutral)
+    log.write(con)
+    frame = reward_frame(con, Window(), W)
+    assert frame.set_index("turn_id").loc[liar, "implicit_reward"] == pytest.approx(0.3)
+    report = rewards.calibration(frame, W)
+    assert report["turns_with_both"] == 13
+    assert (report["explicit_positive"], report["explicit_negative"]) == (6, 7)
+    assert report["agreement"] == pytest.approx(12 / 13, abs=1e-4)
+    # ranks: 6 positives at 0.3 beat 6 negatives at -0.4 and tie the liar at 0.3
+    assert report["auc"] == pytest.approx((6 * 6 + 6 * 0.5) / 42, abs=1e-4)
+    assert report["implicit_only_turns"] == 1
+    assert rewards.calibration(frame.iloc[0:0], W)["auc"] is None

@@ -142,7 +142,8 @@ def run(args, cfg) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     sup.start()
-    print(f"kaizenlm up: gateway {cfg.gateway_url}  controller {cfg.controller_url}  state {cfg.home}")
+    dashboard = f"  dashboard http://{cfg.dashboard.host}:{cfg.dashboard.port}" if args.dashboard else ""
+    print(f"kaizenlm up: gateway {cfg.gateway_url}  controller {cfg.controller_url}{dashboard}  state {cfg.home}")
     print("Ctrl-C stops everything after draining every accepted event into DuckDB")
     while not stop["now"]:
         for name in sup.supervise_once():

@@ -1,21 +1,41 @@
 """Curation: which logged turns become training data, and why the others do not.
 
-`load_candidates` reads the turns of a window with their rewards. `prepare` cleans them:
-PII is scrubbed, answers are checked (length, degenerate repetition, echoing the prompt),
-conversation contexts are grouped into near-duplicate clusters (MinHash over character
-5-grams, verified by exact Jaccard), and prompts that match held-out texts (evaluation
-questions) are marked contaminated. `select_sft` then picks the SFT examples: well-rewarded
-answers and user corrections, at most ``max_per_prompt`` per cluster and ``max_per_user``
-per user. DPO pairs are built from the same prepared frame in `kaizenlm.feedback.pairs`.
+The pipeline is a chain of small steps; each reports the rows it got, the rows it kept, why
+it dropped the others (with a few examples) and its parameters, in a `Funnel` that ends up
+in the snapshot manifest and in `kaizen dataset build`'s output.
 
-Every step records what it dropped and why in a `Funnel`, which ends up in the snapshot
-manifest and in `kaizen dataset build`'s output.
+Shared by both outputs (`prepare`):
+
+- ``pii_scrub``: every text field (messages, answer, correction) goes through
+  `scrub_pii` (typed placeholders, kaizenlm/feedback/pii.py) before anything else sees it;
+- ``context``: turns with an empty or too long conversation context are dropped;
+- the conversation contexts are grouped into near-duplicate clusters (MinHash over
+  character 5-grams, verified by exact Jaccard), targets are checked for quality, and prompts
+  that match held-out texts are marked contaminated.
+
+SFT (`select_sft`): ``reward`` (well-rewarded answers, and user corrections *in place of*
+the answer they correct) -> ``quality`` -> ``decontaminate`` -> ``exact_dedup`` (normalized
+hash of context + target) -> ``near_dedup`` (``max_per_prompt`` per cluster) ->
+``per_user_cap`` -> ``topic_balance``. DPO pairs are mined from the same prepared frame in
+`kaizenlm.feedback.pairs`; the recency window, the split and the replay mix are steps of
+`kaizenlm.feedback.datasets.curate`.
+
+Quality (the seed rules, `text_issue`): empty; too short or too long; boilerplate (AI
+disclaimers, placeholders, non-answers: ``boilerplate_phrases``); truncated (an open code
+fence, a trailing comma or colon, or a long answer without closing punctuation); average
+sentence under ``min_avg_sentence_words`` words; looping (repeated word 3-grams); echoing
+the prompt; a correction that repeats the answer. The sentence rule measures the answer
+(``sentence_rule_scope = "response"``) by default: on the demo's traffic it drops none of
+the 1,907 right answers, while measuring user message + answer ("turn") would drop 100 of
+them, all because the user asked tersely ("Refund window?"); docs/DATASETS.md has the numbers.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -28,7 +48,10 @@ import orjson
 import pandas as pd
 
 from kaizenlm.config import CurationConfig, RewardsConfig
+from kaizenlm.feedback.pii import PII_KINDS, scrub_pii
 from kaizenlm.feedback.rewards import Window, reward_frame
+
+__all__ = ["PII_KINDS", "scrub_pii"]  # re-exported: kaizenlm.feedback.curation.scrub_pii is the public name
 
 # ---------------------------------------------------------------------------------------------
 # Text helpers
@@ -37,21 +60,16 @@ from kaizenlm.feedback.rewards import Window, reward_frame
 _NON_WORD = re.compile(r"[\W_]+")
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def normalize(text: str) -> str:
-    """Comparison form of a text: NFKC, case-folded, punctuation and runs of space collapsed."""
+    """Comparison form of a text: NFKC, case-folded, punctuation and runs of space collapsed.
+    (Cached: logs repeat texts a lot, and several steps compare the same ones.)"""
     return " ".join(_NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split())
 
 
 def normalize_all(texts: Sequence[str]) -> list[str]:
-    """`normalize` of each text, computing each distinct text once (logs repeat texts a lot)."""
-    cache: dict[str, str] = {}
-    out = []
-    for t in texts:
-        n = cache.get(t)
-        if n is None:
-            n = cache[t] = normalize(t)
-        out.append(n)
-    return out
+    """`normalize` of each text."""
+    return [normalize(t) for t in texts]
 
 
 def digest(*parts: str, size: int = 16) -> str:
@@ -63,65 +81,51 @@ def digest(*parts: str, size: int = 16) -> str:
     return h.hexdigest()[:size]
 
 
-def _luhn_ok(digits: str) -> bool:
-    total, parity = 0, len(digits) % 2
-    for i, ch in enumerate(digits):
-        d = ord(ch) - 48
-        if i % 2 == parity:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+# ---------------------------------------------------------------------------------------------
+# Quality checks of a training target
 
 
-# (placeholder, pattern, extra check on the match, cheap gate on the whole text). Order matters:
-# secrets and cards before phones. A pattern runs only on texts that pass its gate.
-_HAS_DIGIT = re.compile(r"\d")
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?…。！？])\s+|\n+")
+_CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.S)
+_WORD = re.compile(r"[^\W_]+")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+_OPEN_END = re.compile(r"[,;:(\[{\-–—]\s*\Z")
+_CLOSED_END = re.compile(r"[.!?…。！？\"'”’»)\]}>*`~]\s*\Z")
 
 
-def _digits(text: str) -> bool:
-    return _HAS_DIGIT.search(text) is not None
+def avg_sentence_words(text: str) -> float | None:
+    """Mean words per sentence of a text's prose (code blocks left out; CJK counts two
+    characters as a word); None when it has no prose."""
+    sentences = [s for s in _SENTENCE_BREAK.split(_CODE_BLOCK.sub("\n", text)) if _WORD.search(s)]
+    if not sentences:
+        return None
+    words = 0.0
+    for s in sentences:
+        cjk = len(_CJK.findall(s))
+        words += len(_WORD.findall(_CJK.sub(" ", s) if cjk else s)) + cjk / 2
+    return words / len(sentences)
 
 
-_PII: list[tuple[str, re.Pattern, object, object]] = [
-    ("SECRET", re.compile(
-        r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
-        r"|\b(?:sk|pk|rk)-[A-Za-z0-9_\-]{16,}"
-        r"|\bAKIA[0-9A-Z]{16}\b"
-        r"|\bgh[pousr]_[A-Za-z0-9]{30,}"
-        r"|\bxox[abposr]-[A-Za-z0-9\-]{10,}"
-        r"|\b[Bb]earer\s+[A-Za-z0-9\-._~+/]{20,}=*"), None, None),
-    ("EMAIL", re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}\b"),
-     None, lambda t: "@" in t),
-    ("CARD", re.compile(r"(?<![\w.])\d(?:[ \-]?\d){12,18}(?!\.?\w)"),
-     lambda m: _luhn_ok(re.sub(r"\D", "", m.group())), _digits),
-    ("IP", re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\.?\w)"),
-     None, _digits),
-    ("PHONE", re.compile(r"(?<![\w.+])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{2,4}\)[ .\-]?)?\d{2,4}(?:[ .\-]\d{2,4}){1,4}(?!\.?\w)"),
-     lambda m: 9 <= sum(ch.isdigit() for ch in m.group()) <= 15, _digits),
-]
-PII_KINDS = tuple(entry[0] for entry in _PII)
+def is_truncated(text: str, min_words: int) -> bool:
+    """An open code fence, a trailing comma/colon/dash, or (with at least ``min_words`` words,
+    when min_words > 0) no closing punctuation; a final URL or path counts as closed."""
+    stripped = text.rstrip()
+    if stripped.count("```") % 2 or _OPEN_END.search(stripped):
+        return True
+    if not min_words or _CLOSED_END.search(stripped):
+        return False
+    return len(_WORD.findall(stripped)) >= min_words and "/" not in stripped.split()[-1]
 
 
-def scrub_pii(text: str, counts: dict[str, int] | None = None) -> str:
-    """Replace PII (e-mail, phone, card numbers, IP addresses, keys and tokens) by ``[KIND]``.
+def is_boilerplate(normalized: str, phrases: Sequence[str]) -> bool:
+    """Whether a `normalize`d text contains one of the (normalized) phrases as whole words."""
+    return _phrase_pattern(tuple(phrases)).search(normalized) is not None
 
-    ``counts`` (kind -> replacements) is updated in place when given.
-    """
-    if not text:
-        return text
-    for kind, pattern, check, gate in _PII:
-        if gate is not None and not gate(text):
-            continue
 
-        def repl(m: re.Match, kind: str = kind, check=check) -> str:
-            if check is not None and not check(m):
-                return m.group()
-            if counts is not None:
-                counts[kind] = counts.get(kind, 0) + 1
-            return f"[{kind}]"
-
-        text = pattern.sub(repl, text)
-    return text
+@functools.lru_cache(maxsize=16)
+def _phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern:
+    alternatives = "|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True)) or "(?!)"
+    return re.compile(rf"(?:^| )(?:{alternatives})(?: |$)")
 
 
 def repetition(text: str, normalized: str | None = None) -> float:
@@ -136,8 +140,15 @@ def repetition(text: str, normalized: str | None = None) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-def text_issue(text: str | None, cfg: CurationConfig, normalized: str | None = None) -> str | None:
-    """Why a text cannot be a training target (None when it can)."""
+def text_issue(text: str | None, cfg: CurationConfig, normalized: str | None = None, prompt: str = "",
+               casual: bool = False) -> str | None:
+    """Why a text cannot be a training target (None when it can): empty, too_short, too_long,
+    boilerplate, truncated, short_sentences or repetitive.
+
+    ``prompt`` is the user message (the sentence rule measures it too when
+    ``sentence_rule_scope = "turn"``); ``casual`` texts (user corrections) are not held to
+    closing punctuation.
+    """
     if not isinstance(text, str) or not text.strip():
         return "empty"
     n = len(text.strip())
@@ -145,9 +156,28 @@ def text_issue(text: str | None, cfg: CurationConfig, normalized: str | None = N
         return "too_short"
     if n > cfg.max_response_chars:
         return "too_long"
+    normalized = normalize(text) if normalized is None else normalized
+    if cfg.boilerplate_phrases and _phrase_pattern(_phrases(tuple(cfg.boilerplate_phrases))).search(normalized):
+        return "boilerplate"
+    if is_truncated(text, 0 if casual else cfg.truncation_min_words):
+        return "truncated"
+    if cfg.min_avg_sentence_words:
+        measured = f"{prompt}\n{text}" if cfg.sentence_rule_scope == "turn" and prompt else text
+        avg = avg_sentence_words(measured)
+        if avg is not None and avg < cfg.min_avg_sentence_words:
+            return "short_sentences"
     if repetition(text, normalized) > cfg.max_repetition:
         return "repetitive"
     return None
+
+
+_PHRASES: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _phrases(raw: tuple[str, ...]) -> tuple[str, ...]:
+    if raw not in _PHRASES:
+        _PHRASES[raw] = tuple(p for p in (normalize(x) for x in raw) if p)
+    return _PHRASES[raw]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,18 +456,50 @@ def load_holdout(path: str | Path) -> list[str]:
 # The funnel report
 
 
+MAX_EXAMPLES = 3
+EXAMPLE_CHARS = 160
+
+
+def _clip(text: object) -> str:
+    text = text if isinstance(text, str) else json.dumps(text, ensure_ascii=False, default=str)
+    return text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS - 1] + "…"
+
+
+def examples_of(removed: pd.DataFrame, reasons: Sequence[str] | str, text_column: str,
+                id_column: str = "turn_id") -> list[dict]:
+    """Up to MAX_EXAMPLES removed rows for the funnel: the first row of each reason first, so
+    that every kind of removal shows up. Texts are already scrubbed and clipped."""
+    if removed.empty:
+        return []
+    reasons = [reasons] * len(removed) if isinstance(reasons, str) else list(reasons)
+    picked, seen = [], set()
+    for i, reason in enumerate(reasons):  # one per reason first
+        if reason not in seen:
+            seen.add(reason)
+            picked.append(i)
+    picked += [i for i in range(len(removed)) if i not in picked]
+    ids, texts = removed[id_column].tolist(), removed[text_column].tolist()
+    return [{"id": str(ids[i]), "reason": str(reasons[i]), "text": _clip(texts[i])} for i in picked[:MAX_EXAMPLES]]
+
+
 @dataclass
 class Funnel:
-    """What each curation step kept and dropped, per output (sft, dpo), with reasons."""
+    """What each curation step kept and dropped, per output (candidates, sft, dpo), with reasons,
+    parameters and a few examples of what it removed."""
 
     steps: dict[str, list[dict]] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)
 
-    def step(self, output: str, name: str, before: int, after: int, **reasons: int) -> None:
+    def step(self, output: str, name: str, before: int, after: int, *, params: dict | None = None,
+             examples: list[dict] | None = None, **reasons: int) -> None:
         entry: dict = {"step": name, "in": int(before), "out": int(after)}
         reasons = {k: int(v) for k, v in reasons.items() if v}
         if reasons:
             entry["dropped"] = reasons
+        if params is not None:
+            entry["params"] = params
+        if examples:
+            entry["examples"] = examples
         self.steps.setdefault(output, []).append(entry)
 
     def to_json(self) -> dict:
@@ -448,6 +510,13 @@ class Funnel:
 # Candidates
 
 
+def count_turns(con: duckdb.DuckDBPyConnection, window: Window) -> int:
+    """Distinct turns ingested by the window's as_of, whatever their time: what the recency
+    window starts from."""
+    cond, params = Window(as_of=window.as_of).turns("t")
+    return con.execute(f"SELECT count(DISTINCT t.turn_id) FROM turns t WHERE {cond}", params).fetchall()[0][0]
+
+
 def load_candidates(con: duckdb.DuckDBPyConnection, window: Window, weights: RewardsConfig) -> pd.DataFrame:
     """Turns of the window (one row per turn_id) with their reward features, sorted by turn_id.
 
@@ -455,7 +524,8 @@ def load_candidates(con: duckdb.DuckDBPyConnection, window: Window, weights: Rew
     """
     cond, params = window.turns("t")
     turns = con.execute(
-        f"""SELECT t.turn_id, t.conversation_id, t.user_id, t.ts, t.model_version, t.messages, t.response
+        f"""SELECT t.turn_id, t.conversation_id, t.user_id, t.ts, t.model_version, t.variant, t.experiment_id,
+                   t.topic, t.messages, t.response
             FROM turns t WHERE {cond}
             QUALIFY row_number() OVER (PARTITION BY t.turn_id ORDER BY t.ts, t.event_id) = 1
             ORDER BY t.turn_id""",
@@ -463,7 +533,9 @@ def load_candidates(con: duckdb.DuckDBPyConnection, window: Window, weights: Rew
     ).df()
     rewards = reward_frame(con, window, weights)
     frame = turns.merge(rewards, on="turn_id", how="left", validate="one_to_one")
-    frame["messages"] = [orjson.loads(m) for m in frame["messages"].tolist()]
+    parsed: dict[str, list] = {}  # identical contexts (a popular first question) share one parsed list
+    frame["messages"] = [parsed[m] if m in parsed else parsed.setdefault(m, orjson.loads(m))
+                         for m in frame["messages"].tolist()]
     return frame.reset_index(drop=True)
 
 
@@ -494,20 +566,63 @@ def cluster_labels(keys: Sequence[str], texts: Sequence[str], threshold: float) 
     return [label[k] for k in keys]
 
 
-def _memo_scrub(counts: dict[str, int]):
-    """scrub_pii with a per-call cache that still counts every occurrence into ``counts``."""
-    cache: dict[str, tuple[str, dict[str, int]]] = {}
+def scrub_frame(frame: pd.DataFrame, funnel: Funnel, keep: Sequence[str] = ()) -> pd.DataFrame:
+    """Step pii_scrub: every text field of every turn through `scrub_pii` (drops nothing).
 
-    def scrub(text: str) -> str:
-        hit = cache.get(text)
-        if hit is None:
-            found: dict[str, int] = {}
-            hit = cache[text] = (scrub_pii(text, found), found)
-        for kind, n in hit[1].items():
-            counts[kind] = counts.get(kind, 0) + n
-        return hit[0]
+    Logs repeat texts (system prompts, popular questions, canned answers), so each distinct
+    text is scrubbed once and its replacements are counted once per occurrence."""
+    keep = frozenset(keep)
+    msgs_col, responses, corrections = (frame["messages"].tolist(), frame["response"].tolist(),
+                                        frame["correction"].tolist())
+    contexts: dict[int, list] = {id(m): m for m in msgs_col}  # identical contexts share one parsed list
+    uses: dict[str, int] = {}
+    for m in msgs_col:
+        for msg in m:
+            uses[msg.get("content", "")] = uses.get(msg.get("content", ""), 0) + 1
+    for text in [*responses, *corrections]:
+        if isinstance(text, str):
+            uses[text] = uses.get(text, 0) + 1
+    clean: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for text, n in uses.items():
+        found: dict[str, int] = {}
+        clean[text] = scrub_pii(text, found, keep)
+        for kind, k in found.items():
+            counts[kind] = counts.get(kind, 0) + k * n
+    scrubbed = {key: [{**msg, "content": clean[msg.get("content", "")]} for msg in m] for key, m in contexts.items()}
+    changed_ctx = {key: any(a["content"] != b.get("content", "") for a, b in zip(scrubbed[key], m, strict=True))
+                   for key, m in contexts.items()}
+    new_responses = [clean[r] if isinstance(r, str) else r for r in responses]
+    new_corrections = [clean[c] if isinstance(c, str) else None for c in corrections]
+    changed = np.fromiter((changed_ctx[id(m)] or a != b or (c is not None and c != d)
+                           for m, a, b, c, d in zip(msgs_col, new_responses, responses, new_corrections, corrections,
+                                                    strict=True)), dtype=bool, count=len(frame))
+    frame = frame.assign(messages=[scrubbed[id(m)] for m in msgs_col], response=new_responses,
+                         correction=new_corrections)
+    hits = frame[changed]
+    examples = examples_of(hits.assign(_text=[f"{_last_user(m)} => {r}" for m, r in
+                                              zip(hits["messages"].tolist(), hits["response"].tolist(), strict=True)]),
+                           "replaced", "_text")
+    funnel.step("candidates", "pii_scrub", len(frame), len(frame),
+                params={"fields": ["messages", "response", "correction"], "placeholders": [f"<{k}>" for k in PII_KINDS],
+                        "pii_keep": sorted(keep)},
+                examples=examples)
+    funnel.notes["pii_replaced"] = {k: counts.get(k, 0) for k in PII_KINDS}
+    funnel.notes["pii_turns"] = int(changed.sum())
+    return frame
 
-    return scrub
+
+def _issues(texts: Sequence, norms: Sequence[str], prompts: Sequence[str], cfg: CurationConfig,
+            casual: bool = False) -> list[str | None]:
+    cache: dict[tuple, str | None] = {}
+    turn_scope = cfg.sentence_rule_scope == "turn"
+    out = []
+    for text, norm, prompt in zip(texts, norms, prompts, strict=True):
+        key = (text, prompt if turn_scope else None)
+        if key not in cache:
+            cache[key] = text_issue(text, cfg, norm, prompt=prompt, casual=casual)
+        out.append(cache[key])
+    return out
 
 
 def prepare(frame: pd.DataFrame, cfg: CurationConfig, holdout: Sequence[str], funnel: Funnel) -> pd.DataFrame:
@@ -516,61 +631,60 @@ def prepare(frame: pd.DataFrame, cfg: CurationConfig, holdout: Sequence[str], fu
 
     prompt, context_key, cluster, response_issue, correction_issue, contaminated.
     """
-    frame = frame.copy()
-    pii: dict[str, int] = {}
-    if cfg.scrub_pii:
-        scrub = _memo_scrub(pii)  # logs repeat texts (system prompts, popular questions): scrub each once
-        frame["messages"] = [[{**m, "content": scrub(m.get("content", ""))} for m in msgs]
-                             for msgs in frame["messages"].tolist()]
-        frame["response"] = [scrub(r) for r in frame["response"].tolist()]
-        frame["correction"] = [scrub(c) if isinstance(c, str) else None for c in frame["correction"].tolist()]
-    funnel.notes["pii_replaced"] = {k: pii.get(k, 0) for k in PII_KINDS}
+    frame = scrub_frame(frame, funnel, cfg.pii_keep)
 
-    contexts = [_context_text(msgs) for msgs in frame["messages"].tolist()]
+    by_list: dict[int, str] = {}  # scrubbed contexts are shared lists too
+    contexts = [by_list[id(m)] if id(m) in by_list else by_list.setdefault(id(m), _context_text(m))
+                for m in frame["messages"].tolist()]
     lengths = np.fromiter((len(c) for c in contexts), dtype=np.int64, count=len(contexts))
     empty = np.fromiter((not c.strip() for c in contexts), dtype=bool, count=len(contexts))
     too_long = lengths > cfg.max_context_chars
     keep = ~(empty | too_long)
-    funnel.step("candidates", "context", len(frame), int(keep.sum()),
+    removed = frame[~keep].assign(_why=np.where(empty[~keep], "empty_context", "context_too_long"),
+                                  _text=[c for c, k in zip(contexts, keep, strict=True) if not k])
+    funnel.step("candidates", "context", len(frame), int(keep.sum()), params={"max_context_chars": cfg.max_context_chars},
+                examples=examples_of(removed, removed["_why"].tolist(), "_text"),
                 empty_context=int(empty.sum()), context_too_long=int((too_long & ~empty).sum()))
     frame = frame[keep].reset_index(drop=True)
     contexts = [c for c, k in zip(contexts, keep, strict=True) if k]
 
     norm_contexts = normalize_all(contexts)
-    frame["context_key"] = [digest(c) for c in norm_contexts]
+    keys: dict[str, str] = {}
+    frame["context_key"] = [keys[c] if c in keys else keys.setdefault(c, digest(c)) for c in norm_contexts]
     frame["cluster"] = cluster_labels(frame["context_key"].tolist(), norm_contexts, cfg.dedup_threshold)
     frame["prompt"] = [_last_user(msgs) for msgs in frame["messages"].tolist()]
 
-    responses, corrections = frame["response"].tolist(), frame["correction"].tolist()
-    norm_prompts = normalize_all(frame["prompt"].tolist())
+    responses, corrections, prompts = frame["response"].tolist(), frame["correction"].tolist(), frame["prompt"].tolist()
+    norm_prompts = normalize_all(prompts)
     norm_responses = normalize_all(responses)
-    issues = []
-    for response, norm_response, norm_prompt in zip(responses, norm_responses, norm_prompts, strict=True):
-        issue = text_issue(response, cfg, norm_response)
-        if issue is None and norm_response == norm_prompt:
-            issue = "echoes_prompt"
-        issues.append(issue)
-    frame["response_issue"] = issues
-    corr_issues = []
-    for correction, norm_response in zip(corrections, norm_responses, strict=True):
-        if not isinstance(correction, str):  # no correction (None or NaN, as pandas stores it)
-            corr_issues.append("none")
-            continue
-        norm_correction = normalize(correction)
-        issue = text_issue(correction, cfg, norm_correction)
-        if issue is None and norm_correction == norm_response:
-            issue = "same_as_answer"
-        corr_issues.append(issue)
-    frame["correction_issue"] = corr_issues
-    frame["contaminated"] = contaminated(frame["prompt"].tolist(), holdout, cfg.decontam_threshold)
+    issues = _issues(responses, norm_responses, prompts, cfg)
+    frame["response_issue"] = [issue if issue or nr != np_ else "echoes_prompt"
+                               for issue, nr, np_ in zip(issues, norm_responses, norm_prompts, strict=True)]
+    has_correction = [isinstance(c, str) for c in corrections]  # None or NaN (as pandas stores it): none
+    norm_corrections = normalize_all([c if h else "" for c, h in zip(corrections, has_correction, strict=True)])
+    corr_issues = _issues([c if h else "" for c, h in zip(corrections, has_correction, strict=True)],
+                          norm_corrections, prompts, cfg, casual=True)
+    frame["correction_issue"] = [
+        "none" if not h else (issue or ("same_as_answer" if nc == nr else None))
+        for h, issue, nc, nr in zip(has_correction, corr_issues, norm_corrections, norm_responses, strict=True)]
+    frame["contaminated"] = contaminated(prompts, holdout, cfg.decontam_threshold)
     funnel.notes["contaminated_turns"] = int(frame["contaminated"].sum())
     return frame
 
 
-def drop_contaminated(rows: pd.DataFrame, output: str, funnel: Funnel) -> pd.DataFrame:
-    kept = rows[~rows["contaminated"].to_numpy(dtype=bool)]
-    funnel.step(output, "decontaminate", len(rows), len(kept), matches_holdout=len(rows) - len(kept))
-    return kept
+# ---------------------------------------------------------------------------------------------
+# Steps shared by SFT examples and DPO pairs (rows arrive best first, so caps keep the best)
+
+
+def drop_contaminated(rows: pd.DataFrame, output: str, funnel: Funnel, text_column: str = "prompt",
+                      id_column: str = "turn_id", threshold: float | None = None) -> pd.DataFrame:
+    """Step decontaminate: rows whose prompt matches a held-out text."""
+    bad = rows["contaminated"].to_numpy(dtype=bool)
+    funnel.step(output, "decontaminate", len(rows), int((~bad).sum()),
+                params={"holdout_ngram": HOLDOUT_NGRAM, "decontam_threshold": threshold},
+                examples=examples_of(rows[bad], "matches_holdout", text_column, id_column),
+                matches_holdout=int(bad.sum()))
+    return rows[~bad]
 
 
 def cap_per(rows: pd.DataFrame, column: str, limit: int) -> pd.DataFrame:
@@ -578,8 +692,93 @@ def cap_per(rows: pd.DataFrame, column: str, limit: int) -> pd.DataFrame:
     return rows[rows.groupby(column, sort=False).cumcount() < limit]
 
 
+def capped(rows: pd.DataFrame, output: str, funnel: Funnel, name: str, column: str, limit: int, reason: str,
+           text_column: str, id_column: str = "turn_id", params: dict | None = None) -> pd.DataFrame:
+    """A step that keeps the first ``limit`` rows of each value of ``column``."""
+    keep = (rows.groupby(column, sort=False).cumcount() < limit).to_numpy()
+    funnel.step(output, name, len(rows), int(keep.sum()), params=params,
+                examples=examples_of(rows[~keep], reason, text_column, id_column), **{reason: int((~keep).sum())})
+    return rows[keep]
+
+
+NO_TOPIC = "(none)"
+
+
+def topic_of(rows: pd.DataFrame) -> pd.Series:
+    return rows["topic"].where(rows["topic"].notna() & (rows["topic"] != ""), NO_TOPIC)
+
+
+def balance_topics(rows: pd.DataFrame, output: str, funnel: Funnel, ratio: float, text_column: str,
+                   id_column: str = "turn_id") -> pd.DataFrame:
+    """Step topic_balance: no topic keeps more than ``ratio`` times the rows of the smallest
+    topic (turns without a topic form the topic "(none)"); 0 turns it off."""
+    topics = topic_of(rows)
+    counts = topics.value_counts()
+    limit = math.floor(ratio * counts.min()) if ratio and len(counts) else len(rows)
+    keep = (rows.groupby(topics, sort=False).cumcount() < limit).to_numpy()
+    funnel.step(output, "topic_balance", len(rows), int(keep.sum()),
+                params={"topic_balance_ratio": ratio, "per_topic_limit": int(limit),
+                        "topics": {str(k): int(v) for k, v in sorted(counts.items())}},
+                examples=examples_of(rows[~keep], topics[~keep].map(lambda t: f"topic_over_cap:{t}").tolist(),
+                                     text_column, id_column),
+                topic_over_cap=int((~keep).sum()))
+    return rows[keep]
+
+
+# ---------------------------------------------------------------------------------------------
+# SFT
+
+
 SOURCE_PRIORITY = {"correction": 0, "feedback": 1}
 GOLD_REWARD = 1.0  # the reward a user correction counts with as a training target
+
+
+def sft_targets(frame: pd.DataFrame, cfg: CurationConfig, funnel: Funnel) -> pd.DataFrame:
+    """Step reward: one candidate target per turn. A turn with a user correction offers the
+    correction *instead of* its answer (source "correction", reward GOLD_REWARD); any other
+    turn offers its answer when its reward reaches sft_min_reward (source "feedback")."""
+    reward = frame["reward"].to_numpy(dtype=float)
+    corrected = (frame["correction_issue"] != "none").to_numpy()
+    no_reward = np.isnan(reward) & ~corrected
+    low = ~np.isnan(reward) & (reward < cfg.sft_min_reward) & ~corrected
+    not_explicit = (~frame["has_explicit"].to_numpy(dtype=bool) & ~corrected & ~no_reward & ~low
+                    if cfg.sft_require_explicit else np.zeros(len(frame), dtype=bool))
+    skip_corrections = corrected & (not cfg.include_corrections)
+    keep = ~(no_reward | low | not_explicit | skip_corrections)
+    rows = frame[keep]
+    is_corr = corrected[keep]
+    rows = rows.assign(
+        source=np.where(is_corr, "correction", "feedback"),
+        target=np.where(is_corr, rows["correction"].astype(object), rows["response"].astype(object)),
+        target_issue=np.where(is_corr, rows["correction_issue"].astype(object), rows["response_issue"].astype(object)),
+        reward=np.where(is_corr, GOLD_REWARD, rows["reward"].to_numpy(dtype=float)),
+    )
+    why = np.select([no_reward, low, not_explicit, skip_corrections],
+                    ["no_reward", "low_reward", "no_explicit_feedback", "corrected_answer"], "")
+    removed = frame[~keep].assign(_why=why[~keep])
+    funnel.step("sft", "reward", len(frame), len(rows),
+                params={"sft_min_reward": cfg.sft_min_reward, "sft_require_explicit": cfg.sft_require_explicit,
+                        "include_corrections": cfg.include_corrections},
+                examples=examples_of(removed, removed["_why"].tolist(), "response"),
+                no_reward=int(no_reward.sum()), low_reward=int(low.sum()), no_explicit_feedback=int(not_explicit.sum()),
+                corrected_answer=int(skip_corrections.sum()))
+    return rows
+
+
+def quality_params(cfg: CurationConfig) -> dict:
+    return {k: getattr(cfg, k) for k in ("min_response_chars", "max_response_chars", "min_avg_sentence_words",
+                                         "sentence_rule_scope", "truncation_min_words", "max_repetition",
+                                         "boilerplate_phrases")}
+
+
+def quality_filter(rows: pd.DataFrame, cfg: CurationConfig, funnel: Funnel) -> pd.DataFrame:
+    """Step quality: targets with an issue (see `text_issue`; also echoes_prompt, same_as_answer)."""
+    bad = rows["target_issue"].notna().to_numpy()
+    removed = rows[bad]
+    funnel.step("sft", "quality", len(rows), int((~bad).sum()), params=quality_params(cfg),
+                examples=examples_of(removed, removed["target_issue"].tolist(), "target"),
+                **removed["target_issue"].value_counts().to_dict())
+    return rows[~bad]
 
 
 def select_sft(frame: pd.DataFrame, cfg: CurationConfig, funnel: Funnel) -> pd.DataFrame:
@@ -587,36 +786,25 @@ def select_sft(frame: pd.DataFrame, cfg: CurationConfig, funnel: Funnel) -> pd.D
     learn), ``source`` (feedback: a well-rewarded answer; correction: the user's correction)
     and ``reward`` (of the target: the turn's reward, or GOLD_REWARD for a correction).
     """
-    n = len(frame)
-    rewarded = frame["reward"].to_numpy(dtype=float) >= cfg.sft_min_reward
-    if cfg.sft_require_explicit:
-        rewarded &= frame["has_explicit"].to_numpy(dtype=bool)
-    ok = frame["response_issue"].isna().to_numpy()
-    answers = frame[rewarded & ok].assign(source="feedback", target=lambda f: f["response"])
-    issues = frame.loc[rewarded & ~ok, "response_issue"].value_counts().to_dict()
-    funnel.step("sft", "answers", n, len(answers), low_reward=int((~rewarded).sum()), **issues)
+    rows = sft_targets(frame, cfg, funnel)
+    rows = quality_filter(rows, cfg, funnel)
+    rows = drop_contaminated(rows, "sft", funnel, threshold=cfg.decontam_threshold)
 
-    corrections = frame.iloc[0:0].assign(source=pd.Series(dtype=str), target=pd.Series(dtype=str))
-    if cfg.include_corrections:
-        has = frame["correction_issue"] != "none"
-        good = frame["correction_issue"].isna()
-        corrections = frame[good].assign(source="correction", target=lambda f: f["correction"], reward=GOLD_REWARD)
-        bad = frame.loc[has & ~good, "correction_issue"].value_counts().to_dict()
-        funnel.step("sft", "corrections", int(has.sum()), len(corrections), **bad)
-
-    rows = pd.concat([corrections, answers], ignore_index=True)
-    rows = drop_contaminated(rows, "sft", funnel)
-
-    rows = rows.assign(_priority=rows["source"].map(SOURCE_PRIORITY), _ts=rows["ts"])
-    rows = rows.sort_values(["_priority", "reward", "_ts", "turn_id"], ascending=[True, False, False, True],
-                            kind="mergesort")
-    before = len(rows)
-    rows = cap_per(rows, "cluster", cfg.max_per_prompt)
-    funnel.step("sft", "deduplicate", before, len(rows), near_duplicate=before - len(rows))
-    before = len(rows)
-    rows = cap_per(rows, "user_id", cfg.max_per_user)
-    funnel.step("sft", "per_user_cap", before, len(rows), user_over_cap=before - len(rows))
-    rows = rows.drop(columns=["_priority", "_ts"])
+    # best first, so that every cap below keeps the best: corrections, reward, confidence, newest
+    rows = rows.assign(_priority=rows["source"].map(SOURCE_PRIORITY), _ts=rows["ts"],
+                       _confidence=rows["confidence"].fillna(1.0))
+    rows = rows.sort_values(["_priority", "reward", "_confidence", "_ts", "turn_id"],
+                            ascending=[True, False, False, False, True], kind="mergesort")
+    rows = rows.assign(_exact=[digest(k, t) for k, t in zip(rows["context_key"].tolist(),
+                                                             normalize_all(rows["target"].tolist()), strict=True)])
+    rows = capped(rows, "sft", funnel, "exact_dedup", "_exact", 1, "exact_duplicate", "target",
+                  params={"key": "sha256(normalized context + normalized target)"})
+    rows = capped(rows, "sft", funnel, "near_dedup", "cluster", cfg.max_per_prompt, "near_duplicate", "prompt",
+                  params={"method": "MinHash LSH over character 5-grams of the context, exact Jaccard verified",
+                          "dedup_threshold": cfg.dedup_threshold, "max_per_prompt": cfg.max_per_prompt})
+    rows = capped(rows, "sft", funnel, "per_user_cap", "user_id", cfg.max_per_user, "user_over_cap", "target",
+                  params={"max_per_user": cfg.max_per_user})
+    rows = balance_topics(rows, "sft", funnel, cfg.topic_balance_ratio, "target")
+    rows = rows.drop(columns=["_priority", "_ts", "_confidence", "_exact"])
     rows["example_id"] = [digest(t, s) for t, s in zip(rows["turn_id"].tolist(), rows["source"].tolist(), strict=True)]
     return rows.sort_values("example_id").reset_index(drop=True)
-

@@ -1,9 +1,12 @@
-"""`kaizen dataset`: build, list, show and verify training-data snapshots; inspect rewards."""
+"""`kaizen dataset`: build, list, show and verify training-data snapshots; inspect rewards.
+
+Through the controller's admin API when it runs (kaizenlm.feedback.api), else on the DuckDB
+file directly (kaizenlm.feedback.admin_client).
+"""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import orjson
 
@@ -20,11 +23,12 @@ def add_arguments(p) -> None:
     _window_arguments(b)
     b.add_argument("--holdout", action="append", default=[], metavar="FILE",
                    help="held-out texts that training data must not contain (repeatable; adds to curation.holdout_path)")
-    b.add_argument("--replay", metavar="FILE", help="general examples to mix in (default: curation.replay_path)")
+    b.add_argument("--replay", metavar="FILE",
+                   help="JSONL of general examples to mix in (default: curation.replay_path, else the embedded set)")
     b.add_argument("--dry-run", action="store_true", help="curate and report, write nothing")
     b.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
-    ls = sub.add_parser("list", help="list snapshots, newest first")
+    ls = sub.add_parser("list", help="list registered snapshots, newest first")
     ls.add_argument("--json", action="store_true", help="print JSON")
 
     show = sub.add_parser("show", help="print a snapshot's manifest summary (or full manifest with --json)")
@@ -34,7 +38,7 @@ def add_arguments(p) -> None:
     ver = sub.add_parser("verify", help="check a snapshot's files and hashes against its manifest")
     ver.add_argument("snapshot_id", help="snapshot id or unambiguous prefix")
 
-    r = sub.add_parser("rewards", help="reward distribution of the turns in a window")
+    r = sub.add_parser("rewards", help="reward distribution of a window, and implicit-vs-explicit calibration")
     _window_arguments(r)
     r.add_argument("--json", action="store_true", help="print JSON")
 
@@ -47,136 +51,109 @@ def _window_arguments(p) -> None:
 
 
 def run(args, cfg) -> int:
-    return {"build": _build, "list": _list, "show": _show, "verify": _verify, "rewards": _rewards}[args.action](args, cfg)
+    from kaizenlm.feedback.admin_client import AdminClient, AdminError
 
-
-def _window(args, cfg):
-    from kaizenlm.feedback.datasets import default_window
-
+    client = AdminClient(cfg)
+    action = {"build": _build, "list": _list, "show": _show, "verify": _verify, "rewards": _rewards}[args.action]
     try:
-        return default_window(cfg.curation, since=args.since, until=args.until, as_of=args.as_of,
-                              all_data=args.all_data)
-    except ValueError as e:
+        return action(args, client)
+    except AdminError as e:
         raise UsageError(str(e)) from None
 
 
-def _connect(cfg, read_only: bool):
-    import duckdb
-
-    from kaizenlm.ingest import store
-
-    path = cfg.duckdb_path
-    if not path.is_file():
-        raise UsageError(f"no data yet: {path} does not exist (run `kaizen up` or `kaizen demo` first)")
-    try:
-        con = store.connect(path, read_only=read_only)
-    except duckdb.IOException as e:
-        if "lock" in str(e).lower():
-            raise UsageError(f"{path} is in use by another process (a running controller?); stop it and retry") from None
-        raise
-    return con
+def _dump(data) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _build(args, cfg) -> int:
-    from kaizenlm.feedback import curation, datasets
-
-    window = _window(args, cfg)
-    holdout_files = ([cfg.curation.holdout_path] if cfg.curation.holdout_path else []) + list(args.holdout)
-    replay_file = args.replay or cfg.curation.replay_path or None
-    try:
-        holdout = [text for f in holdout_files for text in curation.load_holdout(f)]
-        replay = datasets.load_replay(replay_file) if replay_file else []
-    except (ValueError, OSError) as e:
-        raise UsageError(str(e)) from None
-    sources = {"holdout_files": [str(Path(f).expanduser()) for f in holdout_files], "holdout_texts": len(holdout),
-               "replay_file": str(Path(replay_file).expanduser()) if replay_file else None}
-    con = _connect(cfg, read_only=args.dry_run)
-    try:
-        snap = datasets.build_snapshot(con, cfg, window, holdout=holdout, replay=replay, dry_run=args.dry_run,
-                                       sources=sources)
-    finally:
-        con.close()
+def _build(args, client) -> int:
+    m = client.build(since=args.since, until=args.until, as_of=args.as_of, all_data=args.all_data,
+                     holdout=list(args.holdout), replay=args.replay, dry_run=args.dry_run)
     if args.json:
-        sys.stdout.write(orjson.dumps(snap.manifest, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _dump(m)
         return 0
-    m = snap.manifest
-    verb = "would write" if args.dry_run else ("reused" if snap.reused else "wrote")
-    print(f"{verb} snapshot {snap.snapshot_id}  ({snap.path})")
-    _print_summary(m)
+    verb = "would write" if args.dry_run else ("reused" if m["reused"] else "wrote")
+    print(f"{verb} snapshot {m['snapshot_id']}  ({m['path']})")
+    print_summary(m)
     return 0
 
 
-def _print_summary(m: dict) -> None:
+def step_rows(m: dict) -> list[tuple[str, dict]]:
+    """(output, step) for every curation step of a manifest, in pipeline order."""
+    return [(output, s) for output, steps in m.get("curation", {}).get("steps", {}).items() for s in steps]
+
+
+def print_summary(m: dict) -> None:
     w = m["window"]
     print(f"  window   since {w['since'] or '-'}  until {w['until'] or '-'}  as of {w['as_of']}")
     c = m["counts"]
     print(f"  sft      train {c['sft_train']}  eval {c['sft_eval']}")
     print(f"  dpo      train {c['dpo_train']}  eval {c['dpo_eval']}")
+    mix = m.get("mix_ratio") or {}
+    if mix:
+        print(f"  replay   {mix['replay_rows']} of {mix['sft_train_rows']} sft train rows ({mix['actual']}; configured "
+              f"{mix['configured']}) from {mix['source']}")
+    sources = m.get("pair_sources") or {}
+    if sources:
+        print("  pairs    " + ", ".join(f"{k} {v}" for k, v in sources.items()) + " (mined, before filters)")
     cur = m.get("curation", {})
-    replay = cur.get("replay") or {}
-    if replay:
-        print(f"  replay   {replay.get('used', 0)} general examples (wanted {replay.get('wanted', 0)})")
     pii = {k: v for k, v in (cur.get("pii_replaced") or {}).items() if v}
     if pii:
-        print("  pii      replaced " + ", ".join(f"{k} {v}" for k, v in pii.items()))
-    print(f"  turns    {cur.get('turns', 0)} read, {cur.get('contaminated_turns', 0)} matched held-out texts")
-    for output, steps in cur.get("steps", {}).items():
-        print(f"  {output}:")
-        for s in steps:
-            why = ", ".join(f"{k} {v}" for k, v in s.get("dropped", {}).items())
-            print(f"    {s['step']:<16} {s['in']:>8} -> {s['out']:<8} {why}".rstrip())
+        print("  pii      replaced " + ", ".join(f"<{k}> {v}" for k, v in pii.items()))
+    print(f"  turns    {cur.get('turns', 0)} in the window, {cur.get('contaminated_turns', 0)} matched held-out texts")
+    output = None
+    for out, s in step_rows(m):
+        if out != output:
+            print(f"  {out}:")
+            output = out
+        why = ", ".join(f"{k} {v}" for k, v in s.get("dropped", {}).items())
+        print(f"    {s['step']:<16} {s['in']:>8} -> {s['out']:<8} {why}".rstrip())
+    for f in m.get("forgotten", []):
+        print(f"  FORGOTTEN: holds data of a user who asked to be forgotten (subject {f['subject']}, {f['at']}); "
+              "do not train on it")
     for warning in m.get("warnings", []):
         print(f"  warning: {warning}")
 
 
-def _list(args, cfg) -> int:
-    from kaizenlm.feedback import datasets
-
-    manifests = datasets.list_snapshots(cfg.snapshots_dir)
+def _list(args, client) -> int:
+    rows = client.list_snapshots()
     if args.json:
-        rows = [{"snapshot_id": m["snapshot_id"], "created_at": m["created_at"], "window": m["window"],
-                 "counts": m["counts"]} for m in manifests]
-        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _dump(rows)
         return 0
-    if not manifests:
-        print(f"no snapshots under {cfg.snapshots_dir}; build one with `kaizen dataset build`")
+    if not rows:
+        print("no snapshots yet; build one with `kaizen dataset build`")
         return 0
     print(f"{'snapshot':<20} {'created':<20} {'sft train/eval':>15} {'dpo train/eval':>15}  window")
-    for m in manifests:
-        c, w = m["counts"], m["window"]
-        print(f"{m['snapshot_id']:<20} {m['created_at'][:19]:<20} {c['sft_train']:>9}/{c['sft_eval']:<5} "
-              f"{c['dpo_train']:>9}/{c['dpo_eval']:<5}  {(w['since'] or '-')[:10]} .. {(w['until'] or '-')[:10]}")
+    for r in rows:
+        c, w = r["counts"], r["window"]
+        flag = "  FORGOTTEN" if r["forgotten"] else ""
+        print(f"{r['snapshot_id']:<20} {r['created_at'][:19]:<20} {c['sft_train']:>9}/{c['sft_eval']:<5} "
+              f"{c['dpo_train']:>9}/{c['dpo_eval']:<5}  {(w['since'] or '-')[:10]} .. {(w['until'] or '-')[:10]}{flag}")
     return 0
 
 
-def _resolve(args, cfg) -> Path:
-    from kaizenlm.feedback import datasets
-
-    try:
-        return datasets.resolve(cfg.snapshots_dir, args.snapshot_id)
-    except datasets.SnapshotError as e:
-        raise UsageError(str(e)) from None
-
-
-def _show(args, cfg) -> int:
-    from kaizenlm.feedback import datasets
-
-    path = _resolve(args, cfg)
-    m = datasets.read_manifest(path)
+def _show(args, client) -> int:
+    m = client.show(args.snapshot_id)
     if args.json:
-        sys.stdout.write(orjson.dumps(m, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _dump(m)
         return 0
-    print(f"snapshot {m['snapshot_id']}  ({path})")
+    print(f"snapshot {m['snapshot_id']}  ({m['path']})")
     print(f"  content  {m['content_hash']}")
-    print(f"  created  {m['created_at']}  by kaizenlm {m.get('kaizenlm_version', '?')}")
-    _print_summary(m)
+    code = m.get("code_version") or {}
+    commit = f", commit {code['git_commit'][:12]}" if code.get("git_commit") else ""
+    print(f"  created  {m['created_at']}  by kaizenlm {m.get('kaizenlm_version', '?')}{commit}")
+    print_summary(m)
     return 0
 
 
-def _verify(args, cfg) -> int:
+def _verify(args, client) -> int:
+    from pathlib import Path
+
     from kaizenlm.feedback import datasets
 
-    path = _resolve(args, cfg)
+    m = client.show(args.snapshot_id)
+    path = Path(m["path"])
+    if not path.is_dir():
+        raise UsageError(f"{path} is not on this machine; run `kaizen dataset verify` where the controller runs")
     problems = datasets.verify(path)
     if problems:
         for p in problems:
@@ -186,22 +163,18 @@ def _verify(args, cfg) -> int:
     return 0
 
 
-def _rewards(args, cfg) -> int:
-    from kaizenlm.feedback import rewards
-
-    window = _window(args, cfg)
-    con = _connect(cfg, read_only=True)
-    try:
-        summary = rewards.summarize(rewards.reward_frame(con, window, cfg.rewards))
-    finally:
-        con.close()
-    summary["window"] = window.to_json()
+def _rewards(args, client) -> int:
+    summary = client.reward_report(since=args.since, until=args.until, as_of=args.as_of, all_data=args.all_data)
     if args.json:
-        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _dump(summary)
         return 0
-    print(f"turns {summary['turns']}: {summary['with_feedback']} with feedback, {summary['with_explicit']} explicit, "
-          f"{summary['with_correction']} corrected; mean reward (with feedback) {summary['mean_reward_with_feedback']}")
+    print(f"turns {summary['turns']}: {summary['with_reward']} with a reward ({summary['without_reward']} without), "
+          f"{summary['with_explicit']} explicit, {summary['with_correction']} corrected; mean reward "
+          f"{summary['mean_reward']}, mean confidence {summary['mean_confidence']}")
     peak = max((b["turns"] for b in summary["histogram"]), default=0) or 1
     for b in summary["histogram"]:
         print(f"  {b['from']:+.2f} .. {b['to']:+.2f}  {b['turns']:>8}  {'#' * round(40 * b['turns'] / peak)}")
+    cal = summary["calibration"]
+    print(f"calibration (implicit-only reward vs explicit ratings, {cal['turns_with_both']} turns with both): "
+          f"agreement {cal['agreement']}, AUC {cal['auc']}")
     return 0

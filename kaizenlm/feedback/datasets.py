@@ -6,22 +6,32 @@ A snapshot is a directory ``<home>/snapshots/<snapshot_id>/``::
 
 - Content-addressed: ``content_hash`` is a SHA-256 over the canonical rows of the four
   tables (not over Parquet bytes, not over timestamps of the build), and the snapshot id is
-  ``ds-`` + its first 16 hex digits. Building again from the same data gives the same id and
-  reuses the existing snapshot; the registry records (snapshot_id, content_hash) as lineage.
+  ``ds-`` + its first 16 hex digits. Building again from the same data and config gives the
+  same id and reuses the existing snapshot; the registry records (snapshot_id, content_hash)
+  as lineage.
 - Reproducible: only events ingested at or before ``as_of`` are read, and every choice
   (dedup order, split, replay sample) is a deterministic function of the data.
-- Split by near-duplicate cluster: a cluster's SFT examples and DPO pairs go to train or
-  eval together, so paraphrases of an eval prompt are never trained on.
-- Replay: ``replay_fraction`` of sft_train are general examples (``source = 'replay'``)
-  against catastrophic forgetting; replay rows that contain a held-out text (whole, or a word 8-gram of it) are dropped.
+- Recency window: turns with since <= ts < until; since defaults to as_of - window_days.
+- Split grouped by conversation: the ``eval`` files are the validation split. Rows are joined
+  into groups that share a conversation or a near-duplicate cluster (a DPO pair joins the
+  conversations of both its answers), and a group goes to train or eval whole, by a stable
+  hash: no conversation, and no paraphrase of an eval prompt, is on both sides.
+- Replay: general examples make up ``replay_fraction`` of sft_train (``source = 'replay'``),
+  as exactly as whole rows allow: R replay rows among T train rows with R = round(fraction * T).
+  They come from ``replay_path`` (JSONL) or, by default, the embedded general-skills set of
+  `kaizenlm.demo.general`, whose held-out split is never mixed in (it measures forgetting).
+  Replay rows are scrubbed like everything else and must not contain a held-out text.
 - Written atomically (a temporary directory renamed into place), checked by `verify`,
   and catalogued in the DuckDB table ``dataset_snapshots``.
+- Right to be forgotten: `mark_forgotten` marks a snapshot that holds a forgotten user's
+  turns (``forgotten.json`` next to the manifest, and the manifest copy in DuckDB);
+  `open_snapshot` refuses a marked snapshot (docs/DATASETS.md).
 
 Columns: ``prompt`` is the conversation up to the answer (a list of {role, content});
 sft rows add ``response`` (the target), dpo rows ``chosen`` and ``rejected``. Jobs read
 snapshots with `open_snapshot`; kaizenlm.retrain.lora_sft reads sft rows as they are, and
 `sft_records` / `dpo_records` give TRL's conversational format. `snapshots_with_turns`
-finds the snapshots that hold given turns (right to be forgotten: see docs/REGISTRY.md).
+finds the snapshots that hold given turns.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import hashlib
 import math
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,8 +57,8 @@ import pyarrow.parquet as pq
 
 import kaizenlm
 from kaizenlm.config import Config, CurationConfig
-from kaizenlm.feedback import curation, pairs
-from kaizenlm.feedback.curation import Funnel, contaminated, digest
+from kaizenlm.feedback import curation, pairs, rewards
+from kaizenlm.feedback.curation import Funnel, contaminated, digest, scrub_pii
 from kaizenlm.feedback.rewards import Window
 
 FORMAT_VERSION = 1
@@ -55,14 +66,15 @@ TABLES = ("sft_train", "sft_eval", "dpo_train", "dpo_eval")
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SFT_SCHEMA = pa.schema([
-    ("example_id", pa.string()), ("source", pa.string()), ("cluster", pa.string()),
+    ("example_id", pa.string()), ("source", pa.string()), ("cluster", pa.string()), ("topic", pa.string()),
     ("turn_id", pa.string()), ("conversation_id", pa.string()), ("model_version", pa.string()),
     ("ts", pa.timestamp("us", tz="UTC")), ("prompt", MESSAGES), ("response", pa.string()),
     ("reward", pa.float64()),
 ])
 DPO_SCHEMA = pa.schema([
-    ("pair_id", pa.string()), ("source", pa.string()), ("cluster", pa.string()),
-    ("chosen_turn_id", pa.string()), ("rejected_turn_id", pa.string()), ("model_version", pa.string()),
+    ("pair_id", pa.string()), ("source", pa.string()), ("cluster", pa.string()), ("topic", pa.string()),
+    ("chosen_turn_id", pa.string()), ("rejected_turn_id", pa.string()), ("conversation_id", pa.string()),
+    ("rejected_conversation_id", pa.string()), ("model_version", pa.string()),
     ("ts", pa.timestamp("us", tz="UTC")), ("prompt", MESSAGES), ("chosen", pa.string()), ("rejected", pa.string()),
     ("chosen_reward", pa.float64()), ("rejected_reward", pa.float64()), ("margin", pa.float64()),
 ])
@@ -88,17 +100,63 @@ class Snapshot:
 
 
 # ---------------------------------------------------------------------------------------------
-# Split, replay
+# Split
 
 
-def in_eval(cluster: str, eval_fraction: float) -> bool:
-    """Whether a near-duplicate cluster belongs to the eval split (a stable hash of its label)."""
-    bucket = int(hashlib.sha256(f"split:{cluster}".encode()).hexdigest()[:8], 16) / 2**32
+def in_eval(group: str, eval_fraction: float) -> bool:
+    """Whether a split group belongs to the eval (validation) split (a stable hash of its label)."""
+    bucket = int(hashlib.sha256(f"split:{group}".encode()).hexdigest()[:8], 16) / 2**32
     return bucket < eval_fraction
+
+
+def split_groups(sft: pd.DataFrame, dpo: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """A split-group label per SFT row and per DPO pair: rows that share a conversation or a
+    near-duplicate cluster, directly or through other rows, share a label (the smallest
+    member name), so a whole group goes to one side of the split."""
+    links = [(f"k:{k}", f"c:{c}") for k, c in zip(sft["cluster"].tolist(), sft["conversation_id"].tolist(), strict=True)]
+    links += [(f"k:{k}", f"c:{c}") for k, c in zip(dpo["cluster"].tolist(), dpo["conversation_id"].tolist(), strict=True)]
+    links += [(f"k:{k}", f"c:{c}") for k, c in
+              zip(dpo["cluster"].tolist(), dpo["rejected_conversation_id"].tolist(), strict=True)]
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in links:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return [find(f"k:{k}") for k in sft["cluster"].tolist()], [find(f"k:{k}") for k in dpo["cluster"].tolist()]
+
+
+def split(sft: pd.DataFrame, dpo: pd.DataFrame, eval_fraction: float, funnel: Funnel) -> tuple[np.ndarray, np.ndarray]:
+    """Step split: eval masks for SFT rows and DPO pairs (see `split_groups`)."""
+    sft_groups, dpo_groups = split_groups(sft, dpo)
+    groups = sorted(set(sft_groups) | set(dpo_groups))
+    evals = {g for g in groups if in_eval(g, eval_fraction)}
+    sft_eval = np.fromiter((g in evals for g in sft_groups), dtype=bool, count=len(sft_groups))
+    dpo_eval = np.fromiter((g in evals for g in dpo_groups), dtype=bool, count=len(dpo_groups))
+    sizes = pd.Series(sft_groups + dpo_groups).value_counts()
+    for output, mask in (("sft", sft_eval), ("dpo", dpo_eval)):
+        funnel.step(output, "split", len(mask), len(mask),
+                    params={"eval_fraction": eval_fraction, "grouped_by": ["conversation", "near-duplicate cluster"],
+                            "groups": len(groups), "eval_groups": len(evals),
+                            "largest_group_rows": int(sizes.max()) if len(sizes) else 0,
+                            "train": int((~mask).sum()), "eval": int(mask.sum())})
+    return sft_eval, dpo_eval
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay (general data against catastrophic forgetting)
 
 
 REPLAY_PROMPT_FIELDS = ("prompt", "question", "instruction", "input")
 REPLAY_RESPONSE_FIELDS = ("response", "answer", "output", "completion")
+EMBEDDED_REPLAY = "embedded:kaizenlm.demo.general"
 
 
 def load_replay(path: str | Path) -> list[dict]:
@@ -127,34 +185,64 @@ def load_replay(path: str | Path) -> list[dict]:
     return out
 
 
+def embedded_replay(seed: int = 0) -> tuple[list[dict], list[str]]:
+    """The embedded default: (replay rows, held-out prompts) of the generated general-skills
+    set. The held-out rows are never replayed; the retrain's forgetting check scores them."""
+    from kaizenlm.demo.general import general_skills  # imported here: the demo is not needed otherwise
+
+    train, heldout = general_skills(seed)
+    rows = [{"messages": [{"role": "user", "content": r["prompt"]}], "response": r["response"]} for r in train]
+    return rows, [r["prompt"] for r in heldout]
+
+
+def replay_count(n_train: int, fraction: float) -> int:
+    """Replay rows R to add to n_train training rows so that R / (n_train + R) is as close to
+    ``fraction`` as whole rows allow (then R = round(fraction * (n_train + R)))."""
+    if fraction <= 0 or n_train <= 0:
+        return 0
+    ideal = fraction * n_train / (1.0 - fraction)
+    return min({math.floor(ideal), math.ceil(ideal)}, key=lambda r: (abs(r / (n_train + r) - fraction), r))
+
+
 def _replay_rows(replay: Sequence[dict], n_train: int, cfg: CurationConfig, holdout: Sequence[str],
-                 seed_text: str, funnel: Funnel) -> pd.DataFrame:
-    wanted = math.ceil(cfg.replay_fraction / (1.0 - cfg.replay_fraction) * n_train) if cfg.replay_fraction else 0
-    info: dict = {"fraction": cfg.replay_fraction, "wanted": wanted, "available": len(replay)}
-    funnel.notes["replay"] = info
-    if wanted == 0 or not replay:
-        info["used"] = 0
-        return pd.DataFrame()
+                 seed_text: str, funnel: Funnel, source: str) -> pd.DataFrame:
+    wanted = replay_count(n_train, cfg.replay_fraction)
     rows = pd.DataFrame({
-        "messages": [r["messages"] for r in replay],
-        "response": [r["response"] for r in replay],
+        "messages": [[{**m, "content": scrub_pii(m["content"], keep=cfg.pii_keep)} for m in r["messages"]]
+                     for r in replay],
+        "response": [scrub_pii(r["response"], keep=cfg.pii_keep) for r in replay],
     })
-    rows["example_id"] = ["replay-" + digest(orjson.dumps(m).decode(), r)
-                          for m, r in zip(rows["messages"].tolist(), rows["response"].tolist(), strict=True)]
-    rows = rows.drop_duplicates("example_id").sort_values("example_id").reset_index(drop=True)
-    prompts = [curation._last_user(m) for m in rows["messages"]]
+    if len(rows):
+        rows["example_id"] = ["replay-" + digest(orjson.dumps(m).decode(), r)
+                              for m, r in zip(rows["messages"].tolist(), rows["response"].tolist(), strict=True)]
+        rows = rows.drop_duplicates("example_id").sort_values("example_id").reset_index(drop=True)
+    prompts = [curation._last_user(m) for m in rows["messages"]] if len(rows) else []
     # Exact and n-gram overlap only: general held-out sets are made of new combinations of the
     # training rows' words on purpose, and near-duplicate matching would discard most of them.
     clean = ~contaminated(prompts, holdout, cfg.decontam_threshold, near=False)
-    info["contaminated"] = int((~clean).sum())
-    rows = rows[clean].reset_index(drop=True)
-    # A different, reproducible sample for every training set: seeded by the training data.
+    dirty = rows[~clean].assign(_prompt=[p for p, c in zip(prompts, clean, strict=True) if not c]) if len(rows) else rows
+    rows = rows[clean].reset_index(drop=True) if len(rows) else rows
+    # A different, reproducible sample for every training set: seeded by the training data. A
+    # pool smaller than the sample is repeated (whole passes, each in its own order).
     rng = np.random.default_rng(int(hashlib.sha256(seed_text.encode()).hexdigest()[:16], 16))
-    take = rng.permutation(len(rows))[:wanted]
-    rows = rows.iloc[np.sort(take)].reset_index(drop=True)
-    info["used"] = len(rows)
-    return rows.rename(columns={"messages": "prompt"}).assign(source="replay", cluster=None, turn_id=None, conversation_id=None, model_version=None,
-                       ts=pd.NaT, reward=np.nan)
+    take: list[int] = []
+    passes = 0
+    while len(rows) and len(take) < wanted:
+        take += [int(i) for i in rng.permutation(len(rows))[:wanted - len(take)]]
+        passes += 1
+    picked = rows.iloc[take].reset_index(drop=True) if take else rows.iloc[0:0]
+    if take:
+        repeat = pd.Series(take).groupby(take).cumcount().to_numpy()
+        picked["example_id"] = [e if k == 0 else f"{e}#{k}" for e, k in zip(picked["example_id"].tolist(), repeat,
+                                                                              strict=True)]
+    funnel.step("sft", "replay_mix", len(replay), len(picked),
+                params={"replay_fraction": cfg.replay_fraction, "source": source, "domain_train_rows": n_train,
+                        "wanted": wanted, "pool": len(rows), "passes_over_pool": passes},
+                examples=curation.examples_of(dirty, "matches_holdout", "_prompt", "example_id") if len(dirty) else None,
+                matches_holdout=int((~clean).sum()), not_sampled=max(0, len(rows) - len(picked)))
+    return picked.rename(columns={"messages": "prompt"}).assign(
+        source="replay", cluster=None, topic=None, turn_id=None, conversation_id=None, model_version=None,
+        ts=pd.NaT, reward=np.nan)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,8 +268,11 @@ def _table(rows: pd.DataFrame, name: str) -> pa.Table:
         elif pa.types.is_floating(f.type):
             data[f.name] = pa.array(pd.to_numeric(values).astype(float), type=f.type, from_pandas=True)
         else:
-            data[f.name] = pa.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-                                     for v in values.tolist()], type=f.type)
+            try:  # strings with None/NaN for missing: straight to Arrow
+                data[f.name] = pa.array(values, type=f.type, from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                data[f.name] = pa.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+                                         for v in values.tolist()], type=f.type)
     return pa.table(data, schema=schema)
 
 
@@ -224,12 +315,23 @@ def default_window(cfg: CurationConfig, since=None, until=None, as_of=None, all_
 
 
 def curate(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, holdout: Sequence[str] = (),
-           replay: Sequence[dict] = ()) -> tuple[dict[str, pa.Table], Funnel]:
-    """Run the whole curation for a window: the four tables of a snapshot and the funnel."""
+           replay: Sequence[dict] | None = None, replay_holdout: Sequence[str] = (),
+           replay_source: str = "given") -> tuple[dict[str, pa.Table], Funnel]:
+    """Run the whole curation for a window: the four tables of a snapshot and the funnel.
+
+    ``replay`` None means the embedded general-skills set (and its held-out prompts);
+    ``replay_holdout`` are further texts replay rows must not contain."""
     ccfg = cfg.curation
+    if replay is None:
+        replay, replay_holdout = embedded_replay()
+        replay_source = EMBEDDED_REPLAY
     funnel = Funnel()
     frame = curation.load_candidates(con, window, cfg.rewards)
+    ingested = curation.count_turns(con, window)
+    funnel.step("candidates", "recency_window", ingested, len(frame),
+                params={**window.to_json(), "window_days": ccfg.window_days}, outside_window=ingested - len(frame))
     funnel.notes["turns"] = len(frame)
+    funnel.notes["reward_calibration"] = rewards.calibration(frame, cfg.rewards)  # implicit vs explicit, this window
     frame = curation.prepare(frame, ccfg, holdout, funnel)
     sft = curation.select_sft(frame, ccfg, funnel)
     dpo = pairs.build_pairs(frame, ccfg, funnel)
@@ -237,33 +339,52 @@ def curate(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, holdout:
     # snapshot columns: prompt = the conversation so far (messages), response = the target
     sft = sft.drop(columns=["prompt", "response"]).rename(columns={"target": "response", "messages": "prompt"})
     dpo = dpo.drop(columns=["prompt"]).rename(columns={"messages": "prompt"})
-    sft_eval_mask = np.fromiter((in_eval(c, ccfg.eval_fraction) for c in sft["cluster"].tolist()), dtype=bool,
-                                count=len(sft))
-    dpo_eval_mask = np.fromiter((in_eval(c, ccfg.eval_fraction) for c in dpo["cluster"].tolist()), dtype=bool,
-                                count=len(dpo))
+    sft_eval_mask, dpo_eval_mask = split(sft, dpo, ccfg.eval_fraction, funnel)
     sft_train = _table(sft[~sft_eval_mask], "sft_train")
-    sft_eval = _table(sft[sft_eval_mask], "sft_eval")
-    seed_text = table_hash(sft_train)
-    replay_rows = _replay_rows(replay, sft_train.num_rows, ccfg, holdout, seed_text, funnel)
+    seed_text = digest(*sorted(sft_train.column("example_id").to_pylist()), size=64)  # the train set's identity
+    replay_rows = _replay_rows(replay, sft_train.num_rows, ccfg, [*holdout, *replay_holdout], seed_text,
+                               funnel, replay_source)
     if len(replay_rows):
         sft_train = _table(pd.concat([sft[~sft_eval_mask], replay_rows], ignore_index=True), "sft_train")
+    n_replay = len(replay_rows)
+    funnel.notes["mix_ratio"] = {
+        "configured": ccfg.replay_fraction, "replay_rows": n_replay, "sft_train_rows": sft_train.num_rows,
+        "actual": round(n_replay / sft_train.num_rows, 6) if sft_train.num_rows else None, "source": replay_source,
+    }
     tables = {
         "sft_train": sft_train,
-        "sft_eval": sft_eval,
+        "sft_eval": _table(sft[sft_eval_mask], "sft_eval"),
         "dpo_train": _table(dpo[~dpo_eval_mask], "dpo_train"),
         "dpo_eval": _table(dpo[dpo_eval_mask], "dpo_eval"),
     }
     return tables, funnel
 
 
+def code_version() -> dict:
+    """The kaizenlm version and, when it runs from a git checkout, the commit (and whether the
+    working tree had changes)."""
+    out: dict = {"kaizenlm": kaizenlm.__version__, "git_commit": None, "git_dirty": None}
+    repo = Path(kaizenlm.__file__).resolve().parent.parent
+    if (repo / ".git").exists():
+        try:
+            out["git_commit"] = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                                               text=True, timeout=5, check=True).stdout.strip()
+            out["git_dirty"] = bool(subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                                   capture_output=True, text=True, timeout=5, check=True).stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return out
+
+
 def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, *, holdout: Sequence[str] = (),
-                   replay: Sequence[dict] = (), root: Path | None = None, dry_run: bool = False,
-                   sources: dict | None = None) -> Snapshot:
+                   replay: Sequence[dict] | None = None, replay_source: str = "given", root: Path | None = None,
+                   dry_run: bool = False, sources: dict | None = None) -> Snapshot:
     """Curate the window and write (or reuse) its snapshot under ``root`` (default:
-    cfg.snapshots_dir). With dry_run nothing is written; the Snapshot's path does not exist."""
+    cfg.snapshots_dir). ``replay`` None: the embedded general-skills set. With dry_run nothing
+    is written; the Snapshot's path does not exist."""
     if window.as_of is None:
         window = Window(window.since, window.until, datetime.now(UTC))
-    tables, funnel = curate(con, cfg, window, holdout, replay)
+    tables, funnel = curate(con, cfg, window, holdout, replay, replay_source=replay_source)
     hashes = {name: table_hash(t) for name, t in tables.items()}
     chash = content_hash(hashes)
     snapshot_id = f"ds-{chash[:16]}"
@@ -271,8 +392,9 @@ def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, 
     final = root / snapshot_id
     counts = {name: t.num_rows for name, t in tables.items()}
     warnings = []
-    if cfg.curation.replay_fraction and not replay:
-        warnings.append("no replay data given (curation.replay_path or --replay): sft_train has no general examples")
+    mix = funnel.notes["mix_ratio"]
+    if cfg.curation.replay_fraction and counts["sft_train"] > 0 and not mix["replay_rows"]:
+        warnings.append("no usable replay data: sft_train has no general examples")
     if sum(counts.values()) == 0:
         warnings.append("the snapshot is empty: no turn in the window passed curation")
     manifest = {
@@ -281,8 +403,11 @@ def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, 
         "format_version": FORMAT_VERSION,
         "created_at": datetime.now(UTC).isoformat(),
         "kaizenlm_version": kaizenlm.__version__,
+        "code_version": code_version(),
         "window": window.to_json(),
         "counts": counts,
+        "mix_ratio": mix,
+        "pair_sources": funnel.notes["pair_sources"],
         "tables": {name: {"rows": counts[name], "data_hash": hashes[name]} for name in TABLES},
         "files": {},
         "curation": funnel.to_json(),
@@ -428,9 +553,13 @@ def verify(path: Path) -> list[str]:
     return problems
 
 
-def open_snapshot(path: Path, check: bool = True) -> dict[str, pa.Table]:
-    """The four tables of a snapshot (verified first unless check=False)."""
+def open_snapshot(path: Path, check: bool = True, allow_forgotten: bool = False) -> dict[str, pa.Table]:
+    """The four tables of a snapshot (verified first unless check=False). A snapshot marked by
+    `kaizen forget` is refused unless allow_forgotten: build a new one from the remaining data."""
     path = Path(path)
+    if not allow_forgotten and read_manifest(path).get("forgotten"):
+        raise SnapshotError(f"snapshot {path.name} holds data of a user who asked to be forgotten; "
+                            "build a new snapshot (`kaizen dataset build`) and train on that")
     if check:
         problems = verify(path)
         if problems:
@@ -476,3 +605,39 @@ def dpo_records(table: pa.Table) -> Iterator[dict]:
             "chosen": [{"role": "assistant", "content": row["chosen"]}],
             "rejected": [{"role": "assistant", "content": row["rejected"]}],
         }
+
+
+REDACTED = "<forgotten>"
+
+
+def _redact_examples(manifest: dict, turn_ids: set[str]) -> int:
+    """Blank the funnel examples that quote any of these turns; returns how many."""
+    n = 0
+    for steps in manifest.get("curation", {}).get("steps", {}).values():
+        for step in steps:
+            for example in step.get("examples", []):
+                if set(str(example.get("id", "")).split(">")) & turn_ids:
+                    example["text"] = REDACTED
+                    n += 1
+    return n
+
+
+def mark_forgotten(con: duckdb.DuckDBPyConnection, root: Path, snapshot_ids: Iterable[str], subject: str,
+                   turn_ids: Iterable[str]) -> list[str]:
+    """Mark snapshots as holding a forgotten user's data: append {subject, at} to the
+    manifest's ``forgotten`` list (on disk and in ``dataset_snapshots``) and blank the funnel
+    examples that quote the user's turns. ``subject`` is a hash, never the user id itself."""
+    turn_ids = set(turn_ids)
+    marked = []
+    for snapshot_id in sorted(set(snapshot_ids)):
+        path = Path(root) / snapshot_id
+        manifest = read_manifest(path)
+        manifest.setdefault("forgotten", []).append({"subject": subject, "at": datetime.now(UTC).isoformat()})
+        _redact_examples(manifest, turn_ids)
+        tmp = path / f".manifest-{uuid.uuid4().hex[:8]}.json"
+        _write_json(tmp, manifest)
+        os.replace(tmp, path / "manifest.json")
+        con.execute("UPDATE dataset_snapshots SET manifest = ? WHERE snapshot_id = ?",
+                    [orjson.dumps(manifest).decode(), snapshot_id])
+        marked.append(snapshot_id)
+    return marked

@@ -1,18 +1,27 @@
-"""DPO preference pairs from feedback.
+"""DPO preference pairs mined from what users did, each tagged with its source.
 
-Two kinds of evidence say that one answer is better than another for the same context:
+Four sources say that one answer is better than another for the same context:
 
-- a correction: the user's corrected answer (chosen) beats the model's answer (rejected);
-- ranked answers: several answers were given in the same (normalized) context, e.g. after
-  a regenerate, or by the champion and the challenger of an A/B test, and their rewards
-  differ by at least ``pair_margin``. Both answers need feedback of their own: a turn
-  nobody reacted to has reward 0, which means "unknown", not "average".
+- ``correction``: the user's corrected answer (chosen) beats the model's answer (rejected);
+- ``regenerate``: in one conversation, the answer the user kept (the last one given in
+  that context) beats each answer they regenerated away (a turn with a regenerate signal
+  that was followed by another answer in the same context);
+- ``ab_variant``: in an A/B experiment, answers of the two variants to the same (normalized or
+  near-duplicate) context, with different rewards;
+- ``rating``: answers to the same (normalized or near-duplicate) context that users rated
+  differently (both answers need explicit feedback: thumbs, stars or a correction).
 
-Within one context, answers are sorted by reward and paired best with worst, second best
-with second worst, and so on while the margin holds, so no answer is used twice. The chosen
-answer must pass the same checks as an SFT target; the rejected one may be degenerate (that
-is exactly what the model should learn to avoid). Pairs are dropped when their prompt
-matches held-out texts, deduplicated, and capped per near-duplicate cluster.
+Within a group, answers sorted by reward are paired best with worst, second best with second
+worst, and so on, so no answer is used twice in a source (for ``ab_variant`` the two sides
+come from different variants). The chosen answer must pass the SFT quality checks; the
+rejected one may be degenerate (that is exactly what the model should learn to avoid).
+
+Then the steps: ``margin`` (chosen reward - rejected reward >= ``pair_margin``; a kept answer
+nobody reacted to counts as 0 here, so a lone regenerate at its default weight of -0.4 makes
+a pair at the default margin of 0.4), ``decontaminate``, ``dedup`` (the same context, chosen
+and rejected text once; the most specific source wins: correction, regenerate, ab_variant,
+rating), ``per_prompt_cap`` (``max_pairs_per_prompt`` per near-duplicate cluster) and
+``topic_balance``.
 """
 
 from __future__ import annotations
@@ -21,105 +30,200 @@ import numpy as np
 import pandas as pd
 
 from kaizenlm.config import CurationConfig
-from kaizenlm.feedback.curation import GOLD_REWARD, Funnel, cap_per, digest, drop_contaminated, normalize_all
+from kaizenlm.feedback.curation import (
+    GOLD_REWARD,
+    Funnel,
+    balance_topics,
+    capped,
+    digest,
+    drop_contaminated,
+    examples_of,
+    normalize_all,
+)
 
-PAIR_COLUMNS = ["pair_id", "source", "cluster", "context_key", "conversation_id", "messages", "prompt",
-                "chosen", "rejected", "chosen_turn_id", "rejected_turn_id", "chosen_reward", "rejected_reward",
-                "margin", "model_version", "ts", "contaminated"]
+PAIR_SOURCES = ("correction", "regenerate", "ab_variant", "rating")  # also the dedup priority
+PAIR_COLUMNS = ["pair_id", "source", "cluster", "context_key", "conversation_id", "rejected_conversation_id",
+                "user_id", "topic", "experiment_id", "messages", "prompt", "chosen", "rejected", "chosen_turn_id",
+                "rejected_turn_id", "chosen_reward", "rejected_reward", "margin", "model_version", "ts", "contaminated"]
 
 
-def _has_text(values: pd.Series) -> np.ndarray:
-    return np.fromiter((isinstance(v, str) and bool(v.strip()) for v in values.tolist()), dtype=bool,
-                       count=len(values))
+def _answered(frame: pd.DataFrame) -> np.ndarray:
+    """Turns whose answer has text (`prepare` marks the others with the issue "empty")."""
+    return (frame["response_issue"] != "empty").to_numpy()
 
 
-def _correction_pairs(frame: pd.DataFrame) -> pd.DataFrame:
-    rows = frame[frame["correction_issue"].isna().to_numpy() & _has_text(frame["response"])]
+def _pairs(chosen: pd.DataFrame, rejected: pd.DataFrame, source: str, chosen_text: str = "response",
+           chosen_reward: object = None) -> pd.DataFrame:
+    """Pair rows (chosen.iloc[i] beats rejected.iloc[i]) in PAIR_COLUMNS form (no pair_id, margin yet).
+
+    Rewards are the turns' rewards with "no reward" as 0 (see the module docstring)."""
+    c, r = chosen.reset_index(drop=True), rejected.reset_index(drop=True)
+    if chosen_reward is None:
+        chosen_reward = c["reward"].fillna(0.0).astype(float)
     return pd.DataFrame({
-        "source": "correction",
-        "cluster": rows["cluster"], "context_key": rows["context_key"], "conversation_id": rows["conversation_id"],
-        "messages": rows["messages"], "prompt": rows["prompt"],
-        "chosen": rows["correction"], "rejected": rows["response"],
-        "chosen_turn_id": rows["turn_id"], "rejected_turn_id": rows["turn_id"],
-        "chosen_reward": GOLD_REWARD, "rejected_reward": rows["reward"].astype(float),
-        "model_version": rows["model_version"], "ts": rows["ts"], "contaminated": rows["contaminated"],
-    })
-
-
-def _ranked_pairs(frame: pd.DataFrame, cfg: CurationConfig) -> pd.DataFrame:
-    evidence = (frame["n_feedback"] + frame["n_signals"]) > 0
-    rows = frame[evidence.to_numpy() & _has_text(frame["response"])]
-    rows = rows[rows.groupby("context_key")["turn_id"].transform("size") > 1]
-    if rows.empty:
-        return pd.DataFrame(columns=PAIR_COLUMNS)
-    rows = rows.assign(_norm=normalize_all(rows["response"].tolist()))
-    rows = rows.sort_values(["context_key", "reward", "ts", "turn_id"], ascending=[True, False, False, True],
-                            kind="mergesort")
-    # the same answer text twice in one context: keep its best-rewarded occurrence
-    rows = rows.drop_duplicates(["context_key", "_norm"], keep="first")
-    chosen_idx, rejected_idx = [], []
-    rewards = rows["reward"].to_numpy(dtype=float)
-    chosen_ok = (rows["response_issue"].isna().to_numpy()) & (rewards >= cfg.pair_min_chosen_reward)
-    keys = rows["context_key"].to_numpy()
-    bounds = np.flatnonzero(keys[1:] != keys[:-1]) + 1
-    for start, stop in zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(rows)])), strict=True):
-        i, j = int(start), int(stop) - 1
-        while i < j:
-            if not chosen_ok[i]:
-                i += 1
-                continue
-            if rewards[i] - rewards[j] < cfg.pair_margin:
-                break  # sorted: no later pair of this context can reach the margin either
-            chosen_idx.append(i)
-            rejected_idx.append(j)
-            i, j = i + 1, j - 1
-    if not chosen_idx:
-        return pd.DataFrame(columns=PAIR_COLUMNS)
-    c, r = rows.iloc[chosen_idx].reset_index(drop=True), rows.iloc[rejected_idx].reset_index(drop=True)
-    same_conversation = (c["conversation_id"] == r["conversation_id"]).to_numpy()
-    return pd.DataFrame({
-        "source": np.where(same_conversation, "regenerate", "ranked"),
-        "cluster": c["cluster"], "context_key": c["context_key"], "conversation_id": c["conversation_id"],
+        "source": source, "cluster": c["cluster"], "context_key": c["context_key"],
+        "conversation_id": c["conversation_id"], "rejected_conversation_id": r["conversation_id"],
+        "user_id": c["user_id"], "topic": c["topic"], "experiment_id": c["experiment_id"],
         "messages": c["messages"], "prompt": c["prompt"],
-        "chosen": c["response"], "rejected": r["response"],
+        "chosen": c[chosen_text], "rejected": r["response"],
         "chosen_turn_id": c["turn_id"], "rejected_turn_id": r["turn_id"],
-        "chosen_reward": c["reward"].astype(float), "rejected_reward": r["reward"].astype(float),
+        "chosen_reward": chosen_reward, "rejected_reward": r["reward"].fillna(0.0).astype(float),
         "model_version": c["model_version"], "ts": c["ts"],
         "contaminated": c["contaminated"].to_numpy(dtype=bool) | r["contaminated"].to_numpy(dtype=bool),
     })
 
 
-PAIR_SOURCE_PRIORITY = {"correction": 0, "regenerate": 1, "ranked": 2}
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame(columns=PAIR_COLUMNS)
+
+
+def correction_pairs(frame: pd.DataFrame) -> pd.DataFrame:
+    """chosen = a valid user correction, rejected = the answer it corrects."""
+    rows = frame[frame["correction_issue"].isna().to_numpy() & _answered(frame)]
+    return _pairs(rows, rows, "correction", chosen_text="correction", chosen_reward=GOLD_REWARD) if len(rows) else _empty()
+
+
+def regenerate_pairs(frame: pd.DataFrame) -> pd.DataFrame:
+    """chosen = the answer kept after regenerating, rejected = each answer regenerated away.
+
+    A regenerate chain is the turns of one conversation with the same context, in time order;
+    the kept answer is the last one, and only when it was not regenerated itself."""
+    rows = frame[_answered(frame)]
+    rows = rows.sort_values(["conversation_id", "context_key", "ts", "turn_id"], kind="mergesort")
+    group = [rows["conversation_id"], rows["context_key"]]
+    rows = rows.assign(_last=rows.groupby(group).cumcount(ascending=False).to_numpy() == 0,
+                       _size=rows.groupby(group)["turn_id"].transform("size").to_numpy())
+    rows = rows[rows["_size"] > 1]
+    regenerated = rows["n_regenerate"].to_numpy() > 0
+    kept = rows[rows["_last"].to_numpy() & ~regenerated & rows["response_issue"].isna().to_numpy()]
+    away = rows[~rows["_last"].to_numpy() & regenerated]
+    matched = away.merge(kept[["conversation_id", "context_key", "turn_id"]].rename(columns={"turn_id": "_kept"}),
+                         on=["conversation_id", "context_key"], how="inner")
+    if matched.empty:
+        return _empty()
+    chosen = kept.set_index("turn_id").loc[matched["_kept"]].reset_index()
+    return _pairs(chosen, matched, "regenerate")
+
+
+def _best_with_worst(rewards: np.ndarray, chosen_ok: np.ndarray, side: np.ndarray | None) -> list[tuple[int, int]]:
+    """(chosen, rejected) positions in a group sorted best first: the best unused answer with
+    the worst unused one (of the other side, when ``side`` is given) that has a lower reward."""
+    n = len(rewards)
+    sides = side.tolist() if side is not None else [None] * n
+    worst_first: dict[object, list[int]] = {}  # per side: positions, worst answer first
+    for j in range(n - 1, -1, -1):
+        worst_first.setdefault(sides[j], []).append(j)
+    next_unused = dict.fromkeys(worst_first, 0)
+    used = np.zeros(n, dtype=bool)
+    out = []
+    for i in range(n):
+        if used[i] or not chosen_ok[i]:
+            continue
+        best = None
+        for s, stack in worst_first.items():
+            if side is not None and s == sides[i]:
+                continue
+            p = next_unused[s]
+            while p < len(stack) and used[stack[p]]:
+                p += 1
+            next_unused[s] = p
+            if p < len(stack) and rewards[stack[p]] < rewards[i] and (best is None or rewards[stack[p]] < rewards[best]):
+                best = stack[p]
+        if best is not None:
+            used[i] = used[best] = True
+            out.append((i, best))
+    return out
+
+
+def _ranked_pairs(frame: pd.DataFrame, eligible: np.ndarray, keys: list[str], source: str,
+                  side_column: str | None) -> pd.DataFrame:
+    rows = frame[eligible & _answered(frame) & frame["reward"].notna().to_numpy()]
+    if rows.empty:
+        return _empty()
+    rows = rows.assign(_norm=normalize_all(rows["response"].tolist()))
+    rows = rows.sort_values([*keys, "reward", "ts", "turn_id"], ascending=[True] * len(keys) + [False, False, True],
+                            kind="mergesort")
+    # the same answer text twice in a group is no preference: keep its best-rewarded occurrence
+    rows = rows.drop_duplicates([*keys, "_norm"], keep="first").reset_index(drop=True)
+    rewards = rows["reward"].to_numpy(dtype=float)
+    chosen_ok = rows["response_issue"].isna().to_numpy()
+    sides = rows[side_column].to_numpy() if side_column else None
+    # rows are sorted by the keys, so each group is a contiguous run
+    codes = np.zeros(len(rows), dtype=np.int64)
+    for k in keys:
+        c, _ = pd.factorize(rows[k], sort=False)
+        codes = codes * (int(c.max()) + 2) + c
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    chosen_idx, rejected_idx = [], []
+    for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(rows)], strict=True):
+        if stop - start < 2:
+            continue
+        positions = np.arange(start, stop)  # best first within the group
+        for i, j in _best_with_worst(rewards[positions], chosen_ok[positions],
+                                     sides[positions] if sides is not None else None):
+            chosen_idx.append(positions[i])
+            rejected_idx.append(positions[j])
+    if not chosen_idx:
+        return _empty()
+    return _pairs(rows.iloc[chosen_idx], rows.iloc[rejected_idx], source)
+
+
+def ab_variant_pairs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Champion vs challenger answers to the same context in one experiment, by reward."""
+    eligible = (frame["experiment_id"].notna() & frame["variant"].notna()).to_numpy()
+    return _ranked_pairs(frame, eligible, ["experiment_id", "cluster"], "ab_variant", "variant")
+
+
+def rating_pairs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Answers to the same context with different explicit ratings."""
+    return _ranked_pairs(frame, frame["has_explicit"].to_numpy(dtype=bool), ["cluster"], "rating", None)
+
+
+def mine_pairs(frame: pd.DataFrame, cfg: CurationConfig) -> pd.DataFrame:
+    parts = [correction_pairs(frame) if cfg.include_corrections else _empty(),
+             regenerate_pairs(frame), ab_variant_pairs(frame), rating_pairs(frame)]
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else _empty()
 
 
 def build_pairs(frame: pd.DataFrame, cfg: CurationConfig, funnel: Funnel) -> pd.DataFrame:
     """DPO pairs from a `prepare`d candidate frame (see the module docstring); sorted by pair_id."""
-    parts = []
-    if cfg.include_corrections:
-        parts.append(_correction_pairs(frame))
-    parts.append(_ranked_pairs(frame, cfg))
-    parts = [p for p in parts if len(p)]
-    pairs = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PAIR_COLUMNS)
+    pairs = mine_pairs(frame, cfg)
     counts = pairs["source"].value_counts().to_dict() if len(pairs) else {}
-    funnel.notes["dpo_sources"] = {s: int(counts.get(s, 0)) for s in PAIR_SOURCE_PRIORITY}
-    funnel.step("dpo", "pairs", len(pairs), len(pairs))
-    pairs = drop_contaminated(pairs, "dpo", funnel)
+    funnel.notes["pair_sources"] = {s: int(counts.get(s, 0)) for s in PAIR_SOURCES}
+    funnel.step("dpo", "mine", len(frame), len(pairs), params={"sources": list(PAIR_SOURCES)})
     if pairs.empty:
-        return pairs.assign(margin=pd.Series(dtype=float), pair_id=pd.Series(dtype=str))[PAIR_COLUMNS]
+        return pairs.assign(pair_id=pd.Series(dtype=str))[PAIR_COLUMNS]
 
-    pairs = pairs.assign(
-        margin=pairs["chosen_reward"].astype(float) - pairs["rejected_reward"].astype(float),
-        _priority=pairs["source"].map(PAIR_SOURCE_PRIORITY),
-        _c=normalize_all(pairs["chosen"].tolist()), _r=normalize_all(pairs["rejected"].tolist()),
-    )
-    pairs = pairs.sort_values(["_priority", "margin", "ts", "chosen_turn_id"], ascending=[True, False, False, True],
-                              kind="mergesort")
-    before = len(pairs)
-    pairs = pairs.drop_duplicates(["context_key", "_c", "_r"], keep="first")
-    funnel.step("dpo", "deduplicate", before, len(pairs), same_pair=before - len(pairs))
-    before = len(pairs)
-    pairs = cap_per(pairs, "cluster", cfg.max_pairs_per_prompt)
-    funnel.step("dpo", "per_prompt_cap", before, len(pairs), cluster_over_cap=before - len(pairs))
+    # "_ids" names both turns in the funnel's examples (so `kaizen forget` can find and blank them)
+    pairs = pairs.assign(margin=pairs["chosen_reward"].astype(float) - pairs["rejected_reward"].astype(float),
+                         _ids=pairs["chosen_turn_id"].astype(str) + ">" + pairs["rejected_turn_id"].astype(str))
+    low_margin = pairs["margin"].to_numpy() < cfg.pair_margin - 1e-9
+    low_chosen = (pairs["source"] != "correction").to_numpy() & \
+        (pairs["chosen_reward"].astype(float).to_numpy() < cfg.pair_min_chosen_reward) & ~low_margin
+    bad = low_margin | low_chosen
+    removed = pairs[bad].assign(_why=np.where(low_margin[bad], "below_margin", "chosen_reward_too_low"),
+                                _text=lambda p: p["chosen"].astype(str) + " >> " + p["rejected"].astype(str))
+    funnel.step("dpo", "margin", len(pairs), int((~bad).sum()),
+                params={"pair_margin": cfg.pair_margin, "pair_min_chosen_reward": cfg.pair_min_chosen_reward},
+                examples=examples_of(removed, removed["_why"].tolist(), "_text", "_ids"),
+                below_margin=int(low_margin.sum()), chosen_reward_too_low=int(low_chosen.sum()))
+    pairs = pairs[~bad]
+    pairs = drop_contaminated(pairs, "dpo", funnel, id_column="_ids", threshold=cfg.decontam_threshold)
+
+    # best first: the most specific source, then the widest margin, then the newest
+    pairs = pairs.assign(_priority=pairs["source"].map({s: i for i, s in enumerate(PAIR_SOURCES)}),
+                         _key=[digest(k, c, r) for k, c, r in zip(
+                             pairs["cluster"].tolist(), normalize_all(pairs["chosen"].tolist()),
+                             normalize_all(pairs["rejected"].tolist()), strict=True)])
+    pairs = pairs.sort_values(["_priority", "margin", "ts", "chosen_turn_id", "rejected_turn_id"],
+                              ascending=[True, False, False, True, True], kind="mergesort")
+    pairs = capped(pairs, "dpo", funnel, "dedup", "_key", 1, "same_pair", "chosen", "_ids",
+                   params={"key": "near-duplicate cluster + normalized chosen + normalized rejected",
+                           "priority": list(PAIR_SOURCES)})
+    pairs = capped(pairs, "dpo", funnel, "per_prompt_cap", "cluster", cfg.max_pairs_per_prompt, "cluster_over_cap",
+                   "prompt", "_ids", params={"max_pairs_per_prompt": cfg.max_pairs_per_prompt})
+    pairs = balance_topics(pairs, "dpo", funnel, cfg.topic_balance_ratio, "chosen", "_ids")
     pairs = pairs.assign(pair_id=[digest(s, c, r) for s, c, r in
                                   zip(pairs["source"].tolist(), pairs["chosen_turn_id"].tolist(),
                                       pairs["rejected_turn_id"].tolist(), strict=True)])

@@ -1,0 +1,36 @@
+"""The demo's curation stage: the traffic that just landed -> a dataset snapshot, built by the
+controller through its admin API (exactly what `kaizen dataset build` does when a controller
+runs), with its counts per curation step.
+"""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def _public_addresses(ctx) -> list[str]:
+    """The support domain's own contact addresses: facts to learn, not anyone's personal data."""
+    return sorted({f.value for f in ctx.domain.facts if "@" in f.value})
+
+
+def stage_dataset(ctx) -> None:
+    """Curation: rewards, PII scrub, quality, dedup, topic balance, split, replay -> a snapshot."""
+    m = ctx.admin("POST", "/admin/v1/datasets/build", timeout=600,
+                  json={"all": True, "curation": {"pii_keep": _public_addresses(ctx)}})
+    ctx.dataset = m
+    table = Table(title=f"Curation: snapshot {m['snapshot_id']}")
+    for col in ("output", "step", "in", "out", "dropped"):
+        table.add_column(col, justify="right" if col in ("in", "out") else "left")
+    for output, steps in m["curation"]["steps"].items():
+        for s in steps:
+            dropped = ", ".join(f"{k} {v}" for k, v in s.get("dropped", {}).items())
+            table.add_row(output, s["step"], str(s["in"]), str(s["out"]), dropped)
+    ctx.console.print(table)
+    counts, mix, sources = m["counts"], m["mix_ratio"], m["pair_sources"]
+    pii = ", ".join(f"<{k}> {v}" for k, v in m["curation"].get("pii_replaced", {}).items() if v) or "none"
+    ctx.console.print(f"pairs mined per source: {sources}; PII replaced: {pii}")
+    ctx.summary["dataset snapshot"] = m["snapshot_id"]
+    ctx.summary["snapshot SFT train/eval, DPO train/eval"] = \
+        f"{counts['sft_train']}/{counts['sft_eval']}, {counts['dpo_train']}/{counts['dpo_eval']}"
+    ctx.summary["DPO pairs mined per source"] = ", ".join(f"{k} {v}" for k, v in sources.items())
+    ctx.summary["replay mix"] = f"{mix['replay_rows']} of {mix['sft_train_rows']} SFT train rows ({mix['actual']})"
