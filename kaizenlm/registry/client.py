@@ -23,7 +23,8 @@ from kaizenlm.registry.errors import Conflict, NotFound, RegistryError
 API_PREFIX = "/admin/v1/registry"
 
 
-def controller_is_up(cfg: Config, timeout_s: float = 0.5) -> bool:
+def controller_is_up(cfg: Config, timeout_s: float = 5.0) -> bool:
+    # A refused connection (no controller) fails at once; the timeout only waits on a busy one.
     try:
         return httpx.get(cfg.controller_url + "/healthz", timeout=timeout_s).status_code == 200
     except httpx.HTTPError:
