@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 CORPUS = [
     "hello how are you today", "the quick brown fox jumps over the lazy dog", "what is the price of the plan",
@@ -132,3 +133,78 @@ def wait_gateway(stack, predicate, timeout: float = 15.0, url: str | None = None
                 return last
         time.sleep(0.05)
     raise TimeoutError(f"gateway routing never matched; last: {last}")
+
+
+def drain_until(stack, table: str, n: int, timeout: float = 20.0) -> int:
+    """Drain the sink until `table` holds at least n rows (gateways log turns in batches
+    up to 100 ms after answering); returns the count."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = stack.drain()[table]
+        if count >= n or time.monotonic() > deadline:
+            return count
+        time.sleep(0.2)
+
+
+async def open_loop(url: str, path: str, make_body, headers: dict, rate: float, seconds: float,
+                    connections: int = 64) -> list[tuple]:
+    """Open-loop load over raw HTTP/1.1 keep-alive connections (cheap enough that the test
+    process is not the bottleneck: httpx costs ~2 ms of CPU per request here). A request is
+    due every 1/rate s; returns (sent_at, done_at, status, parsed JSON body or None) per
+    request, times from time.monotonic()."""
+    import asyncio
+
+    import orjson
+
+    u = httpx.URL(url)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    queue: asyncio.Queue = asyncio.Queue()
+    out: list[tuple] = []
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(u.host, u.port)
+        try:
+            while (i := await queue.get()) is not None:
+                body = orjson.dumps(make_body(i))
+                sent = time.monotonic()
+                writer.write(f"POST {path} HTTP/1.1\r\nhost: {u.host}\r\ncontent-type: application/json\r\n"
+                             f"content-length: {len(body)}\r\n{extra}\r\n".encode() + body)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line[15:]) for line in head.split(b"\r\n")
+                              if line[:15].lower() == b"content-length:")
+                data = await reader.readexactly(length)
+                status = int(head[9:12])
+                out.append((sent, time.monotonic(), status, orjson.loads(data) if status == 200 else data))
+        finally:
+            writer.close()
+
+    workers = [asyncio.create_task(connection()) for _ in range(connections)]
+    t0 = time.monotonic()
+    for i in range(int(rate * seconds)):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        queue.put_nowait(i)
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    return out
+
+
+@pytest.fixture
+def openai_stack(kaizen_env, tmp_path):
+    """A real stack whose gateway serves through the openai backend from an echo upstream
+    (import this fixture into a test module to use it)."""
+    from conftest import Stack, free_port
+
+    upstream = EchoUpstream(free_port(), tmp_path / "echo.log")
+    (tmp_path / "kaizen.toml").write_text(
+        f'[serving]\nbackend = "openai"\nupstream_url = "{upstream.url}"\nretries = 2\nretry_backoff_s = 0.01\n',
+        encoding="utf-8")
+    stack = Stack(kaizen_env)
+    stack.upstream = upstream
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+        upstream.stop()

@@ -69,10 +69,12 @@ def _on_alias_moved(app: FastAPI):
             cursor = app.state.db.cursor()
             try:
                 stopped = ab.alias_moved(cursor, move)
+                if stopped:
+                    log.info("alias %s moved to %s: ended experiments %s", move["alias"], move["to_version"], stopped)
+            except Exception:  # the move is committed; the loop's next tick publishes routing anyway
+                log.exception("could not end the experiments on alias %s after its move", move["alias"])
             finally:
                 cursor.close()
-            if stopped:
-                log.info("alias %s moved to %s: ended experiments %s", move["alias"], move["to_version"], stopped)
             publish_current(app)
     return hook
 

@@ -141,9 +141,10 @@ def _status_text(r: dict) -> str:
         latest = r["decisions"][0]["numbers"]
         if latest.get("primary"):
             p = latest["primary"]
-            lines.append(f"  users {latest['users']}, turns {latest['turns']}; reward champion "
-                         f"{_num(p['mean_champion'])} vs challenger {_num(p['mean_challenger'])}, "
-                         f"p={_num(p['p_value'])}")
+            users, turns = latest["users"], latest["turns"]
+            lines.append(f"  champion / challenger: users {users['champion']} / {users['challenger']}, turns "
+                         f"{turns['champion']} / {turns['challenger']}, mean reward {_num(p['mean_champion'])} / "
+                         f"{_num(p['mean_challenger'])}, p={_num(p['p_value'])}")
         lines.append("  decisions (newest first):")
         lines += ["    " + _decision_text(d) for d in r["decisions"]]
     else:

@@ -274,8 +274,8 @@ def analyse_experiment(con: duckdb.DuckDBPyConnection, cfg: Config, exp: Experim
     champion, challenger = arm_data(con, cfg, exp)
     analysis = stats.analyse(champion, challenger, settings, prior=_prior(con, exp.experiment_id))
     decision = decisions_mod.decide(analysis, settings, now=_now(now), started_at=exp.started_at)
-    numbers = {**decision.numbers, "turns": {CHAMPION: stats.jsonable(champion.primary.sum_n),
-                                             CHALLENGER: stats.jsonable(challenger.primary.sum_n)},
+    numbers = {**decision.numbers, "turns": {CHAMPION: int(champion.primary.sum_n),
+                                             CHALLENGER: int(challenger.primary.sum_n)},
                "users": {CHAMPION: champion.n_assigned, CHALLENGER: challenger.n_assigned}}
     return dataclasses.replace(decision, numbers=numbers)
 
