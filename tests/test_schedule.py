@@ -363,14 +363,16 @@ def test_history_rows_have_status_duration_log_and_result(cfg, db):
     assert "progress 50%: half way" in text and f"run {run.run_id}: succeeded after 42.0 s" in text
 
 
-def test_the_monthly_stub_fails_without_retrying(cfg, db):
+def test_monthly_tier_without_a_model_fails_clearly_and_retries(cfg, db, tmp_path):
+    # base.path names a directory with no model: the pipeline must say so, not train or hang.
+    cfg.base.path = str(tmp_path / "no-model-here")
     clock = Clock(at(2025, 2, 1, 4, 0))
     sched = Scheduler(cfg, default_tiers(), db, now=clock)
     sched.submit("monthly", "schedule", scheduled_for=at(2025, 2, 1, 4))
-    assert sched.wait(10)
+    assert sched.wait(30)
     (row,) = runs(db, "monthly")
-    assert row.status == "failed" and row.error.startswith("not implemented: monthly pipeline: needs")
-    assert sched.status()["tiers"][1]["pending_retry"] is None
+    assert row.status == "failed" and "holds no Hugging Face model" in row.error
+    assert sched.status()["tiers"][1]["pending_retry"] is not None  # a scheduled failure is retried
 
 
 def test_quarterly_tier_writes_the_review_of_the_previous_quarter(cfg, db):
