@@ -431,9 +431,10 @@ def test_controller_mounts_the_scheduler(kaizen_env):
 
 
 def test_cli_jobs_run_and_list_without_a_controller(kaizen_env, capsys):
-    assert main(["jobs", "run", "monthly", "--json"]) == 1  # the stub fails, and says why
+    Path("kaizen.toml").write_text('[base]\npath = "./no-model-here"\n')  # fail fast instead of building a model
+    assert main(["jobs", "run", "monthly", "--json"]) == 1  # the run fails, and says why
     run = json.loads(capsys.readouterr().out)
-    assert run["status"] == "failed" and "monthly pipeline: needs" in run["error"]
+    assert run["status"] == "failed" and "holds no Hugging Face model" in run["error"]
     assert Path(run["log_path"]).is_file()
     assert main(["jobs", "list", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
