@@ -34,7 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--short", action="store_true", help="the same stages, smaller (for CI)")
     p.add_argument("--no-dashboard", action="store_true", help="exit after the summary instead of serving the dashboard")
     p.add_argument("--days", type=float, default=30.0, help="days of simulated traffic (compressed in time)")
-    p.add_argument("--conversations", type=int, help="simulated conversations (default 3000, 400 with --short)")
+    p.add_argument("--conversations", type=int, help="simulated conversations (default 4000, 1500 with --short)")
     p.add_argument("--seed", type=int, default=0, help="seed for the domain and the users")
 
 
@@ -130,7 +130,7 @@ def _demo_config(cfg, path_given: bool):
 def run(args, cfg) -> int:
     cfg = _demo_config(cfg, bool(args.config))
     domain = build_domain(args.seed)
-    conversations = args.conversations or (400 if args.short else 3000)
+    conversations = args.conversations or (1500 if args.short else 4000)
     ctx = DemoContext(cfg, domain, args.short, args.seed, args.days, conversations)
     sup = Supervisor(cfg, with_dashboard=not args.no_dashboard)
     console.print(f"[bold]kaizen demo[/bold]: state in {cfg.home}; starting broker, controller and gateway")

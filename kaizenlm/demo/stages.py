@@ -146,6 +146,12 @@ def _decision_for(analysis: dict, experiment: str) -> dict | None:
 def stage_rollback(ctx) -> None:
     """`kaizen rollback`: champion moves back one step; the gateway serves the restored version."""
     before = ctx.admin("GET", "/admin/v1/routing")
+    history = ctx.admin("GET", "/admin/v1/registry/aliases/champion/history")
+    moves = history if isinstance(history, list) else history.get("history", history.get("items", []))
+    if len(moves) < 2:  # only the first base model was ever champion: nothing to undo
+        ctx.summary["rollback"] = "skipped: champion never moved (no promotion to undo)"
+        ctx.console.print("[yellow]rollback skipped: the champion alias has no earlier version[/yellow]")
+        return
     result = ctx.admin("POST", "/admin/v1/rollback", json={"reason": "demo: undo the promotion"})
     time.sleep(1.5)  # gateways apply routing changes within a second
     gateway = httpx.Client(base_url=ctx.cfg.gateway_url, timeout=60,
