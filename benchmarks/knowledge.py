@@ -44,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kaizenlm.config import KnowledgeConfig  # noqa: E402
 from kaizenlm.retrain.embed import load_embedder  # noqa: E402
-from kaizenlm.retrain.knowledge import EMBEDDINGS_FILE, refresh_knowledge  # noqa: E402
+from kaizenlm.retrain.knowledge import EMBEDDINGS_FILE, INDEX_HNSW, refresh_knowledge  # noqa: E402
 from kaizenlm.retrain.retrieval import Retriever  # noqa: E402
 
 log = logging.getLogger("benchmarks.knowledge")
@@ -173,11 +173,30 @@ def bench_search(artifact: Path, kcfg: KnowledgeConfig, n_queries: int, seed: in
     _, truth = exact.search(queries, 10)
     _, approx = retriever.index.search(queries, 10, params=retriever.search_params)
     recall10 = float(np.mean([len(set(t) & set(a)) / 10 for t, a in zip(truth, approx, strict=True)]))
+    sweep = ef_sweep(retriever, queries, truth, kcfg.top_k) if retriever.manifest["index"]["type"] == INDEX_HNSW else []
     return {"chunks": retriever.size, "index_type": retriever.manifest["index"]["type"], "queries": len(qs),
             "search_ms_1_thread": percentiles(full_one_thread),
             "search_ms_default_threads": percentiles(full_default), "torch_default_threads": default_threads,
             "index_search_ms": percentiles(index_only), "exact_search_ms": percentiles(exact_times),
-            "recall_at_10_vs_exact": round(recall10, 4)}
+            "recall_at_10_vs_exact": round(recall10, 4), "hnsw_ef_search_sweep": sweep}
+
+
+def ef_sweep(retriever: Retriever, queries: np.ndarray, truth: np.ndarray, k: int) -> list[dict]:
+    """Recall@10 against exact search and index latency for several efSearch values."""
+    rows = []
+    for ef in (32, 64, 128, 256, 512):
+        params = faiss.SearchParametersHNSW(efSearch=ef)
+        seconds = []
+        for i in range(len(queries)):
+            t = time.perf_counter()
+            retriever.index.search(queries[i:i + 1], k, params=params)
+            seconds.append(time.perf_counter() - t)
+        _, approx = retriever.index.search(queries, 10, params=params)
+        recall = float(np.mean([len(set(t) & set(a)) / 10 for t, a in zip(truth, approx, strict=True)]))
+        top1 = float(np.mean(truth[:, 0] == approx[:, 0]))
+        rows.append({"ef_search": ef, "recall_at_10": round(recall, 4), "top1_agrees": round(top1, 4),
+                     "index_search_ms": percentiles(seconds)})
+    return rows
 
 
 def main() -> int:
@@ -216,7 +235,8 @@ def main() -> int:
         "sizes": per_size,
         "search": search,
         "config": {"chunk_words": kcfg.chunk_words, "chunk_overlap": kcfg.chunk_overlap, "top_k": kcfg.top_k,
-                   "exact_index_max_chunks": kcfg.exact_index_max_chunks, "hnsw_m": kcfg.hnsw_m},
+                   "exact_index_max_chunks": kcfg.exact_index_max_chunks, "hnsw_m": kcfg.hnsw_m,
+                   "hnsw_ef_search": kcfg.hnsw_ef_search},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "faiss": faiss.__version__, "torch_threads": __import__("torch").get_num_threads()},
     }

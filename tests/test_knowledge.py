@@ -163,11 +163,11 @@ def test_index_type_switches_at_the_threshold(kb, embedder):
     root, n = kb["root"], kb["manifest"]["counts"]["chunks"]
     exact = refresh_knowledge(KnowledgeConfig(exact_index_max_chunks=n), kb["docs"], [], kb["dir"], root / "exact",
                               embedder=embedder)
-    hnsw = refresh_knowledge(KnowledgeConfig(exact_index_max_chunks=n - 1, hnsw_m=8), kb["docs"], [], kb["dir"],
-                             root / "hnsw", embedder=embedder)
+    small_hnsw = KnowledgeConfig(exact_index_max_chunks=n - 1, hnsw_m=8, hnsw_ef_search=32)
+    hnsw = refresh_knowledge(small_hnsw, kb["docs"], [], kb["dir"], root / "hnsw", embedder=embedder)
     assert exact["index"]["type"] == "flat_ip" and isinstance(faiss.read_index(str(root / "exact" / INDEX_FILE)),
                                                               faiss.IndexFlatIP)
-    assert hnsw["index"] == {"type": "hnsw_flat_ip", "params": {"M": 8, "efConstruction": 64, "efSearch": 64},
+    assert hnsw["index"] == {"type": "hnsw_flat_ip", "params": {"M": 8, "efConstruction": 64, "efSearch": 32},
                              "exact_index_max_chunks": n - 1}
     assert isinstance(faiss.read_index(str(root / "hnsw" / INDEX_FILE)), faiss.IndexHNSWFlat)
     assert hnsw["counts"]["chunks_embedded"] == 0

@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 INDEX_FILE, CHUNKS_FILE, EMBEDDINGS_FILE, MANIFEST_FILE = "index.faiss", "chunks.parquet", "embeddings.npy", "manifest.json"
 INDEX_FLAT, INDEX_HNSW = "flat_ip", "hnsw_flat_ip"
+# Graph quality at build time. Higher costs build time, which every refresh pays (the index
+# is rebuilt); recall is bought at search time instead (knowledge.hnsw_ef_search).
 HNSW_EF_CONSTRUCTION = 64
-HNSW_EF_SEARCH = 64  # stored in the manifest; the retriever searches with it
 
 
 @dataclass
@@ -126,18 +127,19 @@ def embed_chunks(chunks: list[Chunk], previous: PreviousArtifact, embedder: Embe
     return vectors, len(to_embed)
 
 
-def build_index(vectors: np.ndarray, exact_max: int, hnsw_m: int) -> tuple[faiss.Index, str, dict]:
+def build_index(vectors: np.ndarray, exact_max: int, hnsw_m: int, ef_search: int) -> tuple[faiss.Index, str, dict]:
     """Exact inner-product search up to `exact_max` vectors; HNSW above (exact search cost
-    grows with the corpus, HNSW stays near-constant at a small recall cost)."""
+    grows with the corpus, HNSW stays near-constant at a small recall cost). `ef_search` is
+    recorded in the parameters; the retriever searches with it."""
     dim = vectors.shape[1]
     if len(vectors) <= exact_max:
         index, kind, params = faiss.IndexFlatIP(dim), INDEX_FLAT, {}
     else:
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.hnsw.efSearch = HNSW_EF_SEARCH
+        index.hnsw.efSearch = ef_search
         kind = INDEX_HNSW
-        params = {"M": hnsw_m, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
+        params = {"M": hnsw_m, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": ef_search}
     if len(vectors):
         index.add(vectors)
     return index, kind, params
@@ -221,7 +223,7 @@ def refresh_knowledge(
     timings["embed_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    index, index_kind, params = build_index(vectors, kcfg.exact_index_max_chunks, kcfg.hnsw_m)
+    index, index_kind, params = build_index(vectors, kcfg.exact_index_max_chunks, kcfg.hnsw_m, kcfg.hnsw_ef_search)
     timings["index_s"] = time.perf_counter() - t
 
     counts = {"documents": len(docs), "chunks": len(chunks), "chunks_embedded": n_embedded,
