@@ -471,6 +471,8 @@ class KnowledgeConfig:
     """Words per chunk. Short chunks match short questions best with all-MiniLM-L6-v2 (it reads at most 256 word pieces)."""
     chunk_overlap: int = 10
     """Words shared by consecutive chunks of a document, so a sentence cut by a boundary is whole in one of them."""
+    chat_retrieval: bool = True
+    """Put the top chunks of the index the `knowledge` alias points at into every chat prompt the gateway serves (off: the model answers from its weights alone)."""
     top_k: int = 3
     """Chunks put into the prompt per question."""
     min_score: float = 0.3

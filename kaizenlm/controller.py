@@ -8,6 +8,7 @@ routers (registry, experiments, jobs) on the same app.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from typing import Annotated
@@ -101,8 +102,11 @@ def create_app(cfg: Config, start_sink: bool = True) -> FastAPI:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         cur = app.state.db.cursor()
         total = cur.execute(f"SELECT count(*) FROM turns {clause}", params).fetchone()[0]
-        rows = _rows(cur, f"SELECT * EXCLUDE (messages) FROM turns {clause} ORDER BY ts DESC, event_id "
+        rows = _rows(cur, f"SELECT * FROM turns {clause} ORDER BY ts DESC, event_id "
                           f"LIMIT ? OFFSET ?", [*params, limit, offset])
+        for row in rows:  # JSON columns as JSON, not as strings
+            row["messages"] = json.loads(row["messages"]) if row["messages"] else []
+            row["retrieved_doc_ids"] = json.loads(row["retrieved_doc_ids"]) if row["retrieved_doc_ids"] else []
         return {"total": total, "limit": limit, "offset": offset, "items": rows}
 
     @app.get("/admin/v1/feedback")

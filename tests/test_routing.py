@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from serving_helpers import promote, register, wait_gateway
 from kaizenlm import config as config_mod
 from kaizenlm.abtest.routing import (
     ExperimentRoute,
+    KnowledgeTarget,
     RoutingFollower,
     RoutingPublisher,
     RoutingState,
@@ -71,6 +73,10 @@ def test_route_resolves_aliases_experiments_and_versions():
 def test_state_json_roundtrip():
     state = state_with_experiment()
     assert RoutingState.from_json(state.to_json()) == state
+    with_knowledge = dataclasses.replace(state, knowledge=KnowledgeTarget("knowledge-0002", "/kb/v2"))
+    back = RoutingState.from_json(with_knowledge.to_json())
+    assert back == with_knowledge and back.knowledge.artifact_dir == "/kb/v2"
+    assert not back.same_content(state)  # a knowledge move is a new routing version
 
 
 # --------------------------------------------------------------------------------------

@@ -7,6 +7,11 @@ OpenAI shape plus `model_version`, `turn_id`, `variant` and `experiment_id` (and
 headers X-Kaizen-Model-Version / X-Kaizen-Turn-Id); `stream: true` gives SSE chunks with
 the same extra fields.
 
+When the controller publishes a `knowledge` version and `knowledge.chat_retrieval` is on,
+the last user message is answered with the top chunks of that index in the prompt
+(kaizenlm.abtest.knowledge_serving); the turn logs the retrieved doc ids, and the answer
+carries them as `retrieved_doc_ids`.
+
 Every answered turn is logged to Kafka (kaizen.turns) with its variant, model_version,
 experiment_id and latency. The log is written after the answer is sent, in batches of up to
 100 ms (`TurnLog`), so neither the broker's round trip nor the Kafka client's per-request
@@ -40,6 +45,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kaizenlm.abtest.backends import BackendError, ChatParams, Completion, LocalServing, make_backend
+from kaizenlm.abtest.knowledge_serving import KnowledgeServing
 from kaizenlm.abtest.routing import Route, RoutingFollower, RoutingState, UnknownModel
 from kaizenlm.config import Config
 from kaizenlm.feedback import collector
@@ -101,21 +107,24 @@ class Serving:
     cfg: Config
     follower: RoutingFollower
     backend: object
+    knowledge: KnowledgeServing
     turns: TurnLog = field(default_factory=TurnLog)
 
 
 def start_serving(cfg: Config) -> Serving:
     """Start following routing and create the backend (call from the gateway's lifespan)."""
     backend = make_backend(cfg.serving)
-    on_change = None
-    if isinstance(backend, LocalServing):
-        def on_change(state: RoutingState) -> None:  # load what the new routing serves before it is asked for
+    knowledge = KnowledgeServing(cfg.knowledge)
+
+    def on_change(state: RoutingState) -> None:  # load what the new routing serves before it is asked for
+        knowledge.update(state.knowledge)
+        if isinstance(backend, LocalServing):
             wanted = set(state.aliases.values())
             wanted |= {v for e in state.experiments for v in (e.champion, e.challenger)}
             targets = [state.targets[v] for v in sorted(wanted) if v in state.targets]
             threading.Thread(target=backend.warm, args=(targets,), name="local-warm", daemon=True).start()
     follower = RoutingFollower(cfg, on_change=on_change).start()
-    return Serving(cfg, follower, backend)
+    return Serving(cfg, follower, backend, knowledge)
 
 
 async def stop_serving(serving: Serving, timeout: float = 20.0) -> None:
@@ -235,8 +244,10 @@ class _Turn:
     conversation_id: str
     user_id: str
     route: Route
-    messages: list[dict]
+    messages: list[dict]  # as the user sent them: what the turn log records
     started: float
+    prompt: list[dict] = field(default_factory=list)  # what the backend is asked: messages + retrieved context
+    retrieved_doc_ids: list[str] = field(default_factory=list)
 
 
 async def _prepare(request: Request) -> tuple[_Turn, ChatRequest, ChatParams]:
@@ -273,7 +284,16 @@ async def _prepare(request: Request) -> tuple[_Turn, ChatRequest, ChatParams]:
     except UnknownModel as e:
         raise ApiError(404, str(e), "model_not_found") from None
     turn = _Turn(turn_id, _conversation_id(req, request, user_id, messages), user_id, route, messages, started)
+    turn.prompt, turn.retrieved_doc_ids = await _retrieve(state.serving.knowledge, messages)
     return turn, req, params
+
+
+async def _retrieve(knowledge: KnowledgeServing, messages: list[dict]) -> tuple[list[dict], list[str]]:
+    try:
+        return await knowledge.augment(messages)
+    except Exception:  # retrieval is an aid: a failure must not fail the answer
+        log.exception("retrieval failed; answering without it")
+        return messages, []
 
 
 # --------------------------------------------------------------------------------------
@@ -289,6 +309,7 @@ def _log_turn(request: Request, turn: _Turn, text: str, completion: Completion |
         "turn_id": turn.turn_id, "conversation_id": turn.conversation_id, "user_id": turn.user_id,
         "model_version": turn.route.version_id, "variant": turn.route.variant,
         "experiment_id": turn.route.experiment_id, "messages": turn.messages, "response": text[:MAX_TEXT],
+        "retrieved_doc_ids": turn.retrieved_doc_ids,
         "latency_ms": round(latency_ms, 3),
         "prompt_tokens": completion.prompt_tokens if completion else None,
         "completion_tokens": completion.completion_tokens if completion else None,
@@ -328,7 +349,7 @@ def _count(request: Request, turn: _Turn | None, status: int) -> None:
 def _extras(turn: _Turn) -> dict:
     r = turn.route
     return {"model_version": r.version_id, "turn_id": turn.turn_id, "variant": r.variant,
-            "experiment_id": r.experiment_id}
+            "experiment_id": r.experiment_id, "retrieved_doc_ids": turn.retrieved_doc_ids}
 
 
 def _headers(turn: _Turn) -> dict:
@@ -370,7 +391,7 @@ async def chat_completions(request: Request) -> Response:
         backend = request.app.state.serving.backend
         if req.stream:
             return await _stream(request, backend, turn, params)
-        completion = await backend.complete(turn.route.target, turn.messages, params)
+        completion = await backend.complete(turn.route.target, turn.prompt, params)
     except ApiError as e:
         _count(request, turn, e.status)
         return _error_response(e)
@@ -386,7 +407,7 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def _stream(request: Request, backend, turn: _Turn, params: ChatParams) -> Response:
-    chunks = backend.stream(turn.route.target, turn.messages, params)
+    chunks = backend.stream(turn.route.target, turn.prompt, params)
     # Wait for the first piece before answering 200, so an upstream failure is a proper HTTP error.
     first = await chunks.__anext__()
     created = int(time.time())
@@ -509,4 +530,5 @@ async def routing(request: Request) -> Response:
     except ApiError as e:
         return _error_response(e)
     return JSONResponse({"version": state.version, "published_at": state.published_at, "aliases": state.aliases,
-                         "experiments": [e.__dict__ for e in state.experiments]})
+                         "experiments": [e.__dict__ for e in state.experiments],
+                         "knowledge": request.app.state.serving.knowledge.status()})

@@ -66,7 +66,7 @@ class EchoUpstream:
         if model.startswith("slow-") and model[5:].isdigit():
             await asyncio.sleep(int(model[5:]) / 1000)
         last = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
-        text = f"[{model}] {str(last)[:200]}"
+        text = f"[{model}] {str(last)[:4000]}"
         if req.get("stream"):
             return _send_stream(writer, model, text)
         now = int(time.time())

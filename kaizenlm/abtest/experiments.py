@@ -35,7 +35,7 @@ import duckdb
 from kaizenlm.abtest import decisions as decisions_mod
 from kaizenlm.abtest import stats
 from kaizenlm.abtest.backends import target_for
-from kaizenlm.abtest.routing import CHALLENGER, CHAMPION, ExperimentRoute, RoutingState
+from kaizenlm.abtest.routing import CHALLENGER, CHAMPION, KNOWLEDGE, ExperimentRoute, KnowledgeTarget, RoutingState
 from kaizenlm.config import ABConfig, Config, ConfigError
 from kaizenlm.registry import aliases as alias_ops
 from kaizenlm.registry import versions as version_ops
@@ -458,15 +458,22 @@ def current_routing(con: duckdb.DuckDBPyConnection) -> RoutingState:
     """The routing state the registry and the experiments say now (version 0: the publisher numbers it).
 
     Targets: every servable version (base/adapter, not tainted); aliases: those pointing at
-    one; experiments: the running ones whose two versions are servable.
+    one; experiments: the running ones whose two versions are servable; knowledge: the
+    index the `knowledge` alias points at (gateways retrieve from it), unless tainted.
     """
-    targets = {}
+    targets, knowledge_dirs = {}, {}
     for version in version_ops.list_versions(con):
         if version.kind in SERVABLE_KINDS and not version.tainted:
             targets[version.version_id] = target_for(con, version)
-    aliases = {name: v for name, v in alias_ops.list_aliases(con).items() if v in targets}
+        elif version.kind == "knowledge" and not version.tainted:
+            knowledge_dirs[version.version_id] = version.artifact_dir
+    all_aliases = alias_ops.list_aliases(con)
+    aliases = {name: v for name, v in all_aliases.items() if v in targets}
+    knowledge_version = all_aliases.get(KNOWLEDGE)
+    knowledge = (KnowledgeTarget(knowledge_version, knowledge_dirs[knowledge_version])
+                 if knowledge_version in knowledge_dirs else None)
     experiments = tuple(
         ExperimentRoute(e.experiment_id, e.alias, e.champion, e.challenger, e.split)
         for e in sorted(list_experiments(con, RUNNING), key=lambda e: e.experiment_id)
         if e.champion in targets and e.challenger in targets and e.alias in aliases)
-    return RoutingState(0, aliases, experiments, targets)
+    return RoutingState(0, aliases, experiments, targets, knowledge=knowledge)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 ROUTING_KEY = b"routing"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+KNOWLEDGE = "knowledge"  # the alias of the knowledge index gateways retrieve from
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,14 @@ class Target:
     model_dir: str | None = None
     adapter_dir: str | None = None
     upstream_model: str = ""
+
+
+@dataclass(frozen=True)
+class KnowledgeTarget:
+    """The knowledge index gateways retrieve from: the version the `knowledge` alias points at."""
+
+    version_id: str
+    artifact_dir: str
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,7 @@ class RoutingState:
     experiments: tuple[ExperimentRoute, ...] = ()
     targets: dict[str, Target] = field(default_factory=dict)
     published_at: float = 0.0
+    knowledge: KnowledgeTarget | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -90,11 +100,12 @@ class RoutingState:
             experiments=tuple(ExperimentRoute(**e) for e in d.get("experiments", [])),
             targets={k: Target(**t) for k, t in d.get("targets", {}).items()},
             published_at=float(d.get("published_at", 0.0)),
+            knowledge=KnowledgeTarget(**d["knowledge"]) if d.get("knowledge") else None,
         )
 
     def same_content(self, other: RoutingState | None) -> bool:
-        return other is not None and (self.aliases, self.experiments, self.targets) == (
-            other.aliases, other.experiments, other.targets)
+        return other is not None and (self.aliases, self.experiments, self.targets, self.knowledge) == (
+            other.aliases, other.experiments, other.targets, other.knowledge)
 
     def experiment_for(self, alias: str) -> ExperimentRoute | None:
         for e in self.experiments:
@@ -187,7 +198,7 @@ class RoutingPublisher:
             else:
                 previous = self.last.version if self.last else 0
                 state = RoutingState(max(previous + 1, int(time.time() * 1000)), state.aliases, state.experiments,
-                                     state.targets, time.time())
+                                     state.targets, time.time(), state.knowledge)
                 self.last, self.published = state, False
             try:
                 if self._producer is None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import duckdb
 
+from kaizenlm.abtest.routing import KNOWLEDGE as KNOWLEDGE_ALIAS  # the index the gateways retrieve from
 from kaizenlm.config import Config, KnowledgeConfig
 from kaizenlm.registry import service
 from kaizenlm.registry.client import RegistryClient
@@ -36,7 +37,6 @@ from kaizenlm.retrain import jobs
 
 log = logging.getLogger(__name__)
 
-KNOWLEDGE_ALIAS = "knowledge"  # the version the gateways retrieve from
 JOB_NAME = "knowledge-refresh"
 COVERAGE_FILE = "coverage.json"
 INPUTS_FILE = "knowledge-inputs.json"
