@@ -26,7 +26,7 @@ from serving_helpers import (
     wait_gateway,
 )
 
-from kaizenlm.abtest.backends import BackendError, ChatParams, LocalBackend, OpenAIBackend
+from kaizenlm.abtest.backends import BackendError, ChatParams, LocalBackend, LocalServing, OpenAIBackend
 from kaizenlm.abtest.routing import Target, assign_arm
 from kaizenlm.cli import main
 
@@ -86,6 +86,29 @@ def test_local_backend_is_thread_safe_across_adapters(tiny, references):
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(run, jobs))
     assert answers == [references[name][i] for name, i in jobs]
+
+
+def test_local_serving_merges_small_adapters_and_answers_the_same(tiny, references):
+    targets = {"base": Target("base-1", "base", str(tiny["base"])),
+               "a1": Target("adapter-1", "adapter", str(tiny["base"]), str(tiny["a1"])),
+               "a2": Target("adapter-2", "adapter", str(tiny["base"]), str(tiny["a2"]))}
+    merged, unmerged = LocalServing("cpu", 1), LocalServing("cpu", 1, merge_max_params=0)
+    for serving in (merged, unmerged):
+        for name, target in targets.items():
+            answers = [asyncio.run(serving.complete(target, m, GREEDY)).text for m in QUESTIONS]
+            assert answers == references[name], (serving.merge_max_params, name)
+    # Merged: one copy of the base per adapter, no LoRA layers left in it; the base stays bare.
+    [base] = merged.bases.values()
+    assert len(merged.merged) == 2 and not base.adapters
+    copy = merged.merged[(str(tiny["base"]), str(tiny["a1"]))]
+    assert not any("lora" in name for name, _ in copy.model.named_parameters())
+    assert copy.model is not base.model and copy.n_params == base.n_params
+    # Unmerged: both adapters live in the one shared base.
+    [shared] = unmerged.bases.values()
+    assert set(shared.adapters) == {"adapter-1", "adapter-2"} and not unmerged.merged
+    with pytest.raises(BackendError, match="cannot load the adapter"):
+        asyncio.run(merged.complete(Target("adapter-9", "adapter", str(tiny["base"]), str(tiny["base"] / "none")),
+                                    QUESTIONS[0], GREEDY))
 
 
 def test_local_backend_limits(tiny):

@@ -135,6 +135,23 @@ class LocalBackend:
         self.default_max_tokens = default_max_tokens
         self.adapters: dict[str, str] = {}
         self.lock = threading.Lock()
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+
+    def merged_copy(self, adapter_dir: str) -> LocalBackend:
+        """A new backend whose model is a copy of this base with the adapter merged into its
+        weights: it answers like base + adapter at the base's speed (no LoRA layers left)."""
+        import copy
+
+        from peft import PeftModel
+
+        with self.lock:  # the base model must not be mid-generation while it is copied
+            if self.adapters:
+                raise ValueError("cannot merge into a base that already serves unmerged adapters")
+            model = copy.deepcopy(self.model)
+        merged = copy.copy(self)
+        merged.model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().eval()
+        merged.adapters, merged.lock = {}, threading.Lock()
+        return merged
 
     # -- adapters ----------------------------------------------------------------------
     def ensure_adapter(self, name: str, adapter_dir: str) -> None:
@@ -294,11 +311,17 @@ def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
 
 class LocalServing:
     """The local backend for every target: one LocalBackend per base directory (loaded on
-    first use, or ahead of time by `warm`), adapters loaded into it by version id."""
+    first use, or ahead of time by `warm`). An adapter version is either merged into its own
+    copy of the base (bases up to `merge_max_params`: every A/B arm then costs the same per
+    token, so the latency guardrail compares models, not LoRA overhead) or loaded unmerged
+    into the shared base by version id (large bases: one copy in memory)."""
 
-    def __init__(self, device: str = "auto", threads: int | None = None, default_max_tokens: int = 128):
+    def __init__(self, device: str = "auto", threads: int | None = None, default_max_tokens: int = 128,
+                 merge_max_params: int = 1_000_000_000):
         self.device, self.threads, self.default_max_tokens = device, threads, default_max_tokens
+        self.merge_max_params = merge_max_params
         self.bases: dict[str, LocalBackend] = {}
+        self.merged: dict[tuple[str, str], LocalBackend] = {}
         self._lock = threading.Lock()
 
     def backend_for(self, target: Target) -> tuple[LocalBackend, str | None]:
@@ -318,10 +341,26 @@ class LocalServing:
                     raise BackendError(503, f"cannot load the model of '{target.version_id}' from "
                                        f"{target.model_dir}: {e}", "model_load_failed") from None
                 self.bases[target.model_dir] = backend
+        if target.kind == "adapter" and backend.n_params <= self.merge_max_params:
+            return self._merged(backend, target), None
         if target.kind == "adapter":
             backend.ensure_adapter(target.version_id, target.adapter_dir)
             return backend, target.version_id
         return backend, None
+
+    def _merged(self, base: LocalBackend, target: Target) -> LocalBackend:
+        key = (target.model_dir, target.adapter_dir)
+        with self._lock:
+            merged = self.merged.get(key)
+            if merged is None:
+                try:
+                    merged = base.merged_copy(target.adapter_dir)
+                except (OSError, ValueError) as e:
+                    raise BackendError(503, f"cannot load the adapter of '{target.version_id}' from "
+                                       f"{target.adapter_dir}: {e}", "adapter_load_failed") from None
+                self.merged[key] = merged
+                log.info("serving %s merged into its own copy of %s", target.version_id, target.model_dir)
+        return merged
 
     def warm(self, targets: list[Target]) -> None:
         """Load what these targets need (run in a background thread when routing changes)."""
@@ -352,6 +391,7 @@ class LocalServing:
 
     async def aclose(self) -> None:
         self.bases.clear()
+        self.merged.clear()
 
 
 # --------------------------------------------------------------------------------------
@@ -520,4 +560,4 @@ def make_backend(serving) -> LocalServing | OpenAIBackend:
     if serving.backend == "openai":
         return OpenAIBackend(serving.upstream_url, serving.upstream_api_key, serving.timeout_s, serving.retries,
                              serving.retry_backoff_s, serving.max_new_tokens)
-    return LocalServing(serving.device, serving.threads, serving.max_new_tokens)
+    return LocalServing(serving.device, serving.threads, serving.max_new_tokens, serving.merge_adapters_max_params)
