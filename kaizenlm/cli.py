@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "knowledge": "kaizenlm.retrain.cli_knowledge",
     "jobs": "kaizenlm.retrain.cli_jobs",
     "retrain": "kaizenlm.retrain.cli_retrain",
+    "eval": "kaizenlm.retrain.cli_eval",
     "review": "kaizenlm.retrain.cli_review",
     "demo": "kaizenlm.demo.run",
     "base": "kaizenlm.retrain.cli_base",

@@ -1,0 +1,67 @@
+"""`kaizen eval VERSION`: evaluation against the champion, gates, metrics stored in the
+registry (DuckDB path, no controller), and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from serving_helpers import build_adapter, build_tiny_model
+
+from kaizenlm import config as config_mod
+from kaizenlm.cli import main
+from kaizenlm.registry.client import RegistryClient
+
+
+@pytest.fixture
+def registered(kaizen_env, tmp_path):
+    """A tiny random base as champion and a LoRA adapter on it, in the registry."""
+    # Short answers keep the three evaluations quick; the metrics are the same code path.
+    (tmp_path / "kaizen.toml").write_text("[eval]\nmax_new_tokens = 6\npairwise_sample = 8\n", encoding="utf-8")
+    base_dir = build_tiny_model(tmp_path / "base")
+    adapter_dir = build_adapter(base_dir, tmp_path / "adapter", seed=3)
+    client = RegistryClient(config_mod.load())
+    base = client.register_version("base", base_dir)["version_id"]
+    client.set_alias("champion", base, reason="test")
+    adapter = client.register_version("adapter", adapter_dir, parent_id=base, status="candidate")["version_id"]
+    (tmp_path / "kb").mkdir()
+    (tmp_path / "kb" / "index.faiss").write_text("x")
+    knowledge = client.register_version("knowledge", tmp_path / "kb")["version_id"]
+    return {"client": client, "base": base, "adapter": adapter, "knowledge": knowledge}
+
+
+def test_eval_compares_with_the_champion_applies_the_gate_and_stores_metrics(registered, capsys):
+    assert main(["eval", registered["adapter"], "--json", "--apply-gate"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    m, against = result["metrics"], result["against"]
+    assert result["version_id"] == registered["adapter"] and against["version_id"] == registered["base"]
+    assert m["n_exam"] == 144 and 0.0 <= m["domain_exact_match"] <= 1.0 and m["val_perplexity"] > 1.0
+    expected_retention = m["general_score"] / against["general_score"] if against["general_score"] > 0 else 1.0
+    assert m["retention"] == pytest.approx(expected_retention, abs=1e-4)
+    assert m["forgetting"] == pytest.approx(against["general_score"] - m["general_score"], abs=1e-4)
+    assert m["pairwise_n"] == 8 and m["judge"] == "reference"
+    # Random weights cannot beat the (equally random) champion on the exam: the domain gate fails.
+    assert result["gate"]["passed"] is False and result["status"] == "rejected"
+    assert any(r.startswith("fail: domain score") for r in result["gate"]["reasons"])
+    stored = registered["client"].show(registered["adapter"])
+    assert stored["status"] == "rejected" and "domain score" in stored["note"]
+    assert stored["metrics"]["retention"] == m["retention"] and stored["metrics"]["gate"]["passed"] is False
+    assert stored["metrics"]["evaluated_against"] == registered["base"]
+
+
+def test_eval_without_comparison_or_storing(registered, capsys):
+    assert main(["eval", "champion", "--against", "none", "--no-store"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(registered["base"]) and "domain_exact_match:" in out and "gate" not in out
+    assert "domain_score" not in registered["client"].show(registered["base"])["metrics"]
+
+
+def test_eval_bad_input_exits_2_with_a_message(registered, capsys):
+    assert main(["eval", "adapter-9999"]) == 2
+    assert "adapter-9999" in capsys.readouterr().err
+    assert main(["eval", registered["knowledge"]]) == 2
+    assert "only base and adapter versions can be evaluated" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["eval"])
+    assert e.value.code == 2 and "the following arguments are required: version" in capsys.readouterr().err
+    assert registered["client"].show(registered["adapter"])["status"] == "candidate"  # nothing changed
