@@ -5,52 +5,23 @@ kaizenlm.abtest.experiments functions and raise the registry's errors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from urllib.parse import quote
 
-import duckdb
-import httpx
-
+from kaizenlm.admin_client import ControllerOrDuckDB
 from kaizenlm.config import Config
-from kaizenlm.registry.client import _error_from_response, controller_is_up
-from kaizenlm.registry.errors import RegistryError
+from kaizenlm.registry.client import registry_error
 
 
 class ABClient:
     def __init__(self, cfg: Config, timeout_s: float = 60.0):
         self.cfg = cfg
-        self.timeout_s = timeout_s
-        self.via_controller = controller_is_up(cfg)
+        self.transport = ControllerOrDuckDB(cfg, timeout_s, registry_error, "/admin/v1")
+        self.via_controller = self.transport.via_controller
+        self._http, self._direct = self.transport.http, self.transport.direct
 
     @property
     def via(self) -> str:
-        return "controller" if self.via_controller else "duckdb"
-
-    def _http(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> dict:
-        try:
-            response = httpx.request(
-                method, self.cfg.controller_url + "/admin/v1" + path, json=body,
-                params={k: v for k, v in (params or {}).items() if v is not None},
-                headers={"Authorization": f"Bearer {self.cfg.auth.admin_key}"}, timeout=self.timeout_s)
-        except httpx.HTTPError as e:
-            raise RegistryError(f"the controller at {self.cfg.controller_url} stopped answering: {e}") from None
-        if response.status_code >= 400:
-            raise _error_from_response(response)
-        return response.json()
-
-    def _direct(self, operation: Callable[[duckdb.DuckDBPyConnection], object]):
-        from kaizenlm.ingest.store import connect  # imported here: pyarrow is slow to import
-
-        try:
-            con = connect(self.cfg.duckdb_path)
-        except duckdb.IOException as e:
-            raise RegistryError(
-                f"cannot open {self.cfg.duckdb_path}: {e}. Another process holds it; if that is the "
-                f"controller, it did not answer at {self.cfg.controller_url}/healthz") from None
-        try:
-            return operation(con)
-        finally:
-            con.close()
+        return self.transport.via
 
     def start(self, challenger: str, alias: str = "champion", split: float | None = None,
               settings: dict | None = None, actor: str = "cli") -> dict:

@@ -1,9 +1,8 @@
 """Datasets and forgetting for processes other than the controller (`kaizen dataset`,
 `kaizen forget`).
 
-Like kaizenlm.registry.client: when the controller answers at ``cfg.controller_url/healthz``
-every call goes to its admin API (kaizenlm.feedback.api); otherwise the client opens the
-DuckDB file itself for the duration of one call. Both paths run the same
+Through the controller's admin API (kaizenlm.feedback.api) when it runs, else on the DuckDB
+file for one call (kaizenlm.admin_client); both paths run the same
 `kaizenlm.feedback.service` functions. Errors come back as `AdminError` with a message that
 says what to do.
 """
@@ -15,68 +14,41 @@ from pathlib import Path
 from urllib.parse import quote
 
 import duckdb
-import httpx
 
+from kaizenlm.admin_client import ControllerOrDuckDB, generic_error
 from kaizenlm.config import Config
 from kaizenlm.feedback import service
-from kaizenlm.registry.client import controller_is_up
 
 
 class AdminError(Exception):
     """A dataset or forget operation failed; the message says why and what to do."""
 
 
-def _detail(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("detail", response.text))
-    except ValueError:
-        return response.text
+def _admin_error(status: int, detail: str) -> AdminError:
+    return AdminError(generic_error(status, detail))
 
 
 class AdminClient:
     def __init__(self, cfg: Config, timeout_s: float = 600.0):
         self.cfg = cfg
-        self.timeout_s = timeout_s
-        self.via_controller = controller_is_up(cfg)
+        self.transport = ControllerOrDuckDB(cfg, timeout_s, _admin_error)
+        self.via_controller = self.transport.via_controller
+        self._http = self.transport.http
 
     @property
     def via(self) -> str:
-        return "controller" if self.via_controller else "duckdb"
-
-    def _http(self, method: str, path: str, body: dict | None = None, params: dict | None = None):
-        response = httpx.request(
-            method, self.cfg.controller_url + path, json=body,
-            params={k: v for k, v in (params or {}).items() if v is not None},
-            headers={"Authorization": f"Bearer {self.cfg.auth.admin_key}"}, timeout=self.timeout_s,
-        )
-        if response.status_code in (401, 403):
-            raise AdminError("the controller refused the admin key; set auth.admin_key in kaizen.toml "
-                             "(or KAIZEN_ADMIN_KEY) to the controller's key")
-        if response.status_code >= 500:
-            raise AdminError(f"the controller failed ({response.status_code}): {_detail(response)}; see its log")
-        if response.status_code >= 400:
-            raise AdminError(_detail(response))
-        return response.json()
+        return self.transport.via
 
     def _direct(self, operation: Callable[[duckdb.DuckDBPyConnection], object], read_only: bool = False):
-        from kaizenlm.ingest import store  # imported here: pyarrow is slow to import
-
         path = self.cfg.duckdb_path
         if not path.is_file():
             raise AdminError(f"no data yet: {path} does not exist (run `kaizen up` or `kaizen demo` first)")
         try:
-            con = store.connect(path, read_only=read_only)
-        except duckdb.IOException as e:
-            raise AdminError(f"{path} is in use by another process ({e}); if that is the controller, it did not "
-                             f"answer at {self.cfg.controller_url}/healthz: stop it and retry") from None
-        try:
-            return operation(con)
+            return self.transport.direct(operation, read_only=read_only)
         except LookupError as e:
             raise AdminError(str(e.args[0] if e.args else e)) from None
         except (ValueError, OSError) as e:
             raise AdminError(str(e)) from None
-        finally:
-            con.close()
 
     def build(self, **options) -> dict:
         """options: since, until, as_of, all_data, holdout (files), replay (file), dry_run, curation_overrides."""

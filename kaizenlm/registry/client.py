@@ -1,21 +1,18 @@
 """Registry access for processes other than the controller (the CLI, `kaizen retrain`).
 
-DuckDB allows one read-write process per file and the controller owns it while it runs.
-So: when the controller answers at `cfg.controller_url/healthz`, every call (reads too)
-goes to its admin API; otherwise the client opens the DuckDB file itself, only for the
-duration of one call, so a controller started later is not locked out. Both paths run
-the same `kaizenlm.registry.service` functions and raise the same errors.
+Through the controller's admin API when it runs, else on the DuckDB file for one call
+(kaizenlm.admin_client); both paths run the same `kaizenlm.registry.service` functions
+and raise the same errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
 import duckdb
-import httpx
 
+from kaizenlm.admin_client import ControllerOrDuckDB, generic_error
 from kaizenlm.config import Config
 from kaizenlm.registry import service
 from kaizenlm.registry.errors import Conflict, NotFound, RegistryError
@@ -23,31 +20,13 @@ from kaizenlm.registry.errors import Conflict, NotFound, RegistryError
 API_PREFIX = "/admin/v1/registry"
 
 
-def controller_is_up(cfg: Config, timeout_s: float = 5.0) -> bool:
-    # A refused connection (no controller) fails at once; the timeout only waits on a busy one.
-    try:
-        return httpx.get(cfg.controller_url + "/healthz", timeout=timeout_s).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _error_from_response(response: httpx.Response) -> RegistryError:
-    try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
-    if response.status_code == 404:
-        return NotFound(str(detail))
-    if response.status_code == 409:
-        return Conflict(str(detail))
-    if response.status_code in (401, 403):
-        return RegistryError(
-            "the controller refused the admin key; set auth.admin_key in kaizen.toml "
-            "(or KAIZEN_ADMIN_KEY) to the controller's key"
-        )
-    if response.status_code < 500:
-        return RegistryError(str(detail))
-    return RegistryError(f"the controller failed ({response.status_code}): {detail}; see its log")
+def registry_error(status: int, detail: str) -> RegistryError:
+    """The registry's exception for an admin API error (status 0: no answer, or the file is held)."""
+    if status == 404:
+        return NotFound(detail)
+    if status == 409:
+        return Conflict(detail)
+    return RegistryError(generic_error(status, detail))
 
 
 class RegistryClient:
@@ -60,42 +39,13 @@ class RegistryClient:
 
     def __init__(self, cfg: Config, timeout_s: float = 30.0, con: duckdb.DuckDBPyConnection | None = None):
         self.cfg = cfg
-        self.timeout_s = timeout_s
-        self.con = con
-        self.via_controller = con is None and controller_is_up(cfg)
+        self.transport = ControllerOrDuckDB(cfg, timeout_s, registry_error, API_PREFIX, con)
+        self.via_controller = self.transport.via_controller
+        self._http, self._direct = self.transport.http, self.transport.direct
 
     @property
     def via(self) -> str:
-        if self.con is not None:
-            return "connection"
-        return "controller" if self.via_controller else "duckdb"
-
-    def _http(self, method: str, path: str, body: dict | None = None, params: dict | None = None):
-        response = httpx.request(
-            method, self.cfg.controller_url + API_PREFIX + path, json=body,
-            params={k: v for k, v in (params or {}).items() if v is not None},
-            headers={"Authorization": f"Bearer {self.cfg.auth.admin_key}"}, timeout=self.timeout_s,
-        )
-        if response.status_code >= 400:
-            raise _error_from_response(response)
-        return response.json()
-
-    def _direct(self, operation: Callable[[duckdb.DuckDBPyConnection], object]):
-        if self.con is not None:
-            return operation(self.con)
-        from kaizenlm.ingest.store import connect  # imported here: pyarrow is slow to import
-
-        try:
-            con = connect(self.cfg.duckdb_path)
-        except duckdb.IOException as e:
-            raise RegistryError(
-                f"cannot open {self.cfg.duckdb_path}: {e}. Another process holds it; if that is the "
-                f"controller, it did not answer at {self.cfg.controller_url}/healthz"
-            ) from None
-        try:
-            return operation(con)
-        finally:
-            con.close()
+        return self.transport.via
 
     def list_versions(self, kind: str | None = None, status: str | None = None) -> list[dict]:
         if self.via_controller:

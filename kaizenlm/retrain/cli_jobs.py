@@ -34,7 +34,7 @@ def add_arguments(p) -> None:
 
 
 def run(args, cfg) -> int:
-    from kaizenlm.registry.client import controller_is_up
+    from kaizenlm.admin_client import controller_is_up
 
     if args.jobs_command == "list" and not 1 <= args.limit <= 1000:
         raise UsageError("--limit must be in 1..1000")

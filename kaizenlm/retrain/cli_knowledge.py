@@ -46,7 +46,7 @@ def run(args, cfg) -> int:
 
 
 def _open_duckdb(cfg, what: str):
-    from kaizenlm.registry.client import controller_is_up
+    from kaizenlm.admin_client import controller_is_up
 
     if controller_is_up(cfg):
         raise UsageError(
@@ -117,7 +117,7 @@ def _search(args, cfg) -> dict:
 
 
 def _coverage(args, cfg) -> dict:
-    from kaizenlm.registry.client import controller_is_up
+    from kaizenlm.admin_client import controller_is_up
     from kaizenlm.retrain.coverage import coverage
     from kaizenlm.retrain.knowledge import recent_questions
     from kaizenlm.retrain.knowledge_job import COVERAGE_FILE

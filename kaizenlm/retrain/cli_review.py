@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
 
 
 def run(args, cfg) -> int:
-    from kaizenlm.registry.client import controller_is_up
+    from kaizenlm.admin_client import controller_is_up
     from kaizenlm.retrain.review import resolve_window
 
     try:
