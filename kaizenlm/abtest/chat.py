@@ -19,8 +19,8 @@ cost is paid per answer; the gateway publishes what it holds before it shuts dow
 backend failure (5xx) is logged as a turn with an empty response: that is what the
 error-rate guardrail counts.
 
-The endpoint runs as an ASGI middleware in front of FastAPI's router (`ChatFastPath`,
-mounted by `install`): FastAPI's per-request machinery costs more CPU than the endpoint.
+The endpoint is answered by the gateway's ASGI fast path in front of FastAPI's router
+(kaizenlm.gateway.FastRoutes): FastAPI's per-request machinery costs more CPU than the endpoint.
 
 Who is the user: the request's `user` (OpenAI's field). Without one, the request is its
 own user ("anon-<turn id>"), so it is randomised alone. The conversation is the
@@ -385,6 +385,15 @@ def _backend_error(e: BackendError) -> ApiError:
 
 async def chat_completions(request: Request) -> Response:
     """OpenAI-compatible chat completion through the A/B router (see the module docstring)."""
+    try:
+        return await _chat_completions(request)
+    except Exception:
+        log.exception("chat completion failed")
+        return _error_response(ApiError(500, "internal error in the gateway; see its log", "internal_error",
+                                        "server_error"))
+
+
+async def _chat_completions(request: Request) -> Response:
     turn = None
     try:
         turn, req, params = await _prepare(request)
@@ -453,41 +462,9 @@ async def _stream(request: Request, backend, turn: _Turn, params: ChatParams) ->
                              headers={**_headers(turn), "Cache-Control": "no-cache"})
 
 
-# --------------------------------------------------------------------------------------
-# Mounting: a fast path in front of FastAPI's routing
-# --------------------------------------------------------------------------------------
-
-
-class ChatFastPath:
-    """ASGI middleware that answers POST /v1/chat/completions itself and passes everything
-    else on. FastAPI's routing, dependency solving and the inner middlewares cost more CPU
-    per request than routing + logging + the upstream call together (benchmarks/RESULTS.md,
-    "Gateway overhead"), and this endpoint needs none of them. CORS: simple requests get
-    `Access-Control-Allow-Origin: *` here; preflights (OPTIONS) still reach the CORS middleware.
-    """
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope, receive)
-        try:
-            response = await chat_completions(request)
-        except Exception:
-            log.exception("chat completion failed")
-            response = _error_response(ApiError(500, "internal error in the gateway; see its log", "internal_error",
-                                                "server_error"))
-        if any(k == b"origin" for k, _ in scope["headers"]):
-            response.headers["access-control-allow-origin"] = "*"
-        await response(scope, receive, send)
-
-
 def install(app) -> None:
-    """Mount on the gateway app: the chat fast path and the discovery routes (/v1/models, /v1/routing)."""
-    app.add_middleware(ChatFastPath)
+    """Mount the discovery routes (/v1/models, /v1/routing). POST /v1/chat/completions is
+    answered by the gateway's fast path (kaizenlm.gateway.FastRoutes) with `chat_completions`."""
     app.include_router(router)
 
 

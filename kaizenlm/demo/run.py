@@ -19,7 +19,14 @@ from tqdm import tqdm
 
 from kaizenlm.commands.up import Supervisor
 from kaizenlm.demo.domain import Domain, build_domain
-from kaizenlm.demo.stages import stage_ab, stage_knowledge, stage_retrain, stage_review, stage_rollback
+from kaizenlm.demo.stages import (
+    stage_ab,
+    stage_bad_candidate,
+    stage_knowledge,
+    stage_retrain,
+    stage_review,
+    stage_rollback,
+)
 from kaizenlm.demo.stages_data import stage_dataset
 from kaizenlm.demo.users import baseline_answer_fn, simulate
 from kaizenlm.feedback.client import KaizenClient
@@ -97,7 +104,8 @@ def stage_traffic(ctx: DemoContext) -> None:
     console.print(table)
 
 
-STAGES = [stage_traffic, stage_dataset, stage_knowledge, stage_retrain, stage_ab, stage_rollback, stage_review]
+STAGES = [stage_traffic, stage_dataset, stage_knowledge, stage_retrain, stage_ab, stage_bad_candidate, stage_rollback,
+          stage_review]
 
 
 # The embedded tiny model forgets its general skills when it learns the domain (measured in

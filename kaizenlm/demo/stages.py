@@ -143,6 +143,48 @@ def _decision_for(analysis: dict, experiment: str) -> dict | None:
     return None
 
 
+def corrupted_rows(domain, seed: int) -> list[dict]:
+    """The domain's training questions, each answered with another fact's answer: the
+    poisoned labels of the bad candidate (and no general replay at all)."""
+    rng = random.Random(seed)
+    rows = []
+    for q_row in domain.train_rows():
+        fact = domain.fact(q_row["qid"])
+        wrong = rng.choice([f for f in domain.facts if f.qid != fact.qid])
+        rows.append({"prompt": q_row["prompt"], "response": wrong.answer})
+    return rows
+
+
+def stage_bad_candidate(ctx) -> None:
+    """A deliberately bad candidate (corrupted labels, no replay) must be stopped by the gates.
+
+    Trained here with the same recipe as the monthly retrain, registered as a candidate
+    like any other, then put through `kaizen eval --apply-gate`: it never reaches users."""
+    from kaizenlm.config import LoraSFTConfig
+    from kaizenlm.registry.client import RegistryClient
+    from kaizenlm.retrain.cli_eval import evaluate_version, model_spec
+    from kaizenlm.retrain.lora_sft import train_sft
+
+    client = RegistryClient(ctx.cfg)
+    champion = client.show(client.list_aliases()["champion"])
+    spec = model_spec(client, champion)
+    base_dir = spec[0] if isinstance(spec, tuple) else spec
+    run_dir = ctx.cfg.home / "demo" / "bad-candidate"
+    # 4 epochs: enough to learn the wrong answers and forget (the monthly retrain runs more).
+    sft = train_sft(base_dir, corrupted_rows(ctx.domain, ctx.seed), run_dir, LoraSFTConfig(epochs=4.0),
+                    ctx.cfg.retrain)
+    version = client.register_version("adapter", sft["adapter_dir"], parent_id=champion["version_id"],
+                                      status="candidate", config={"base": base_dir, "demo": "corrupted labels, no replay"},
+                                      note="demo: deliberately bad candidate (corrupted labels, no replay)")
+    result = evaluate_version(ctx.cfg, client, version["version_id"], "champion", apply_gate=True)
+    failing = [r for r in (result["gate"] or {}).get("reasons", []) if r.startswith("fail")]
+    outcome = "rejected by the gates" if result.get("status") == "rejected" else "NOT caught"
+    ctx.summary["bad candidate"] = f"{version['version_id']}: {outcome} ({'; '.join(failing)[:120]})"
+    ctx.console.print(f"bad candidate {version['version_id']}: {outcome}")
+    for reason in (result["gate"] or {}).get("reasons", []):
+        ctx.console.print(f"  gate {reason}")
+
+
 def stage_rollback(ctx) -> None:
     """`kaizen rollback`: champion moves back one step; the gateway serves the restored version."""
     before = ctx.admin("GET", "/admin/v1/routing")

@@ -8,6 +8,7 @@ end) and `ts`; otherwise the gateway assigns them.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from kaizenlm.feedback.events import ID_PATTERN, PAYLOADS, SCHEMA_VERSION, TOPIC_OF, validation_message
 from kaizenlm.ingest.spool import SpoolFull
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 MIN_TS = 946_684_800  # 2000-01-01: an older timestamp is a client bug (seconds vs ms, or unset clocks)
 MAX_FUTURE_S = 86_400
@@ -129,6 +131,14 @@ async def publish_envelopes(request: Request, envelopes: list[dict]) -> str:
 
 
 async def _collect(request: Request, event_type: str) -> JSONResponse:
+    try:
+        return await _collect_or_raise(request, event_type)
+    except Exception:  # a bug, not bad input: say so without leaking details
+        log.exception("collecting %s events failed", event_type)
+        return JSONResponse({"error": "internal error in the gateway; see its log"}, status_code=500)
+
+
+async def _collect_or_raise(request: Request, event_type: str) -> JSONResponse:
     state = request.app.state
     try:
         if state.draining:
@@ -165,3 +175,19 @@ async def post_feedback(request: Request) -> JSONResponse:
 async def post_signals(request: Request) -> JSONResponse:
     """Implicit signals: regenerate, copy, edit, abandon, completed, follow_up."""
     return await _collect(request, "signal")
+
+
+async def _collect_turns(request: Request) -> JSONResponse:
+    return await _collect(request, "turn")
+
+
+async def _collect_feedback(request: Request) -> JSONResponse:
+    return await _collect(request, "feedback")
+
+
+async def _collect_signals(request: Request) -> JSONResponse:
+    return await _collect(request, "signal")
+
+
+# What the gateway's fast path (kaizenlm.gateway.FastRoutes) answers without FastAPI's routing.
+FAST_ROUTES = {"/v1/turns": _collect_turns, "/v1/feedback": _collect_feedback, "/v1/signals": _collect_signals}
