@@ -95,9 +95,12 @@ class GatewayConfig:
     """Size cap of the on-disk spool used while the broker is unreachable; past it the gateway answers 503."""
     producer_buffer_bytes: int = 33_554_432
     """Memory the Kafka producer may use for unsent messages."""
+    workers: int = 1
+    """Gateway processes sharing the port (one Python process uses about one core). Each has its own producer and spool (spool/gw-<port>[-<n>]) and, with the local backend, its own copy of the models."""
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535, "gateway.port", "must be a TCP port (1-65535)")
+        _check(1 <= self.workers <= 64, "gateway.workers", "must be in 1..64")
         _check(self.max_body_bytes >= 1024, "gateway.max_body_bytes", "must be >= 1024")
         _check(1 <= self.max_batch <= 100_000, "gateway.max_batch", "must be in 1..100000")
         _check(self.spool_max_bytes >= 1024, "gateway.spool_max_bytes", "must be >= 1024")

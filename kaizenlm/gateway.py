@@ -1,7 +1,8 @@
 """The gateway process: a stateless FastAPI app (collector, widget, health, metrics).
 
 Any number of replicas may run; each owns a producer with its own disk spool under
-$KAIZEN_HOME/spool/<replica>. The hot POST routes (chat, collector) are answered by
+$KAIZEN_HOME/spool/<replica>. `gateway.workers` > 1 runs that many processes on one port
+(`serve_workers`): one Python process tops out at about one core. The hot POST routes (chat, collector) are answered by
 `FastRoutes` in front of FastAPI's router.
 """
 
@@ -10,6 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import socket
+import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -99,8 +104,55 @@ def create_app(cfg: Config, replica: str | None = None) -> FastAPI:
     return app
 
 
-def serve(cfg: Config) -> None:
+def replica_name(cfg: Config, worker: int) -> str:
+    """Worker 0 keeps the single-process name, so its spool is found again after a change of workers."""
+    return f"gw-{cfg.gateway.port}" if worker == 0 else f"gw-{cfg.gateway.port}-{worker}"
+
+
+def serve(cfg: Config, worker: int = 0, sock: socket.socket | None = None) -> None:
+    """Run one gateway process; with `sock` it serves on that inherited listening socket."""
     import uvicorn
 
-    uvicorn.run(create_app(cfg), host=cfg.gateway.host, port=cfg.gateway.port, log_level="warning",
-                timeout_graceful_shutdown=20, access_log=False)
+    config = uvicorn.Config(create_app(cfg, replica_name(cfg, worker)), host=cfg.gateway.host, port=cfg.gateway.port,
+                            log_level="warning", timeout_graceful_shutdown=20, access_log=False)
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+
+
+def serve_workers(cfg: Config, worker_command: list[str]) -> int:
+    """The parent of `gateway.workers` processes: it binds the port once, starts each worker
+    with the listening socket (the kernel spreads connections over them), restarts a worker
+    that dies, and on SIGTERM/SIGINT passes the signal on and waits for every worker to drain.
+
+    worker_command: the argv of one worker, to which `--worker N --fd FD` are appended.
+    """
+    sock = socket.create_server((cfg.gateway.host, cfg.gateway.port), backlog=2048)
+    sock.set_inheritable(True)
+    stopping = False
+
+    def start(worker: int) -> subprocess.Popen:
+        # Own session: a terminal's Ctrl-C reaches the parent only, which passes it on once
+        # (a second SIGINT would make uvicorn skip its graceful drain).
+        return subprocess.Popen([*worker_command, "--worker", str(worker), "--fd", str(sock.fileno())],
+                                pass_fds=[sock.fileno()], start_new_session=True)
+
+    def stop(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in workers.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    workers = {i: start(i) for i in range(cfg.gateway.workers)}
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping:
+        for i, proc in list(workers.items()):
+            if proc.poll() is not None and not stopping:
+                log.error("gateway worker %d exited with %s; restarting it", i, proc.returncode)
+                time.sleep(1.0)
+                workers[i] = start(i)
+        time.sleep(0.2)
+    for proc in workers.values():
+        proc.wait()
+    sock.close()
+    return 0
