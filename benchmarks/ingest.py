@@ -7,7 +7,7 @@ Prints one JSON line:
                          the client stamping the event to its DuckDB row's commit
   baseline_raw_produce_per_s  kafka-python producing the same JSON straight to the broker
                          (no HTTP, no validation, no DuckDB), measured in the same run
-Usage: python benchmarks/ingest.py [--events 60000] [--requests 20000] [--rate 1000] [--seconds 20]
+Usage: python benchmarks/ingest.py [--events 60000] [--requests 20000] [--rate 1000] [--seconds 20] [--workers 1]
 """
 
 from __future__ import annotations
@@ -164,11 +164,13 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20_000)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--workers", type=int, default=1, help="gateway processes (gateway.workers)")
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="kaizen-bench-ingest-"))
     env = {"KAIZEN_HOME": str(home), "KAIZEN_BROKER_PORT": str(free_port()),
            "KAIZEN_GATEWAY_PORT": str(free_port()), "KAIZEN_CONTROLLER_PORT": str(free_port())}
     os.environ.update(env)
+    (home / "kaizen.toml").write_text(f"[gateway]\nworkers = {args.workers}\n", encoding="utf-8")
     cfg = config_mod.load(env={**os.environ})
     sup = Supervisor(cfg)
     sup.start()
@@ -189,6 +191,7 @@ def main() -> None:
     expected = args.events + args.requests + int(args.rate * args.seconds)
     print(json.dumps({
         "benchmark": "ingest", "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "gateway_workers": args.workers,
         "batched_events_per_s": round(batched), "single_requests_per_s": round(single),
         "p50_ingest_to_query_s": round(percentile(lat, 0.5), 3), "p99_ingest_to_query_s": round(percentile(lat, 0.99), 3),
         "offered_rate_per_s": args.rate, "baseline_raw_produce_per_s": round(raw),
