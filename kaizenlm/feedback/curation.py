@@ -38,6 +38,7 @@ import json
 import math
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,25 @@ def digest(*parts: str, size: int = 16) -> str:
         h.update(part.encode("utf-8"))
         h.update(b"\x1f")
     return h.hexdigest()[:size]
+
+
+def distinct(values: Sequence) -> tuple[np.ndarray, list]:
+    """(codes, uniques) with values[i] == uniques[codes[i]], uniques in first-seen order.
+
+    Logs repeat texts a lot, so per-row work is done once per distinct value and broadcast back.
+    """
+    index: dict = {}
+    codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64, count=len(values))
+    return codes, list(index)
+
+
+def distinct_objects(values: Sequence) -> tuple[np.ndarray, list]:
+    """Like `distinct`, by identity: turns with one context share one parsed message list
+    (see `load_candidates`), so the context steps work once per list."""
+    codes, _ = pd.factorize(np.fromiter(map(id, values), dtype=np.int64, count=len(values)))
+    first = np.zeros(int(codes.max()) + 1 if len(codes) else 0, dtype=np.int64)
+    first[codes] = np.arange(len(codes))  # any row of a code holds the same object
+    return codes, [values[i] for i in first.tolist()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,11 +252,16 @@ def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
     return num_perm, 1
 
 
+MINHASH_BLOCK = 1 << 16  # shingle hashes per block: the block and its buffer stay in CPU cache
+
+
 def minhash(hashes: np.ndarray, starts: np.ndarray, num_perm: int = NUM_PERM, seed: int = 1) -> np.ndarray:
     """MinHash signatures (n_texts x num_perm, uint64) from `shingle_hashes` output.
 
     The shingle hashes are already well mixed, so each permutation is the bijection
-    a * h + b (mod 2**64) with odd a, computed in place.
+    a * h + b (mod 2**64) with odd a, computed in place. Texts go in blocks of about
+    MINHASH_BLOCK hashes, all permutations per block: about twice as fast as one pass over
+    all hashes per permutation, which streams them through memory num_perm times.
     """
     n = len(starts) - 1
     sig = np.empty((n, num_perm), dtype=np.uint64)
@@ -245,12 +270,19 @@ def minhash(hashes: np.ndarray, starts: np.ndarray, num_perm: int = NUM_PERM, se
     rng = np.random.default_rng(seed)
     a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
-    buf = np.empty_like(hashes)
+    first = 0
     with np.errstate(over="ignore"):
-        for p in range(num_perm):
-            np.multiply(hashes, a[p], out=buf)
-            np.add(buf, b[p], out=buf)
-            sig[:, p] = np.minimum.reduceat(buf, starts[:-1])
+        while first < n:
+            # the texts whose hashes fit in one block (at least one text)
+            last = min(n, max(first + 1, int(np.searchsorted(starts, starts[first] + MINHASH_BLOCK, "right")) - 1))
+            block = hashes[starts[first]:starts[last]]
+            offsets = starts[first:last] - starts[first]
+            buf = np.empty_like(block)
+            for p in range(num_perm):
+                np.multiply(block, a[p], out=buf)
+                np.add(buf, b[p], out=buf)
+                sig[first:last, p] = np.minimum.reduceat(buf, offsets)
+            first = last
     return sig
 
 
@@ -290,11 +322,14 @@ class _Shingled:
                 self.keys[:, band] = key
         self.threshold = threshold
         self._sets: dict[int, set] = {}
+        self._flat: list[int] = []
 
     def _set(self, i: int) -> set:
         s = self._sets.get(i)
         if s is None:
-            s = self._sets[i] = set(self.hashes[self.starts[i]:self.starts[i + 1]].tolist())
+            if not self._flat:  # slicing one Python list is far cheaper than converting numpy slices
+                self._flat, self._bounds = self.hashes.tolist(), self.starts.tolist()
+            s = self._sets[i] = set(self._flat[self._bounds[i]:self._bounds[i + 1]])
         return s
 
     def similar(self, i: int, j: int) -> bool:
@@ -345,10 +380,30 @@ def near_duplicate_groups(texts: Sequence[str], threshold: float) -> np.ndarray:
 
 
 def near_matches(queries: Sequence[str], targets: Sequence[str], threshold: float) -> np.ndarray:
-    """Bool per (normalized) query: Jaccard >= threshold with at least one (normalized) target."""
+    """Bool per (normalized) query: Jaccard >= threshold with at least one (normalized) target.
+
+    Held-out sets are small and most queries share few shingles with any of them, so queries
+    that cannot reach the threshold are left out before MinHash (an exact bound, the same
+    result): a query needs at least threshold x |target| shingles of some target, and its
+    shingles found in any target are at least as many as it shares with one."""
     hit = np.zeros(len(queries), dtype=bool)
     if not len(queries) or not len(targets):
         return hit
+    q_hashes, q_starts = shingle_hashes(queries)
+    t_hashes, t_starts = shingle_hashes(targets)
+    smallest = min(len(np.unique(t_hashes[lo:hi])) for lo, hi in zip(t_starts[:-1], t_starts[1:], strict=True))
+    in_targets = np.unique(t_hashes)
+    found = in_targets[np.minimum(np.searchsorted(in_targets, q_hashes), len(in_targets) - 1)] == q_hashes
+    shared = np.add.reduceat(found.astype(np.int64), q_starts[:-1])
+    maybe = np.flatnonzero(shared >= threshold * smallest)
+    if len(maybe):
+        hit[maybe] = _near_matches_lsh([queries[i] for i in maybe.tolist()], targets, threshold)
+    return hit
+
+
+def _near_matches_lsh(queries: Sequence[str], targets: Sequence[str], threshold: float) -> np.ndarray:
+    """`near_matches` by MinHash LSH candidates, verified by exact Jaccard."""
+    hit = np.zeros(len(queries), dtype=bool)
     sh = _Shingled(list(targets) + list(queries), threshold)
     nt = len(targets)
     q_left, t_right = [], []
@@ -393,7 +448,8 @@ def contaminated(prompts: Sequence[str], holdout: Sequence[str], threshold: floa
     """
     if not holdout or not prompts:
         return np.zeros(len(prompts), dtype=bool)
-    norm_prompts = normalize_all(prompts)
+    codes, unique_prompts = distinct(prompts)  # prompts repeat: check each distinct one once
+    norm_prompts = normalize_all(unique_prompts)
     norm_holdout = sorted({normalize(h) for h in holdout} - {""})
     grams: set[str] = set()
     short_lengths: set[int] = set()
@@ -401,17 +457,20 @@ def contaminated(prompts: Sequence[str], holdout: Sequence[str], threshold: floa
         grams |= _word_ngrams(h)
         if len(h.split()) < HOLDOUT_NGRAM:
             short_lengths.add(len(h.split()))
+    first_words = {g.split(" ", 1)[0] for g in grams}  # a held-out text can only start at one of these
     unique = sorted(set(norm_prompts))
     tainted = set()
     for p in unique:
         words = p.split()
         if any(g in grams for g in _word_ngrams(p)) or any(  # a short held-out text inside a longer prompt
-                " ".join(words[j:j + n]) in grams for n in short_lengths for j in range(len(words) - n + 1)):
+                " ".join(words[j:j + n]) in grams for j, w in enumerate(words) if w in first_words
+                for n in short_lengths if j + n <= len(words)):
             tainted.add(p)
     if near:
         rest = [p for p in unique if p not in tainted]
         tainted.update(p for p, m in zip(rest, near_matches(rest, norm_holdout, threshold), strict=True) if m)
-    return np.fromiter((p in tainted for p in norm_prompts), dtype=bool, count=len(norm_prompts))
+    hit = np.fromiter((p in tainted for p in norm_prompts), dtype=bool, count=len(norm_prompts))
+    return hit[codes]
 
 
 def _read_records(path: Path) -> list:
@@ -570,34 +629,42 @@ def scrub_frame(frame: pd.DataFrame, funnel: Funnel, keep: Sequence[str] = ()) -
     """Step pii_scrub: every text field of every turn through `scrub_pii` (drops nothing).
 
     Logs repeat texts (system prompts, popular questions, canned answers), so each distinct
-    text is scrubbed once and its replacements are counted once per occurrence."""
+    text is scrubbed once and its replacements are counted once per occurrence. Turns with
+    one context share one parsed message list (see `load_candidates`); it is scrubbed once
+    and the turns keep sharing the scrubbed list."""
     keep = frozenset(keep)
-    msgs_col, responses, corrections = (frame["messages"].tolist(), frame["response"].tolist(),
-                                        frame["correction"].tolist())
-    contexts: dict[int, list] = {id(m): m for m in msgs_col}  # identical contexts share one parsed list
-    uses: dict[str, int] = {}
-    for m in msgs_col:
+    responses, corrections = frame["response"].tolist(), frame["correction"].tolist()
+    ctx_codes, contexts = distinct_objects(frame["messages"].tolist())
+    uses: Counter = Counter()
+    for m, n in zip(contexts, np.bincount(ctx_codes, minlength=len(contexts)).tolist(), strict=True):
         for msg in m:
-            uses[msg.get("content", "")] = uses.get(msg.get("content", ""), 0) + 1
-    for text in [*responses, *corrections]:
-        if isinstance(text, str):
-            uses[text] = uses.get(text, 0) + 1
-    clean: dict[str, str] = {}
-    counts: dict[str, int] = {}
+            uses[msg.get("content", "")] += n
+    uses.update(t for t in responses if isinstance(t, str))
+    uses.update(t for t in corrections if isinstance(t, str))
+    clean: dict[str, str] = {}  # only the texts that changed
+    counts: Counter = Counter()
     for text, n in uses.items():
         found: dict[str, int] = {}
-        clean[text] = scrub_pii(text, found, keep)
+        scrubbed_text = scrub_pii(text, found, keep)
+        if scrubbed_text != text:
+            clean[text] = scrubbed_text
         for kind, k in found.items():
-            counts[kind] = counts.get(kind, 0) + k * n
-    scrubbed = {key: [{**msg, "content": clean[msg.get("content", "")]} for msg in m] for key, m in contexts.items()}
-    changed_ctx = {key: any(a["content"] != b.get("content", "") for a, b in zip(scrubbed[key], m, strict=True))
-                   for key, m in contexts.items()}
-    new_responses = [clean[r] if isinstance(r, str) else r for r in responses]
-    new_corrections = [clean[c] if isinstance(c, str) else None for c in corrections]
-    changed = np.fromiter((changed_ctx[id(m)] or a != b or (c is not None and c != d)
-                           for m, a, b, c, d in zip(msgs_col, new_responses, responses, new_corrections, corrections,
-                                                    strict=True)), dtype=bool, count=len(frame))
-    frame = frame.assign(messages=[scrubbed[id(m)] for m in msgs_col], response=new_responses,
+            counts[kind] += k * n
+
+    def content(msg: dict):
+        text = msg.get("content", "")
+        return clean.get(text, text)
+
+    scrubbed = [[{**msg, "content": content(msg)} for msg in m] for m in contexts]
+    ctx_changed = np.fromiter((any(msg.get("content", "") in clean for msg in m) for m in contexts), dtype=bool,
+                              count=len(contexts))
+    new_responses = [clean.get(r, r) if isinstance(r, str) else r for r in responses]
+    new_corrections = [clean.get(c, c) if isinstance(c, str) else None for c in corrections]
+    changed = ctx_changed[ctx_codes] | np.fromiter(
+        (a is not b or (c is not None and c is not d)
+         for a, b, c, d in zip(new_responses, responses, new_corrections, corrections, strict=True)),
+        dtype=bool, count=len(frame))
+    frame = frame.assign(messages=[scrubbed[c] for c in ctx_codes.tolist()], response=new_responses,
                          correction=new_corrections)
     hits = frame[changed]
     examples = examples_of(hits.assign(_text=[f"{_last_user(m)} => {r}" for m, r in
@@ -612,17 +679,16 @@ def scrub_frame(frame: pd.DataFrame, funnel: Funnel, keep: Sequence[str] = ()) -
     return frame
 
 
-def _issues(texts: Sequence, norms: Sequence[str], prompts: Sequence[str], cfg: CurationConfig,
-            casual: bool = False) -> list[str | None]:
-    cache: dict[tuple, str | None] = {}
-    turn_scope = cfg.sentence_rule_scope == "turn"
-    out = []
-    for text, norm, prompt in zip(texts, norms, prompts, strict=True):
-        key = (text, prompt if turn_scope else None)
-        if key not in cache:
-            cache[key] = text_issue(text, cfg, norm, prompt=prompt, casual=casual)
-        out.append(cache[key])
-    return out
+def _issues(texts: Sequence[str], prompts: Sequence[str], cfg: CurationConfig, casual: bool = False) -> list[str | None]:
+    """`text_issue` of each text, computed once per distinct text (and prompt, when the
+    sentence rule measures the whole turn)."""
+    if cfg.sentence_rule_scope == "turn":
+        codes, unique = distinct(list(zip(texts, prompts, strict=True)))
+        per_unique = [text_issue(t, cfg, prompt=p, casual=casual) for t, p in unique]
+    else:
+        codes, unique = distinct(texts)
+        per_unique = [text_issue(t, cfg, casual=casual) for t in unique]
+    return [per_unique[c] for c in codes.tolist()]
 
 
 def prepare(frame: pd.DataFrame, cfg: CurationConfig, holdout: Sequence[str], funnel: Funnel) -> pd.DataFrame:
@@ -633,41 +699,46 @@ def prepare(frame: pd.DataFrame, cfg: CurationConfig, holdout: Sequence[str], fu
     """
     frame = scrub_frame(frame, funnel, cfg.pii_keep)
 
-    by_list: dict[int, str] = {}  # scrubbed contexts are shared lists too
-    contexts = [by_list[id(m)] if id(m) in by_list else by_list.setdefault(id(m), _context_text(m))
-                for m in frame["messages"].tolist()]
-    lengths = np.fromiter((len(c) for c in contexts), dtype=np.int64, count=len(contexts))
-    empty = np.fromiter((not c.strip() for c in contexts), dtype=bool, count=len(contexts))
-    too_long = lengths > cfg.max_context_chars
+    # the context steps work once per distinct (shared) message list
+    codes, lists = distinct_objects(frame["messages"].tolist())
+    contexts = [_context_text(m) for m in lists]
+    empty_u = np.array([not c.strip() for c in contexts], dtype=bool)
+    too_long_u = np.array([len(c) > cfg.max_context_chars for c in contexts], dtype=bool)
+    empty, too_long = empty_u[codes], too_long_u[codes]
     keep = ~(empty | too_long)
     removed = frame[~keep].assign(_why=np.where(empty[~keep], "empty_context", "context_too_long"),
-                                  _text=[c for c, k in zip(contexts, keep, strict=True) if not k])
+                                  _text=[contexts[c] for c in codes[~keep].tolist()])
     funnel.step("candidates", "context", len(frame), int(keep.sum()), params={"max_context_chars": cfg.max_context_chars},
                 examples=examples_of(removed, removed["_why"].tolist(), "_text"),
                 empty_context=int(empty.sum()), context_too_long=int((too_long & ~empty).sum()))
     frame = frame[keep].reset_index(drop=True)
-    contexts = [c for c, k in zip(contexts, keep, strict=True) if k]
+    rows = codes[keep].tolist()
 
-    norm_contexts = normalize_all(contexts)
-    keys: dict[str, str] = {}
-    frame["context_key"] = [keys[c] if c in keys else keys.setdefault(c, digest(c)) for c in norm_contexts]
-    frame["cluster"] = cluster_labels(frame["context_key"].tolist(), norm_contexts, cfg.dedup_threshold)
-    frame["prompt"] = [_last_user(msgs) for msgs in frame["messages"].tolist()]
+    live = np.flatnonzero(~(empty_u | too_long_u)).tolist()
+    norms = {i: normalize(contexts[i]) for i in live}
+    digests: dict[str, str] = {}
+    keys = {i: digests[n] if n in digests else digests.setdefault(n, digest(n)) for i, n in norms.items()}
+    clusters = dict(zip(live, cluster_labels([keys[i] for i in live], [norms[i] for i in live], cfg.dedup_threshold),
+                        strict=True))
+    prompt_of = [_last_user(m) for m in lists]
+    frame["context_key"] = [keys[c] for c in rows]
+    frame["cluster"] = [clusters[c] for c in rows]
+    prompts = [prompt_of[c] for c in rows]
+    frame["prompt"] = prompts
 
-    responses, corrections, prompts = frame["response"].tolist(), frame["correction"].tolist(), frame["prompt"].tolist()
-    norm_prompts = normalize_all(prompts)
+    responses, corrections = frame["response"].tolist(), frame["correction"].tolist()
+    norm_prompt_of = normalize_all(prompt_of)
     norm_responses = normalize_all(responses)
-    issues = _issues(responses, norm_responses, prompts, cfg)
-    frame["response_issue"] = [issue if issue or nr != np_ else "echoes_prompt"
-                               for issue, nr, np_ in zip(issues, norm_responses, norm_prompts, strict=True)]
-    has_correction = [isinstance(c, str) for c in corrections]  # None or NaN (as pandas stores it): none
-    norm_corrections = normalize_all([c if h else "" for c, h in zip(corrections, has_correction, strict=True)])
-    corr_issues = _issues([c if h else "" for c, h in zip(corrections, has_correction, strict=True)],
-                          norm_corrections, prompts, cfg, casual=True)
-    frame["correction_issue"] = [
-        "none" if not h else (issue or ("same_as_answer" if nc == nr else None))
-        for h, issue, nc, nr in zip(has_correction, corr_issues, norm_corrections, norm_responses, strict=True)]
-    frame["contaminated"] = contaminated(prompts, holdout, cfg.decontam_threshold)
+    issues = _issues(responses, prompts, cfg)
+    frame["response_issue"] = [issue if issue or nr != norm_prompt_of[c] else "echoes_prompt"
+                               for issue, nr, c in zip(issues, norm_responses, rows, strict=True)]
+    corrected = [i for i, c in enumerate(corrections) if isinstance(c, str)]  # None or NaN (as pandas stores it): none
+    corr_issues = _issues([corrections[i] for i in corrected], [prompts[i] for i in corrected], cfg, casual=True)
+    correction_issue: list[str | None] = ["none"] * len(frame)
+    for i, issue in zip(corrected, corr_issues, strict=True):
+        correction_issue[i] = issue or ("same_as_answer" if normalize(corrections[i]) == norm_responses[i] else None)
+    frame["correction_issue"] = correction_issue
+    frame["contaminated"] = contaminated(prompt_of, holdout, cfg.decontam_threshold)[rows]  # once per context
     funnel.notes["contaminated_turns"] = int(frame["contaminated"].sum())
     return frame
 

@@ -179,7 +179,15 @@ def rating_pairs(frame: pd.DataFrame) -> pd.DataFrame:
     return _ranked_pairs(frame, frame["has_explicit"].to_numpy(dtype=bool), ["cluster"], "rating", None)
 
 
+# What the miners read. The prepared frame also carries every reward feature; leaving those
+# out first makes each of the miners' filters, sorts and joins copy about half the columns.
+MINED_COLUMNS = ["turn_id", "conversation_id", "context_key", "cluster", "user_id", "topic", "experiment_id",
+                 "variant", "model_version", "ts", "messages", "prompt", "response", "correction", "reward",
+                 "has_explicit", "n_regenerate", "response_issue", "correction_issue", "contaminated"]
+
+
 def mine_pairs(frame: pd.DataFrame, cfg: CurationConfig) -> pd.DataFrame:
+    frame = frame[[c for c in MINED_COLUMNS if c in frame.columns]]
     parts = [correction_pairs(frame) if cfg.include_corrections else _empty(),
              regenerate_pairs(frame), ab_variant_pairs(frame), rating_pairs(frame)]
     parts = [p for p in parts if len(p)]
