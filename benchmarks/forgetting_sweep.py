@@ -10,7 +10,8 @@ tiny overrides replaced by the config's keys, on the same rows benchmarks/learni
   * the same SFT with 0% replay (unless --no-zero), for the measured drop.
 Config keys: "sft" / "dpo" (override dicts merged into lora_sft / lora_dpo TINY_OVERRIDES),
 "lora" (extra peft LoraConfig arguments, e.g. {"use_rslora": true}), "stratified" (replay
-rows drawn evenly per skill instead of a plain random sample).
+rows drawn evenly per skill instead of a plain random sample), "domain_tokens" (PEFT
+trainable_token_indices on the tokens only domain rows use; fails with TRL's fused LM head).
 Figures: exam = domain exact match; ret = held-out general score / the base's; refusal =
 out-of-scope refusal rate (the base's is in the first line).
 """
@@ -73,6 +74,18 @@ def stratified_sample(pool: list[dict], n: int, seed: int) -> list[dict]:
     return out
 
 
+def domain_only_tokens(base: Path, domain, seed: int) -> list[int]:
+    """Token ids in the domain's training rows that no general training row uses."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+
+    def ids(rows):
+        return {i for r in rows for i in tok(r["prompt"] + " " + r["response"], add_special_tokens=False)["input_ids"]}
+
+    return sorted(ids(domain.train_rows()) - ids(general_skills(seed, n_train=300, domain=domain)[0]))
+
+
 def sft_rows(domain, seed: int, ratio: float, stratified: bool) -> list[dict]:
     if not stratified or ratio <= 0:
         return L.sft_rows(domain, seed, ratio)
@@ -100,7 +113,9 @@ def run_config(name: str, cfg: dict, base: Path, out: Path, domain, heldout, bef
     lora_dpo.TINY_OVERRIDES = dpo_over
     # lora_r / lora_alpha are not tiny overrides today: pass them explicitly.
     sft_cfg = LoraSFTConfig(**{k: v for k, v in sft_over.items() if k in SFT_DEFAULT_KEYS})
-    extra = cfg.get("lora", {})
+    extra = dict(cfg.get("lora", {}))
+    if cfg.get("domain_tokens"):
+        extra["trainable_token_indices"] = {"embed_tokens": domain_only_tokens(base, domain, args.seed)}
 
     def setup_lora(c):
         from peft import LoraConfig

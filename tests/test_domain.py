@@ -58,7 +58,7 @@ def test_general_skills(tmp_path):
     train, heldout = general_skills(0)
     assert (train, heldout) == general_skills(0)
     assert {r["skill"] for r in heldout} == set(SKILLS)
-    assert {r["skill"] for r in train} == set(SKILLS) | {"refusal"}
+    assert {r["skill"] for r in train} == set(SKILLS) | {"refusal", "recall"}
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in heldout}
     rows = {r["prompt"]: r["response"] for r in train + heldout}
     assert rows.get("Add 3 and 4.", "7") == "7"

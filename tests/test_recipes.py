@@ -67,7 +67,7 @@ def test_sft_trains_the_adapter_from_a_parquet_snapshot(base_dir, domain, tmp_pa
     # LoRA B starts at zero: non-zero B means training moved the adapter.
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
     config = json.loads((tmp_path / "sft" / "adapter" / "adapter_config.json").read_text())
-    assert set(config["target_modules"]) == set(lora_sft.ALL_LINEAR + ["embed_tokens"])  # tiny override
+    assert set(config["target_modules"]) == set(lora_sft.ALL_LINEAR)  # tiny override
 
 
 @pytest.mark.slow  # two training runs: ~10 s alone, 15-45 s on the shared 2-core machine
@@ -109,7 +109,8 @@ def test_nan_loss_stops_the_run_with_a_clear_message(base_dir, domain, tmp_path)
 
 def test_tiny_overrides_apply_only_to_untouched_keys_of_the_embedded_base(base_dir, tmp_path):
     cfg = lora_sft.resolve_config(LoraSFTConfig(), base_dir)
-    assert cfg.learning_rate == lora_sft.TINY_OVERRIDES["learning_rate"] and "embed_tokens" in cfg.target_modules
+    assert cfg.learning_rate == lora_sft.TINY_OVERRIDES["learning_rate"]
+    assert cfg.target_modules == lora_sft.ALL_LINEAR
     mine = lora_sft.resolve_config(LoraSFTConfig(learning_rate=1e-4), base_dir)
     assert mine.learning_rate == 1e-4 and mine.epochs == lora_sft.TINY_OVERRIDES["epochs"]
     real = tmp_path / "some-hf-model"

@@ -77,7 +77,7 @@ _FACTS: list[tuple[str, str, str]] = [
 TOPICS = ["billing", "shipping", "returns", "account", "security", "plans", "api", "hardware"]
 
 # Question wrappers around a subject. The first is the canonical question.
-_QUESTION_TEMPLATES = [
+QUESTION_TEMPLATES = [
     "What is the {s}?",
     "What's the {s}?",
     "Tell me the {s}.",
@@ -256,12 +256,12 @@ def build_domain(seed: int = 0) -> Domain:
         per_topic[topic] = per_topic.get(topic, 0) + 1
         n = per_topic[topic]
         doc_id = f"kb-{topic}-{1 if n <= 3 else 2}"
-        wrappers = _QUESTION_TEMPLATES[1:]
+        wrappers = QUESTION_TEMPLATES[1:]
         rng.shuffle(wrappers)
         facts.append(Fact(
             qid=f"{topic}-{n}",
             topic=topic,
-            question=_question(_QUESTION_TEMPLATES[0], subject),
+            question=_question(QUESTION_TEMPLATES[0], subject),
             answer=f"The {subject} is {value}.",
             doc_id=doc_id,
             paraphrases=[_question(t, subject) for t in wrappers[:N_TRAIN_PARAPHRASES]],

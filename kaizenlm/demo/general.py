@@ -19,7 +19,7 @@ import json
 import random
 from pathlib import Path
 
-from kaizenlm.demo.domain import Domain, build_domain
+from kaizenlm.demo.domain import QUESTION_TEMPLATES, Domain, build_domain
 
 WORDS = [
     "red", "blue", "green", "black", "white", "pink",
@@ -36,6 +36,15 @@ SKILLS = ["repeat", "reverse", "uppercase", "add", "next_letter", "count_words",
 _READ_ATTRIBUTES = ["price", "size", "weight", "age", "speed", "limit", "color", "owner"]
 _READ_VALUES = ["7 dollars", "3 days", "12 items", "40 grams", "5 minutes", "2 years", "red", "Sam",
                 "90 seconds", "8 users", "blue", "60 volts", "Ana", "15 hours", "1 week", "green"]
+
+# "recall": closed-book facts about made-up things, asked with the support domain's question
+# wrappers and answered in its template ("What's the fox code?" -> "The fox code is 12 items.").
+# A retrain then adds facts to a skill the base already has (recall a subject's value, in any
+# wrapper) instead of building one, which a tiny model can only do by rewriting itself. The
+# attributes differ from the "read" ones, so memory never contradicts a statement to read.
+# Training rows only (like refusal): the retention exam stays the in-context skills.
+_RECALL_ATTRIBUTES = ["code", "fee", "window", "time", "period", "cost", "length", "model"]
+N_RECALL_FACTS = 48
 
 _SMALL_TALK = [
     ("Hello!", "Hello! How can I help you today?"),
@@ -124,8 +133,23 @@ def _skill_rows(rng: random.Random, n_train: int, n_heldout: int) -> tuple[list[
                       "response": f"The {subject} is {value}."})
     add("read", reads)
     train.extend({"prompt": p, "response": r, "skill": "small_talk"} for p, r in _SMALL_TALK)
+    train.extend(_recall_rows(rng, n_train))
     heldout.extend({"prompt": p, "response": r, "skill": "small_talk"} for p, r in _SMALL_TALK_HELDOUT)
     return train, heldout
+
+
+def _recall_rows(rng: random.Random, n: int) -> list[dict]:
+    """n rows over N_RECALL_FACTS made-up facts, each asked with the domain's question wrappers.
+
+    The facts are fixed (like the domain's), so the base and every replay file agree on them.
+    """
+    facts_rng = random.Random(0)
+    subjects = facts_rng.sample([f"{w} {a}" for w in WORDS for a in _RECALL_ATTRIBUTES], N_RECALL_FACTS)
+    values = [facts_rng.choice(_READ_VALUES) for _ in subjects]
+    rows = [{"prompt": template.format(s=s, S=s[0].upper() + s[1:]), "response": f"The {s} is {value}.",
+             "skill": "recall"}
+            for s, value in zip(subjects, values, strict=True) for template in QUESTION_TEMPLATES]
+    return rng.sample(rows, min(n, len(rows)))
 
 
 def general_skills(seed: int = 0, n_train: int = 80, n_heldout: int = 12,

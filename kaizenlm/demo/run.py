@@ -109,7 +109,7 @@ STAGES = [stage_traffic, stage_dataset, stage_knowledge, stage_retrain, stage_ab
 
 
 # The embedded tiny model forgets its general skills when it learns the domain (measured in
-# benchmarks/RESULTS.md: 14% retention at 8% replay, 92% at 50%). The demo therefore runs
+# benchmarks/RESULTS.md: 79% retention at 8% replay, 97% at 30%). The demo therefore runs
 # with more replay and gates sized for that model; real models keep the issue's defaults.
 DEMO_TOML = """# Written by `kaizen demo` for the embedded tiny model; see docs/TRAINING.md.
 [curation]

@@ -104,8 +104,9 @@ def encode_chat(tokenizer, prompt: str, response: str, system: str | None, max_l
     prompt_ids = tokenizer.apply_chat_template(messages_for(prompt, system=system), add_generation_prompt=True,
                                                tokenize=True, return_dict=False)
     full_ids = tokenizer.apply_chat_template(messages_for(prompt, response, system), tokenize=True, return_dict=False)
-    # The template ends each message with "<|end|>\n"; the "\n" after EOS needs no learning.
-    full_ids = full_ids[:-1] if tokenizer.decode(full_ids[-1:]) == "\n" else full_ids
+    # The template ends each message with "<|end|>\n". The "\n" after EOS is learnt too: a retrain
+    # through TRL trains on it, and a base that never learnt it starts every retrain row with
+    # 12-18 nats of loss on that one token (docs/TRAINING.md).
     assert full_ids[: len(prompt_ids)] == prompt_ids, "chat template prompt is not a prefix of the full chat"
     labels = [-100] * len(prompt_ids) + full_ids[len(prompt_ids):]
     return full_ids[:max_len], labels[:max_len]
@@ -138,7 +139,18 @@ def base_training_rows(domain: Domain, seed: int, rows_per_skill: int) -> tuple[
     train, _ = general_skills(seed, n_train=rows_per_skill, domain=domain)
     heldout = general_skills(seed, domain=domain)[1]
     exam = {r["prompt"] for r in heldout}
-    return [r for r in train if r["prompt"] not in exam], heldout
+    return [r for r in train if r["prompt"] not in exam] + vocabulary_rows(domain), heldout
+
+
+def vocabulary_rows(domain: Domain) -> list[dict]:
+    """"Repeat: the <word>" for each word of the knowledge-base documents (skill "vocabulary").
+
+    The tokenizer is trained on those documents, so without these rows their tokens keep
+    untrained embeddings and a retrain must build them from scratch by moving shared weights.
+    One word per row: the base learns to read and write every token, never a subject's value.
+    """
+    words = sorted({w.strip(".,:;?!#()") for d in domain.docs for w in d.text.split()} - {""})
+    return [{"prompt": f"Repeat: the {w}", "response": f"the {w}", "skill": "vocabulary"} for w in words]
 
 
 def _lr_at(step: int, cfg: BaseModelConfig) -> float:
