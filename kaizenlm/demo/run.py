@@ -118,8 +118,13 @@ replay_fraction_override = true
 window_days = 0
 
 [eval]
-min_retention = 0.5
+min_retention = 0.75
 max_refusal_drop = 0.6
+
+[ab]
+# A few hundred simulated users cannot show the latency guardrail non-inferior within 10%
+# on a shared CPU; the demo promotes unless a guardrail is breached (a breach still rolls back).
+promote_requires_non_inferiority = false
 
 [knowledge]
 # The embedded model reads at most 128 tokens and never learned to answer from retrieved

@@ -97,7 +97,7 @@ def stage_ab(ctx) -> None:
     behaviour = Behaviour()
     gateway = httpx.Client(base_url=ctx.cfg.gateway_url, timeout=60,
                            headers={"Authorization": f"Bearer {ctx.cfg.auth.ingest_key}"})
-    max_users = 300 if ctx.short else 1500
+    max_users = 600 if ctx.short else 1500
     decision, served = None, {}
     with tqdm(total=max_users, desc="A/B traffic", unit="user") as bar:
         for i in range(max_users):

@@ -1,0 +1,67 @@
+"""`kaizen demo --short --no-dashboard` end to end, then its DuckDB file read back: traffic
+landed, a dataset snapshot and a knowledge version were made, the retrain produced a
+candidate that learned the domain, the A/B test reached a decision, the deliberately bad
+candidate was rejected by the gates, and the quarterly review was written. Slow (the whole
+loop, base build included): CI runs it in the `make test-slow` step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+
+@pytest.mark.slow
+def test_short_demo_runs_the_whole_loop(kaizen_env, tmp_path):
+    started = time.monotonic()
+    out = tmp_path / "demo.out"
+    with out.open("wb") as log:
+        proc = subprocess.run([sys.executable, "-m", "kaizenlm.cli", "demo", "--short", "--no-dashboard"],
+                              stdout=log, stderr=subprocess.STDOUT, timeout=3600)
+    text = out.read_text(errors="replace")
+    assert proc.returncode == 0, text[-4000:]
+    print(f"demo --short took {time.monotonic() - started:.0f} s")
+    home = Path(kaizen_env["KAIZEN_HOME"])
+    con = duckdb.connect(str(home / "kaizen.duckdb"), read_only=True)
+    q = lambda sql: con.execute(sql).fetchall()  # noqa: E731
+
+    [(turns,)], [(feedback,)], [(signals,)] = (q(f"SELECT count(*) FROM {t}") for t in ("turns", "feedback", "signals"))
+    assert turns >= 1500 and feedback > 100 and signals > 100
+    assert q("SELECT count(*) FROM dataset_snapshots")[0][0] >= 2  # the dataset stage's and the retrain's
+
+    versions = {v: (kind, status, json.loads(metrics), json.loads(config)) for v, kind, status, metrics, config in
+                q("SELECT version_id, kind, status, metrics, config FROM model_versions")}
+    aliases = dict(q("SELECT name, version_id FROM aliases"))
+    assert versions[aliases["knowledge"]][0] == "knowledge"
+    assert versions[aliases["knowledge"]][2]["chunks"] > 0
+
+    # The monthly retrain's candidate learned the domain (the base knows none of it).
+    base = next(v for v, (kind, *_rest) in versions.items() if kind == "base")
+    retrained = [v for v, (kind, _, _, config) in versions.items() if kind == "adapter" and "sft" in config]
+    assert retrained, versions
+    candidate = versions[retrained[0]][2]
+    assert candidate["domain_score"] > versions[base][2]["domain_score"] + 0.05
+
+    # The deliberately bad candidate never served: rejected, with the failing gate lines.
+    bad = [v for v, (_, _, _, config) in versions.items() if config.get("demo") == "corrupted labels, no replay"]
+    assert bad and versions[bad[0]][1] == "rejected", versions.get(bad[0] if bad else None)
+    assert versions[bad[0]][2]["gate"]["passed"] is False
+
+    # The A/B test ended with a decision, and the champion's history says what happened.
+    [(experiment, status)] = q("SELECT experiment_id, status FROM experiments")
+    assert status != "running"
+    actions = {a for (a,) in q(f"SELECT action FROM experiment_decisions WHERE experiment_id = '{experiment}'")}
+    assert actions & {"promote", "rollback", "keep_champion"}, actions
+    history = q("SELECT action, to_version FROM alias_history WHERE alias = 'champion' ORDER BY seq")
+    if "promote" in actions:  # the demo then rolls the promotion back with `kaizen rollback`
+        assert [a for a, _ in history][-1] == "rollback" and history[-1][1] == base
+    con.close()
+
+    reports = list((home / "reviews").rglob("report.md"))
+    assert reports and list((home / "reviews").rglob("*.png"))
+    assert "kaizen demo: summary" in text
