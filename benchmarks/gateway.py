@@ -1,6 +1,6 @@
 """Gateway overhead: what routing + turn logging add to a chat completion.
 
-    python benchmarks/gateway.py [--rate 1000] [--seconds 10] [--no-litellm]
+    python benchmarks/gateway.py [--rate 1000] [--seconds 10] [--no-litellm] [--workers 1]
 
 Setup, all on this machine: the embedded Kafka broker (turns are really produced), an
 upstream that answers at once (kaizenlm.abtest.echo_upstream), a routing state published
@@ -131,9 +131,17 @@ async def run_load(url: str, path: str, body: bytes, headers: dict, rate: float,
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its children so far (Linux /proc): with
+    gateway.workers > 1 the gateway is a parent and its worker processes."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # fields[1] is the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def measure(url: str, path: str, model: str, headers: dict, rate: float, seconds: float, pid: int | None = None) -> dict:
@@ -196,6 +204,7 @@ def main() -> None:
     p.add_argument("--low-rate", type=float, default=200.0, help="second, unsaturated rate (default 200)")
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per target and rate (default 10)")
     p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM comparison")
+    p.add_argument("--workers", type=int, default=1, help="gateway processes (gateway.workers, default 1)")
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="kaizen-bench-gw-"))
@@ -223,7 +232,7 @@ def main() -> None:
         publisher.close()
         (work / "kaizen.toml").write_text(
             f'[paths]\nhome = "{work / "home"}"\n[kafka]\nbroker_port = {cfg.kafka.broker_port}\n'
-            f'[gateway]\nport = {cfg.gateway.port}\n'
+            f'[gateway]\nport = {cfg.gateway.port}\nworkers = {args.workers}\n'
             f'[serving]\nbackend = "openai"\nupstream_url = "{upstream_url}"\n')
         procs.append(start([sys.executable, "-m", "kaizenlm.cli", "--config", str(work / "kaizen.toml"), "gateway"],
                            work / "gateway.log"))
@@ -235,8 +244,10 @@ def main() -> None:
                 raise TimeoutError("the gateway never got the routing state")
             time.sleep(0.2)
 
+        time.sleep(2.0)  # every worker follows routing on its own: give the others time to read it
         gw_pid = procs[-1].pid
-        result: dict = {"benchmark": "gateway_overhead", "rate_rps": args.rate, "low_rate_rps": args.low_rate,
+        result: dict = {"benchmark": "gateway_overhead", "gateway_workers": args.workers, "rate_rps": args.rate,
+                        "low_rate_rps": args.low_rate,
                         "seconds": args.seconds, "goal_p99_overhead_ms": 5.0,
                         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other work), no GPU",
                         "load_average_at_start": os.getloadavg()[0]}
