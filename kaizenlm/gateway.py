@@ -2,8 +2,8 @@
 
 Any number of replicas may run; each owns a producer with its own disk spool under
 $KAIZEN_HOME/spool/<replica>. `gateway.workers` > 1 runs that many processes on one port
-(`serve_workers`): one Python process tops out at about one core. The hot POST routes (chat, collector) are answered by
-`FastRoutes` in front of FastAPI's router.
+(`serve_workers`): one Python process tops out at about one core. The hot POST routes
+(chat, collector) are answered by `FastRoutes` in front of FastAPI's router.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class BackendError(Exception):
 # --------------------------------------------------------------------------------------
 
 
-def _find_dir(directory: str, marker: str) -> str | None:
+def find_dir(directory: str, marker: str) -> str | None:
     """The directory holding `marker` (config.json, adapter_config.json): the artifact
     directory itself or its model/ or adapter/ subdirectory (how training runs save them)."""
     for candidate in (Path(directory), Path(directory) / "adapter", Path(directory) / "model"):
@@ -85,7 +85,7 @@ def target_for(con, version) -> Target:
 
     upstream = str(version.config.get("upstream_model") or version.version_id)
     if version.kind == "base":
-        return Target(version.version_id, "base", _find_dir(version.artifact_dir, "config.json"), None, upstream)
+        return Target(version.version_id, "base", find_dir(version.artifact_dir, "config.json"), None, upstream)
     if version.kind != "adapter":
         raise ValueError(f"version '{version.version_id}' is a {version.kind}, not a model; it cannot serve")
     base_dir, parent, seen = None, version.parent_id, set()
@@ -95,12 +95,12 @@ def target_for(con, version) -> Target:
         if p is None:
             break
         if p.kind == "base":
-            base_dir = _find_dir(p.artifact_dir, "config.json")
+            base_dir = find_dir(p.artifact_dir, "config.json")
             break
         parent = p.parent_id
     if base_dir is None and version.config.get("base"):  # recorded by lora_sft (its base path)
-        base_dir = _find_dir(str(version.config["base"]), "config.json")
-    return Target(version.version_id, "adapter", base_dir, _find_dir(version.artifact_dir, "adapter_config.json"),
+        base_dir = find_dir(str(version.config["base"]), "config.json")
+    return Target(version.version_id, "adapter", base_dir, find_dir(version.artifact_dir, "adapter_config.json"),
                   upstream)
 
 

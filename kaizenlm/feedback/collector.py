@@ -177,17 +177,5 @@ async def post_signals(request: Request) -> JSONResponse:
     return await _collect(request, "signal")
 
 
-async def _collect_turns(request: Request) -> JSONResponse:
-    return await _collect(request, "turn")
-
-
-async def _collect_feedback(request: Request) -> JSONResponse:
-    return await _collect(request, "feedback")
-
-
-async def _collect_signals(request: Request) -> JSONResponse:
-    return await _collect(request, "signal")
-
-
 # What the gateway's fast path (kaizenlm.gateway.FastRoutes) answers without FastAPI's routing.
-FAST_ROUTES = {"/v1/turns": _collect_turns, "/v1/feedback": _collect_feedback, "/v1/signals": _collect_signals}
+FAST_ROUTES = {"/v1/turns": post_turns, "/v1/feedback": post_feedback, "/v1/signals": post_signals}

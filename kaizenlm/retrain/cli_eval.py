@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
+from kaizenlm.abtest.backends import find_dir
 from kaizenlm.config import Config
 from kaizenlm.errors import UsageError
 from kaizenlm.registry.client import RegistryClient
@@ -45,21 +45,14 @@ def _resolve(client: RegistryClient, name: str) -> dict:
     return version
 
 
-def _find_dir(artifact_dir: str, marker: str) -> str | None:
-    for candidate in (Path(artifact_dir), Path(artifact_dir) / "adapter", Path(artifact_dir) / "model"):
-        if (candidate / marker).is_file():
-            return str(candidate)
-    return None
-
-
 def model_spec(client: RegistryClient, version: dict) -> str | tuple[str, str]:
     """A base version's directory, or (base directory, adapter directory) for an adapter."""
     if version["kind"] == "base":
-        path = _find_dir(version["artifact_dir"], "config.json")
+        path = find_dir(version["artifact_dir"], "config.json")
         if path is None:
             raise UsageError(f"version: no config.json under {version['artifact_dir']}; the artifact is missing")
         return path
-    adapter = _find_dir(version["artifact_dir"], "adapter_config.json")
+    adapter = find_dir(version["artifact_dir"], "adapter_config.json")
     if adapter is None:
         raise UsageError(f"version: no adapter_config.json under {version['artifact_dir']}; the artifact is missing")
     parent, seen = version.get("parent_id"), set()
@@ -70,8 +63,9 @@ def model_spec(client: RegistryClient, version: dict) -> str | tuple[str, str]:
             return model_spec(client, p), adapter
         parent = p.get("parent_id")
     base = (version.get("config") or {}).get("base")
-    if base and _find_dir(base, "config.json"):
-        return _find_dir(base, "config.json"), adapter
+    base_dir = find_dir(base, "config.json") if base else None
+    if base_dir:
+        return base_dir, adapter
     raise UsageError(f"version: {version['version_id']} has no base model in its lineage")
 
 
@@ -80,7 +74,7 @@ def evaluate_version(cfg: Config, client: RegistryClient, name: str, against: st
     """Evaluate `name` (and `against`, when given) and return the result; see the module docstring."""
     from kaizenlm.demo.domain import build_domain
     from kaizenlm.demo.general import general_skills
-    from kaizenlm.retrain.evaluate import evaluate, gate
+    from kaizenlm.retrain.evaluate import evaluate, gate, retention
 
     version = _resolve(client, name)
     domain = build_domain(cfg.retrain.seed)
@@ -95,8 +89,7 @@ def evaluate_version(cfg: Config, client: RegistryClient, name: str, against: st
     metrics.pop("answers", None)
     result = {"version_id": version["version_id"], "metrics": metrics, "against": None, "gate": None}
     if baseline is not None:
-        retention = metrics["general_score"] / baseline["general_score"] if baseline["general_score"] > 0 else 1.0
-        metrics["retention"] = round(retention, 4)
+        metrics["retention"] = round(retention(metrics, baseline), 4)
         metrics["forgetting"] = round(baseline["general_score"] - metrics["general_score"], 4)
         passed, reasons = gate(metrics, baseline, cfg.eval)
         result["gate"] = {"passed": passed, "reasons": reasons}
