@@ -23,7 +23,7 @@ from kaizenlm.registry.api import router
 from kaizenlm.registry.artifacts import hash_dir
 from kaizenlm.registry.client import RegistryClient
 from kaizenlm.registry.errors import Conflict, NotFound, RegistryError
-from kaizenlm.registry.lineage import lineage
+from kaizenlm.registry.lineage import lineage, model_dirs, version_lookup
 
 
 def free_port() -> int:
@@ -230,6 +230,24 @@ def test_lineage_walks_parents_snapshots_and_windows(con, tmp_path):
     assert missing["source_windows"][0]["snapshot_found"] is False
     with pytest.raises(NotFound):
         lineage(con, "adapter-0099")
+
+
+def test_model_dirs_walks_adapters_to_their_base(con, tmp_path):
+    base = vs.register_version(con, "base", make_dir(tmp_path / "b", {"model/config.json": b"{}"}), tmp_path)
+    first = vs.register_version(con, "adapter", make_dir(tmp_path / "a1", {"adapter_config.json": b"1"}), tmp_path,
+                                parent_id=base.version_id)
+    second = vs.register_version(con, "adapter", make_dir(tmp_path / "a2", {"adapter/adapter_config.json": b"2"}),
+                                 tmp_path, parent_id=first.version_id)
+    lookup = version_lookup(con)
+    base_model = f"{base.artifact_dir}/model"
+    assert model_dirs(base.to_dict(), lookup) == (base_model, None)
+    assert model_dirs(first.to_dict(), lookup) == (base_model, first.artifact_dir)
+    assert model_dirs(second.to_dict(), lookup) == (base_model, f"{second.artifact_dir}/adapter")
+    # No base in the lineage: the base path lora_sft recorded, else None for the caller to report.
+    orphan = {"kind": "adapter", "artifact_dir": first.artifact_dir, "parent_id": "adapter-0099", "config": {}}
+    assert model_dirs(orphan, lookup) == (None, first.artifact_dir)
+    orphan["config"] = {"base": base.artifact_dir}
+    assert model_dirs(orphan, lookup) == (base_model, first.artifact_dir)
 
 
 def test_mark_tainted_marks_descendants_and_blocks_aliases(con, tmp_path):

@@ -70,38 +70,15 @@ class BackendError(Exception):
 # --------------------------------------------------------------------------------------
 
 
-def find_dir(directory: str, marker: str) -> str | None:
-    """The directory holding `marker` (config.json, adapter_config.json): the artifact
-    directory itself or its model/ or adapter/ subdirectory (how training runs save them)."""
-    for candidate in (Path(directory), Path(directory) / "adapter", Path(directory) / "model"):
-        if (candidate / marker).is_file():
-            return str(candidate)
-    return None
-
-
 def target_for(con, version) -> Target:
     """The serving target of a registry Version (kinds base and adapter; raises ValueError otherwise)."""
-    from kaizenlm.registry.versions import find_version
+    from kaizenlm.registry.lineage import model_dirs, version_lookup
 
-    upstream = str(version.config.get("upstream_model") or version.version_id)
-    if version.kind == "base":
-        return Target(version.version_id, "base", find_dir(version.artifact_dir, "config.json"), None, upstream)
-    if version.kind != "adapter":
+    if version.kind not in ("base", "adapter"):
         raise ValueError(f"version '{version.version_id}' is a {version.kind}, not a model; it cannot serve")
-    base_dir, parent, seen = None, version.parent_id, set()
-    while parent and parent not in seen:  # an adapter may continue another adapter: walk to the base
-        seen.add(parent)
-        p = find_version(con, parent)
-        if p is None:
-            break
-        if p.kind == "base":
-            base_dir = find_dir(p.artifact_dir, "config.json")
-            break
-        parent = p.parent_id
-    if base_dir is None and version.config.get("base"):  # recorded by lora_sft (its base path)
-        base_dir = find_dir(str(version.config["base"]), "config.json")
-    return Target(version.version_id, "adapter", base_dir, find_dir(version.artifact_dir, "adapter_config.json"),
-                  upstream)
+    upstream = str(version.config.get("upstream_model") or version.version_id)
+    base_dir, adapter_dir = model_dirs(version.to_dict(), version_lookup(con))
+    return Target(version.version_id, version.kind, base_dir, adapter_dir, upstream)
 
 
 # --------------------------------------------------------------------------------------

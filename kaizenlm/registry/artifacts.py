@@ -91,3 +91,12 @@ def sweep_incoming(home: Path) -> int:
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return len(stale)
+
+
+def find_dir(directory: str, marker: str) -> str | None:
+    """The directory holding `marker` (config.json, adapter_config.json): the artifact
+    directory itself or its model/ or adapter/ subdirectory (how training runs save them)."""
+    for candidate in (Path(directory), Path(directory) / "adapter", Path(directory) / "model"):
+        if (candidate / marker).is_file():
+            return str(candidate)
+    return None

@@ -10,11 +10,13 @@ still matches the hash recorded at registration.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import duckdb
 
 from kaizenlm.registry.aliases import aliases_of
-from kaizenlm.registry.versions import Version, get_version, utc_from_epoch_us
+from kaizenlm.registry.artifacts import find_dir
+from kaizenlm.registry.versions import Version, find_version, get_version, utc_from_epoch_us
 
 SNAPSHOT_TABLE = "dataset_snapshots"
 # Shown in lineage; the full manifest stays in the snapshot directory (`path`).
@@ -94,3 +96,37 @@ def lineage(con: duckdb.DuckDBPyConnection, version_id: str) -> dict:
             "snapshot_found": snap is not None,
         })
     return {"version_id": version_id, "chain": chain, "source_windows": windows}
+
+
+def model_dirs(version: dict, lookup: Callable[[str], dict | None]) -> tuple[str | None, str | None]:
+    """(base model directory, adapter directory) that serve a base or adapter version.
+
+    `version` is a version as a dict (`Version.to_dict()` or the admin API's answer) and
+    `lookup(version_id)` returns another one or None, so this serves a DuckDB connection
+    (`version_lookup(con)`) and the registry client alike. An adapter may continue another
+    adapter: its base is the first base version up its parents, or else the base path
+    lora_sft recorded in its config. The adapter directory is None for a base version; a
+    None base directory means the lineage names no base model on disk (callers say so).
+    """
+    if version["kind"] == "base":
+        return find_dir(version["artifact_dir"], "config.json"), None
+    adapter_dir = find_dir(version["artifact_dir"], "adapter_config.json")
+    parent, seen = version.get("parent_id"), set()
+    while parent and parent not in seen:
+        seen.add(parent)
+        ancestor = lookup(parent)
+        if ancestor is None:
+            break
+        if ancestor["kind"] == "base":
+            return find_dir(ancestor["artifact_dir"], "config.json"), adapter_dir
+        parent = ancestor.get("parent_id")
+    recorded = (version.get("config") or {}).get("base")
+    return (find_dir(str(recorded), "config.json") if recorded else None), adapter_dir
+
+
+def version_lookup(con: duckdb.DuckDBPyConnection) -> Callable[[str], dict | None]:
+    """`lookup` for model_dirs on a DuckDB connection."""
+    def lookup(version_id: str) -> dict | None:
+        version = find_version(con, version_id)
+        return version.to_dict() if version else None
+    return lookup

@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from kaizenlm.abtest.backends import find_dir
 from kaizenlm.config import Config
 from kaizenlm.errors import UsageError
 from kaizenlm.registry.client import RegistryClient
 from kaizenlm.registry.errors import RegistryError
+from kaizenlm.registry.lineage import model_dirs
 
 HELP = "evaluate a model version: domain exam, retention and forgetting vs the champion, refusal, perplexity"
 EXAMPLE = "kaizen eval adapter-0002 --json"
@@ -47,26 +47,12 @@ def _resolve(client: RegistryClient, name: str) -> dict:
 
 def model_spec(client: RegistryClient, version: dict) -> str | tuple[str, str]:
     """A base version's directory, or (base directory, adapter directory) for an adapter."""
-    if version["kind"] == "base":
-        path = find_dir(version["artifact_dir"], "config.json")
-        if path is None:
-            raise UsageError(f"version: no config.json under {version['artifact_dir']}; the artifact is missing")
-        return path
-    adapter = find_dir(version["artifact_dir"], "adapter_config.json")
-    if adapter is None:
+    base_dir, adapter_dir = model_dirs(version, client.show)
+    if version["kind"] == "adapter" and adapter_dir is None:
         raise UsageError(f"version: no adapter_config.json under {version['artifact_dir']}; the artifact is missing")
-    parent, seen = version.get("parent_id"), set()
-    while parent and parent not in seen:  # walk the lineage to the base model
-        seen.add(parent)
-        p = client.show(parent)
-        if p["kind"] == "base":
-            return model_spec(client, p), adapter
-        parent = p.get("parent_id")
-    base = (version.get("config") or {}).get("base")
-    base_dir = find_dir(base, "config.json") if base else None
-    if base_dir:
-        return base_dir, adapter
-    raise UsageError(f"version: {version['version_id']} has no base model in its lineage")
+    if base_dir is None:
+        raise UsageError(f"version: {version['version_id']} has no base model (config.json) in its lineage")
+    return (base_dir, adapter_dir) if adapter_dir else base_dir
 
 
 def evaluate_version(cfg: Config, client: RegistryClient, name: str, against: str | None = "champion",

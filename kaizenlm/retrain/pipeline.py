@@ -27,6 +27,7 @@ import duckdb
 from kaizenlm.config import Config
 from kaizenlm.registry import aliases as alias_ops
 from kaizenlm.registry import versions as version_ops
+from kaizenlm.registry.lineage import model_dirs, version_lookup
 from kaizenlm.retrain import jobs
 from kaizenlm.retrain.retrain_job import RetrainInputs, inputs_as_json
 
@@ -34,24 +35,6 @@ log = logging.getLogger(__name__)
 JOB_NAME = "retrain"
 CHAMPION = "champion"
 EVAL_KEYS = ("domain_score", "general_score", "refusal_rate")
-
-
-def base_version(con: duckdb.DuckDBPyConnection, version: version_ops.Version) -> version_ops.Version:
-    """Walk the parent chain to the base model version."""
-    seen = set()
-    while version.kind != "base" and version.parent_id and version.parent_id not in seen:
-        seen.add(version.version_id)
-        version = version_ops.get_version(con, version.parent_id)
-    if version.kind != "base":
-        raise ValueError(f"version {version.version_id} has no base model in its lineage")
-    return version
-
-
-def _model_dir(version: version_ops.Version, marker: str) -> str:
-    for candidate in (Path(version.artifact_dir), Path(version.artifact_dir) / "model"):
-        if (candidate / marker).is_file():
-            return str(candidate)
-    raise ValueError(f"version {version.version_id}: no {marker} under {version.artifact_dir}")
 
 
 def ensure_champion(cfg: Config, con: duckdb.DuckDBPyConnection, log_fn: Callable[[str], None] = print) -> str:
@@ -91,14 +74,17 @@ def _build_base_in_child(cfg: Config, base_dir: Path, log_fn: Callable[[str], No
 
 def build_inputs(cfg: Config, con: duckdb.DuckDBPyConnection, champion: version_ops.Version,
                  snapshot_dir: Path) -> RetrainInputs:
-    base = base_version(con, champion)
-    base_dir = _model_dir(base, "config.json")
+    base_dir, adapter_dir = model_dirs(champion.to_dict(), version_lookup(con))
+    if base_dir is None:
+        raise ValueError(f"champion {champion.version_id}: no base model with a config.json in its lineage")
+    if champion.kind == "adapter" and adapter_dir is None:
+        raise ValueError(f"champion {champion.version_id}: no adapter_config.json under {champion.artifact_dir}")
     has_metrics = all(k in (champion.metrics or {}) for k in EVAL_KEYS)
     return RetrainInputs(
         base_dir=base_dir, snapshot_dir=str(snapshot_dir),
         champion_metrics=champion.metrics if has_metrics else None,
         champion_base=base_dir,
-        champion_adapter=_model_dir(champion, "adapter_config.json") if champion.kind == "adapter" else None,
+        champion_adapter=adapter_dir,
         sft=dataclasses.asdict(cfg.sft), dpo=dataclasses.asdict(cfg.dpo), retrain=dataclasses.asdict(cfg.retrain),
         eval=dataclasses.asdict(cfg.eval), seed=cfg.retrain.seed,
     )
