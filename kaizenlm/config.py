@@ -231,6 +231,8 @@ class CurationConfig:
     """Allow a replay_fraction outside 0.05-0.10 (0 = no replay); only when you know why."""
     replay_path: str = ""
     """JSONL file of general examples to replay (prompt or messages, and response); empty: the embedded general-skills set."""
+    workers: int = 0
+    """CPU processes of a dataset build: 2 runs independent steps (halves of the PII scrub, near-duplicate clusters beside decontamination, pair mining beside SFT selection) in a forked child too; 1 runs all in one process; 0 = 2 where the machine has 2 or more cores. The snapshot is the same either way."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.window_days <= 36500, "curation.window_days", "must be in 0..36500")
@@ -257,6 +259,12 @@ class CurationConfig:
         _check(self.truncation_min_words >= 0, "curation.truncation_min_words", "must be >= 0")
         _check(self.topic_balance_ratio == 0 or self.topic_balance_ratio >= 1.0, "curation.topic_balance_ratio",
                "must be 0 (off) or >= 1")
+        _check(self.workers in (0, 1, 2), "curation.workers", "must be 0 (automatic), 1 or 2")
+
+    @property
+    def processes(self) -> int:
+        """The processes a build uses: ``workers``, or for 0, 2 where os.cpu_count() >= 2."""
+        return self.workers or (2 if (os.cpu_count() or 1) >= 2 else 1)
 
 
 @dataclass

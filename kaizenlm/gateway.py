@@ -33,30 +33,31 @@ log = logging.getLogger(__name__)
 WIDGET_JS = Path(__file__).parent / "feedback" / "static" / "widget.js"
 
 
-class FastRoutes:
-    """ASGI middleware that answers the hot POST routes (chat and the collector) itself and
-    passes everything else on to FastAPI. FastAPI's routing, dependency solving and the inner
-    middlewares cost more CPU per request than these endpoints' own work (benchmarks/RESULTS.md,
-    "Gateway overhead"), and they need none of it: each handler reads the raw request and
-    returns a Response. CORS: simple requests get `Access-Control-Allow-Origin: *` here;
-    preflights (OPTIONS) still reach the CORS middleware.
+class FastRoutes(FastAPI):
+    """The gateway's FastAPI app, which answers the hot POST routes (chat and the collector)
+    itself, ahead of all of FastAPI's middleware, and passes everything else on to FastAPI.
+    FastAPI's routing, dependency solving and middlewares (its telemetry, body limit and error
+    middlewares included) cost more CPU per request than these endpoints' own work
+    (benchmarks/RESULTS.md, "Gateway overhead"), and they need none of it: each handler reads
+    the raw request, catches its own errors and returns a Response. CORS: simple requests get
+    `Access-Control-Allow-Origin: *` here; preflights (OPTIONS) still reach the CORS middleware.
     """
 
-    def __init__(self, app, routes: dict[str, Callable[[Request], Awaitable[Response]]]):
-        self.app, self.routes = app, routes
+    fast_routes: dict[str, Callable[[Request], Awaitable[Response]]] = {}
 
     async def __call__(self, scope, receive, send) -> None:
-        handler = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        handler = self.fast_routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         if handler is None:
-            await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
             return
+        scope["app"] = self  # what Starlette sets, for request.app
         response = await handler(Request(scope, receive))
         if any(k == b"origin" for k, _ in scope["headers"]):
             response.headers["access-control-allow-origin"] = "*"
         await response(scope, receive, send)
 
 
-def create_app(cfg: Config, replica: str | None = None) -> FastAPI:
+def create_app(cfg: Config, replica: str | None = None) -> FastRoutes:
     replica = replica or f"gw-{cfg.gateway.port}"
 
     @contextlib.asynccontextmanager
@@ -75,7 +76,7 @@ def create_app(cfg: Config, replica: str | None = None) -> FastAPI:
         await chat.stop_serving(app.state.serving)  # waits for pending turn logs
         app.state.producer.close(timeout=30)
 
-    app = FastAPI(title="kaizenlm gateway", lifespan=lifespan)
+    app = FastRoutes(title="kaizenlm gateway", lifespan=lifespan)
     app.state.cfg = cfg
     app.state.metrics = Metrics()
     app.state.draining = False
@@ -84,7 +85,7 @@ def create_app(cfg: Config, replica: str | None = None) -> FastAPI:
                        allow_headers=["authorization", "content-type"])
     app.include_router(collector.router)  # the routes' documentation; FastRoutes answers them
     chat.install(app)  # /v1/models, /v1/routing
-    app.add_middleware(FastRoutes, routes={"/v1/chat/completions": chat.chat_completions, **collector.FAST_ROUTES})
+    app.fast_routes = {"/v1/chat/completions": chat.chat_completions, **collector.FAST_ROUTES}
 
     @app.get("/healthz")
     async def healthz() -> dict:

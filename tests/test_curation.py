@@ -499,3 +499,22 @@ def test_contexts_and_multi_turn(env):
     assert len(sft) == 2 and sft["cluster"].nunique() == 2
     assert sft.loc[sft["turn_id"] == t, "prompt"].item() == "Yes please"
     assert _steps(funnel, "candidates")["context"]["dropped"] == {"context_too_long": 1}
+
+
+def test_candidates_are_the_same_through_arrow_and_through_df(tmp_path):
+    """`load_candidates` reads through Arrow, and through `.df()` when the connection holds an
+    unfinished result (DuckDB will not start a relation beside it): the same frame."""
+    log = EventLog()
+    for i in range(5):
+        tid = log.turn(f"How do I change plan {i}?", GOOD, topic="billing" if i % 2 else None)
+        log.feedback(tid, thumbs=1, rating=4 if i % 2 else None)
+    log.feedback(tid, correction="Open Settings, then Billing.")
+    cfg = make_config(tmp_path / "home")
+    con = open_store(cfg)
+    log.write(con)
+    for window in (Window(), Window(since="2000-01-01", until="2000-01-02")):  # some turns (no variant), none
+        through_arrow = curation.load_candidates(con, window, cfg.rewards)
+        con.execute("SELECT * FROM turns")  # left unfinished
+        through_df = curation.load_candidates(con, window, cfg.rewards)
+        pd.testing.assert_frame_equal(through_arrow, through_df, check_exact=True)
+    con.close()

@@ -12,7 +12,7 @@ import pytest
 from feedback_helpers import T0, EventLog, demo_envelopes, make_config, open_store
 
 from kaizenlm.config import ConfigError, CurationConfig
-from kaizenlm.feedback import datasets
+from kaizenlm.feedback import datasets, parallel
 from kaizenlm.feedback.datasets import SnapshotError, build_snapshot
 from kaizenlm.feedback.rewards import Window
 from kaizenlm.ingest import store
@@ -258,6 +258,50 @@ def test_same_inputs_and_config_give_the_same_hash(tmp_path):
         hashes.append(build_snapshot(con, cfg, Window()).content_hash)
         con.close()
     assert hashes[0] == hashes[1]
+
+
+@pytest.mark.skipif(not parallel.can_fork(), reason="the worker process needs fork")
+def test_two_workers_and_one_give_the_same_snapshot(tmp_path):
+    """The forked worker (PII scrub halves, clusters, pair mining) changes no byte of the
+    content and no funnel entry: the demo's traffic plus PII, built with 1 and with 2 workers."""
+    log = EventLog()
+    populate(log, 6)
+    tid = log.turn("Call me on +44 20 7946 0958 or mail ann@example.com: how do I export invoices?",
+                   "Open Billing, choose Invoices and press Export; the file arrives by e-mail.")
+    log.feedback(tid, thumbs=1)
+    envelopes = demo_envelopes(150) + log.envelopes  # the same events in both stores
+    builds = []
+    for workers in (1, 2):
+        cfg = make_config(tmp_path / f"home{workers}", window_days=0, workers=workers)
+        con = open_store(cfg)
+        con.execute("BEGIN")
+        store.insert_events(con, envelopes)
+        con.execute("COMMIT")
+        tables, funnel = datasets.curate(con, cfg, Window(), holdout=["How do I export invoices?"])
+        builds.append(({name: datasets.table_hash(t) for name, t in tables.items()},
+                       json.dumps(funnel.to_json(), sort_keys=True, default=str)))
+        con.close()
+    assert builds[0][0] == builds[1][0]
+    assert builds[0][1] == builds[1][1]
+    assert json.loads(builds[0][1])["pii_replaced"]["EMAIL"] >= 1
+
+
+def test_a_failing_worker_raises_in_the_caller():
+    def boom(x):
+        raise ValueError(f"bad {x}")
+
+    with pytest.raises(ValueError, match="bad 3"):
+        parallel.beside(2, boom, 3).result()
+    assert parallel.beside(2, sorted, [3, 1, 2]).result() == [1, 2, 3]
+    assert parallel.beside(1, sorted, [3, 1, 2]).result() == [1, 2, 3]
+
+
+def test_workers_setting():
+    assert CurationConfig(workers=1).processes == 1
+    assert CurationConfig(workers=2).processes == 2
+    assert CurationConfig().processes in (1, 2)
+    with pytest.raises(ConfigError, match="curation.workers"):
+        CurationConfig(workers=3)
 
 
 def test_demo_traffic_snapshot(tmp_path):

@@ -6,8 +6,9 @@ and explains itself: `validation_message` turns pydantic errors into "field: pro
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,7 +41,7 @@ class Message(_Strict):
 
 
 class TurnPayload(_Strict):
-    turn_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)
+    turn_id: str = Field(default_factory=lambda: new_event_id(), min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)
     conversation_id: str = Field(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)
     user_id: str = Field(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)
     model_version: str = Field(default="external", max_length=MAX_ID)
@@ -125,6 +126,25 @@ class Envelope(_Strict):
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
+_id_prefix = os.urandom(10).hex()
+_id_counter = itertools.count()
+
+
+def new_event_id() -> str:
+    """A 32-hex-character id like uuid4().hex at a tenth of its cost (paid once per event on the
+    ingest path): 80 random bits drawn once per process, then a 48-bit counter. Two processes
+    collide with probability ~2^-80; one process repeats only after 2^48 ids."""
+    return f"{_id_prefix}{next(_id_counter) & 0xFFFF_FFFF_FFFF:012x}"
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = os.urandom(10).hex(), itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)  # a forked child must not repeat its parent's ids
+
+
 def validation_message(err: ValidationError, prefix: str = "") -> str:
     """'payload.rating: Input should be less than or equal to 5' style, one line per problem."""
     parts = []
@@ -139,7 +159,7 @@ def make_envelope(event_type: str, payload: dict[str, Any], event_id: str | None
     """Validate a payload and wrap it in an envelope (assigning event_id and ts when absent)."""
     model = PAYLOADS[event_type].model_validate(payload)
     return {
-        "event_id": event_id or uuid.uuid4().hex,
+        "event_id": event_id or new_event_id(),
         "type": event_type,
         "schema_version": SCHEMA_VERSION,
         "ts": time.time() if ts is None else ts,

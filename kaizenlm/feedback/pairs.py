@@ -26,6 +26,8 @@ rating), ``per_prompt_cap`` (``max_pairs_per_prompt`` per near-duplicate cluster
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -77,6 +79,13 @@ def _empty() -> pd.DataFrame:
     return pd.DataFrame(columns=PAIR_COLUMNS)
 
 
+def _narrow(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The columns a miner sorts and groups by, plus ``_row`` (the position in ``frame``): the
+    miners filter and sort this narrow frame and take the wide rows once, for the pairs they
+    make (each filter or sort of the whole frame copies every column)."""
+    return frame[columns].assign(_row=np.arange(len(frame)))
+
+
 def correction_pairs(frame: pd.DataFrame) -> pd.DataFrame:
     """chosen = a valid user correction, rejected = the answer it corrects."""
     rows = frame[frame["correction_issue"].isna().to_numpy() & _answered(frame)]
@@ -88,7 +97,8 @@ def regenerate_pairs(frame: pd.DataFrame) -> pd.DataFrame:
 
     A regenerate chain is the turns of one conversation with the same context, in time order;
     the kept answer is the last one, and only when it was not regenerated itself."""
-    rows = frame[_answered(frame)]
+    rows = _narrow(frame, ["conversation_id", "context_key", "ts", "turn_id", "n_regenerate", "response_issue"])
+    rows = rows[_answered(frame)]
     rows = rows.sort_values(["conversation_id", "context_key", "ts", "turn_id"], kind="mergesort")
     group = [rows["conversation_id"], rows["context_key"]]
     rows = rows.assign(_last=rows.groupby(group).cumcount(ascending=False).to_numpy() == 0,
@@ -101,20 +111,22 @@ def regenerate_pairs(frame: pd.DataFrame) -> pd.DataFrame:
                          on=["conversation_id", "context_key"], how="inner")
     if matched.empty:
         return _empty()
-    chosen = kept.set_index("turn_id").loc[matched["_kept"]].reset_index()
-    return _pairs(chosen, matched, "regenerate")
+    chosen = kept.set_index("turn_id").loc[matched["_kept"], "_row"]
+    return _pairs(frame.iloc[chosen.to_numpy()], frame.iloc[matched["_row"].to_numpy()], "regenerate")
 
 
-def _best_with_worst(rewards: np.ndarray, chosen_ok: np.ndarray, side: np.ndarray | None) -> list[tuple[int, int]]:
+def _best_with_worst(rewards: Sequence[float], chosen_ok: Sequence[bool],
+                     side: Sequence | None) -> list[tuple[int, int]]:
     """(chosen, rejected) positions in a group sorted best first: the best unused answer with
-    the worst unused one (of the other side, when ``side`` is given) that has a lower reward."""
+    the worst unused one (of the other side, when ``side`` is given) that has a lower reward.
+    (Plain lists: called once per group, where numpy's per-call costs would dominate.)"""
     n = len(rewards)
-    sides = side.tolist() if side is not None else [None] * n
+    sides = side if side is not None else [None] * n
     worst_first: dict[object, list[int]] = {}  # per side: positions, worst answer first
     for j in range(n - 1, -1, -1):
         worst_first.setdefault(sides[j], []).append(j)
     next_unused = dict.fromkeys(worst_first, 0)
-    used = np.zeros(n, dtype=bool)
+    used = [False] * n
     out = []
     for i in range(n):
         if used[i] or not chosen_ok[i]:
@@ -137,7 +149,8 @@ def _best_with_worst(rewards: np.ndarray, chosen_ok: np.ndarray, side: np.ndarra
 
 def _ranked_pairs(frame: pd.DataFrame, eligible: np.ndarray, keys: list[str], source: str,
                   side_column: str | None) -> pd.DataFrame:
-    rows = frame[eligible & _answered(frame) & frame["reward"].notna().to_numpy()]
+    columns = [*keys, "reward", "ts", "turn_id", "response", "response_issue", *([side_column] if side_column else [])]
+    rows = _narrow(frame, columns)[eligible & _answered(frame) & frame["reward"].notna().to_numpy()]
     if rows.empty:
         return _empty()
     rows = rows.assign(_norm=normalize_all(rows["response"].tolist()))
@@ -145,9 +158,9 @@ def _ranked_pairs(frame: pd.DataFrame, eligible: np.ndarray, keys: list[str], so
                             kind="mergesort")
     # the same answer text twice in a group is no preference: keep its best-rewarded occurrence
     rows = rows.drop_duplicates([*keys, "_norm"], keep="first").reset_index(drop=True)
-    rewards = rows["reward"].to_numpy(dtype=float)
-    chosen_ok = rows["response_issue"].isna().to_numpy()
-    sides = rows[side_column].to_numpy() if side_column else None
+    rewards = rows["reward"].to_numpy(dtype=float).tolist()
+    chosen_ok = rows["response_issue"].isna().to_numpy().tolist()
+    sides = rows[side_column].to_numpy().tolist() if side_column else None
     # rows are sorted by the keys, so each group is a contiguous run
     codes = np.zeros(len(rows), dtype=np.int64)
     for k in keys:
@@ -158,14 +171,15 @@ def _ranked_pairs(frame: pd.DataFrame, eligible: np.ndarray, keys: list[str], so
     for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(rows)], strict=True):
         if stop - start < 2:
             continue
-        positions = np.arange(start, stop)  # best first within the group
-        for i, j in _best_with_worst(rewards[positions], chosen_ok[positions],
-                                     sides[positions] if sides is not None else None):
-            chosen_idx.append(positions[i])
-            rejected_idx.append(positions[j])
+        # best first within the group
+        for i, j in _best_with_worst(rewards[start:stop], chosen_ok[start:stop],
+                                     sides[start:stop] if sides is not None else None):
+            chosen_idx.append(start + i)
+            rejected_idx.append(start + j)
     if not chosen_idx:
         return _empty()
-    return _pairs(rows.iloc[chosen_idx], rows.iloc[rejected_idx], source)
+    wide = rows["_row"].to_numpy()
+    return _pairs(frame.iloc[wide[chosen_idx]], frame.iloc[wide[rejected_idx]], source)
 
 
 def ab_variant_pairs(frame: pd.DataFrame) -> pd.DataFrame:
@@ -186,17 +200,33 @@ MINED_COLUMNS = ["turn_id", "conversation_id", "context_key", "cluster", "user_i
                  "has_explicit", "n_regenerate", "response_issue", "correction_issue", "contaminated"]
 
 
-def mine_pairs(frame: pd.DataFrame, cfg: CurationConfig) -> pd.DataFrame:
+MINERS = {"correction": correction_pairs, "regenerate": regenerate_pairs, "ab_variant": ab_variant_pairs,
+          "rating": rating_pairs}
+
+
+def mine_sources(frame: pd.DataFrame, cfg: CurationConfig, sources: Sequence[str] = PAIR_SOURCES) -> list[pd.DataFrame]:
+    """The non-empty pair frames of some sources, in PAIR_SOURCES order (`joined` makes one
+    frame of them): the sources can be mined in different processes."""
     frame = frame[[c for c in MINED_COLUMNS if c in frame.columns]]
-    parts = [correction_pairs(frame) if cfg.include_corrections else _empty(),
-             regenerate_pairs(frame), ab_variant_pairs(frame), rating_pairs(frame)]
-    parts = [p for p in parts if len(p)]
+    parts = [MINERS[s](frame) for s in PAIR_SOURCES if s in sources and (s != "correction" or cfg.include_corrections)]
+    return [p for p in parts if len(p)]
+
+
+def joined(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else _empty()
 
 
-def build_pairs(frame: pd.DataFrame, cfg: CurationConfig, funnel: Funnel) -> pd.DataFrame:
-    """DPO pairs from a `prepare`d candidate frame (see the module docstring); sorted by pair_id."""
-    pairs = mine_pairs(frame, cfg)
+def mine_pairs(frame: pd.DataFrame, cfg: CurationConfig) -> pd.DataFrame:
+    """Candidate pairs of all four sources, before any filter."""
+    return joined(mine_sources(frame, cfg))
+
+
+def build_pairs(frame: pd.DataFrame, cfg: CurationConfig, funnel: Funnel,
+                mined: pd.DataFrame | None = None) -> pd.DataFrame:
+    """DPO pairs from a `prepare`d candidate frame (see the module docstring); sorted by pair_id.
+
+    ``mined``: the frame's `mine_pairs` when it was computed elsewhere (in a worker process)."""
+    pairs = mine_pairs(frame, cfg) if mined is None else mined
     counts = pairs["source"].value_counts().to_dict() if len(pairs) else {}
     funnel.notes["pair_sources"] = {s: int(counts.get(s, 0)) for s in PAIR_SOURCES}
     funnel.step("dpo", "mine", len(frame), len(pairs), params={"sources": list(PAIR_SOURCES)})

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2
 
 from kaizenlm.ingest.spool import Record, Spool, SpoolFull
 
@@ -42,6 +43,7 @@ class EventProducer:
         self.max_inflight_bytes = buffer_bytes
         self.inflight_bytes = 0
         self._inflight_lock = threading.Lock()
+        self._partition_cache: dict[tuple, dict[bytes, int]] = {}
         self.kafka: KafkaProducer | None = None
         self.broker_up = False
         self.sent = 0
@@ -73,32 +75,48 @@ class EventProducer:
         size = sum(len(v) + len(k) for _, k, v in records)
         if not self.broker_up or self.kafka is None or not self._reserve(size):
             return await self._to_spool(records)
-        loop = asyncio.get_running_loop()
-        waiters = []
+        delivery = _Delivery(asyncio.get_running_loop())
+        handed = 0
         try:
+            partition_of = {}  # per topic: the key -> partition function, looked up once per call
             for topic, key, value in records:
-                fut = loop.create_future()
-                self.kafka.send(topic, key=key, value=value).add_both(
-                    _resolver(loop, fut, self._release, len(value) + len(key)))
-                waiters.append(fut)
+                if topic not in partition_of:
+                    partition_of[topic] = self._partitioner(topic)
+                delivery.track(self.kafka.send(topic, key=key, value=value, partition=partition_of[topic](key)), handed)
+                handed += 1
         except KafkaError as e:  # metadata unavailable
             log.warning("send failed before delivery (%s)", e)
-            self._release(sum(len(v) + len(k) for _, k, v in records[len(waiters):]))
             self._mark_down()
-            return await self._to_spool(records[len(waiters):], waiters, records)
-        results = await asyncio.gather(*waiters)
-        failed = [r for r, ok in zip(records, results) if ok is not True]
-        self.sent += len(records) - len(failed)
-        if failed:
+        failed = await delivery.wait()
+        self._release(size)
+        self.sent += handed - len(failed)
+        lost = [records[i] for i in failed] + records[handed:]
+        if lost:
             self._mark_down()
-            await self._to_spool(failed)
+            await self._to_spool(lost)
             return "spooled"
         return "sent"
 
-    async def _to_spool(self, records: list[Record], waiters=None, all_records=None) -> str:
-        if waiters:  # some were handed to the client library already: wait, spool the ones it lost
-            results = await asyncio.gather(*waiters)
-            records = [r for r, ok in zip(all_records, results) if ok is not True] + records
+    def _partitioner(self, topic: str):
+        """key -> partition, the same choice as kafka-python's default partitioner (murmur2 of the
+        key), made here because its pure-Python murmur2 costs ~20 us per record: with one
+        partition there is nothing to hash, and with several the answers are cached per key."""
+        partitions = sorted(self.kafka.partitions_for(topic))
+        if len(partitions) == 1:
+            only = partitions[0]
+            return lambda key: only
+        cache = self._partition_cache.setdefault((topic, tuple(partitions)), {})
+        if len(cache) > 100_000:
+            cache.clear()
+
+        def partition(key: bytes) -> int:
+            p = cache.get(key)
+            if p is None:
+                p = cache[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            return p
+        return partition
+
+    async def _to_spool(self, records: list[Record]) -> str:
         await asyncio.to_thread(self.spool.append, records)
         self.spooled += len(records)
         self._wake.set()
@@ -173,9 +191,38 @@ class EventProducer:
             self.kafka.close(timeout=5)
 
 
-def _resolver(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, release, size: int):
-    def done(result):
-        release(size)
-        ok = not isinstance(result, Exception)
-        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(ok))
-    return done
+class _Delivery:
+    """The broker's answers for one publish() call: a count of records not yet answered and the
+    indexes of the failed ones. The awaiting coroutine is woken once, when the last answer is
+    in, rather than once per record (each wake-up crosses threads through the event loop)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.future = loop.create_future()
+        self.failed: list[int] = []
+        self._lock = threading.Lock()
+        self._pending = 1  # held by publish() itself until wait(), so the count cannot reach 0 early
+
+    def track(self, kafka_future, index: int) -> None:
+        with self._lock:
+            self._pending += 1
+        kafka_future.add_both(self._answered, index)
+
+    def _answered(self, index: int | None, result) -> None:
+        """Runs on kafka-python's sender thread, or at once on this one when send failed early."""
+        with self._lock:
+            if isinstance(result, Exception):
+                self.failed.append(index)
+            self._pending -= 1
+            last = self._pending == 0
+        if last:
+            self.loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if not self.future.done():
+            self.future.set_result(sorted(self.failed))
+
+    async def wait(self) -> list[int]:
+        """Indexes of the records the broker did not acknowledge, once all are answered."""
+        self._answered(None, None)
+        return await self.future

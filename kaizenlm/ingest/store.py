@@ -8,11 +8,11 @@ kaizenlm append their tables to MIGRATIONS; never edit an applied migration.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -248,6 +248,11 @@ def _last_user_message(messages: list[dict]) -> str:
     return messages[-1].get("content", "") if messages else ""
 
 
+def _json_text(value) -> str:
+    """Compact JSON text for a JSON column (orjson: ~5x faster than json.dumps; UTF-8, not escaped)."""
+    return orjson.dumps(value).decode()
+
+
 def row_for(envelope: dict) -> tuple[str, list]:
     """(table, row values in COLUMNS order) for one validated envelope."""
     p, ts = envelope["payload"], envelope["ts"]
@@ -255,8 +260,8 @@ def row_for(envelope: dict) -> tuple[str, list]:
     if table == "turns":
         values = [envelope["event_id"], ts, p["turn_id"], p["conversation_id"], p["user_id"],
                   p.get("model_version"), p.get("variant"), p.get("experiment_id"),
-                  json.dumps(p["messages"], ensure_ascii=False), _last_user_message(p["messages"]),
-                  p["response"], json.dumps(p.get("retrieved_doc_ids") or []), p.get("latency_ms"),
+                  _json_text(p["messages"]), _last_user_message(p["messages"]),
+                  p["response"], _json_text(p.get("retrieved_doc_ids") or []), p.get("latency_ms"),
                   p.get("prompt_tokens"), p.get("completion_tokens"), p.get("topic")]
     elif table == "feedback":
         values = [envelope["event_id"], ts, p["turn_id"], p.get("thumbs"), p.get("rating"),
@@ -289,11 +294,12 @@ def insert_events(con: duckdb.DuckDBPyConnection, envelopes: Iterable[dict]) -> 
         arrays = {c: pa.array(list(v), type=_ARROW_TYPES.get(c, pa.string())) for c, v in zip(cols, columns)}
         con.register("incoming_batch", pa.table(arrays))
         select = ", ".join("to_timestamp(ts)" if c == "ts" else c for c in cols)
-        # fetchall, not fetchone: DuckDB >= 2 refuses register() while a result is only partly fetched
-        before = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
-        con.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) SELECT {select} FROM incoming_batch")
+        # The INSERT's result is the number of rows it inserted (ignored duplicates excluded), so no
+        # count(*) before and after: each statement costs ~0.5 ms, felt by the sink's small batches.
+        # fetchall, not fetchone: DuckDB >= 2 refuses register() while a result is only partly fetched.
+        inserted[table] = con.execute(
+            f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) SELECT {select} FROM incoming_batch").fetchall()[0][0]
         con.unregister("incoming_batch")
-        inserted[table] = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] - before
     return inserted
 
 
