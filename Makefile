@@ -44,8 +44,9 @@ demo: setup
 demo-short: setup
 	$(VENV)/bin/kaizen demo --short --no-dashboard
 
+# benchmarks/_*.py are helpers the benchmarks share, not benchmarks.
 bench: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _proc import cpu_seconds  # benchmarks/, the script's own folder
 
 from kaizenlm import config as config_mod
 from kaizenlm.abtest.routing import ExperimentRoute, RoutingPublisher, RoutingState, Target
@@ -128,20 +129,6 @@ async def run_load(url: str, path: str, body: bytes, headers: dict, rate: float,
     return {"requests": n, "errors": errors, "unfinished": len(unfinished), "achieved_rps": round(len(out) / span, 1),
             "p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
             "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its children so far (Linux /proc): with
-    gateway.workers > 1 the gateway is a parent and its worker processes."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):  # fields[1] is the parent's pid
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def measure(url: str, path: str, model: str, headers: dict, rate: float, seconds: float, pid: int | None = None) -> dict:

@@ -38,6 +38,8 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _proc import cpu_seconds  # noqa: E402  (benchmarks/, the script's own folder)
+
 from kaizenlm import config as config_mod  # noqa: E402
 from kaizenlm.commands.up import Supervisor  # noqa: E402
 from kaizenlm.feedback.client import KaizenClient  # noqa: E402
@@ -47,23 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int, descendants: bool = True) -> float:
-    """User + system CPU seconds of a process and, optionally, its live descendants (gateway workers)."""
-    total = 0.0
-    pending = [pid]
-    while pending:
-        p = pending.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            if descendants:
-                for task in Path(f"/proc/{p}/task").iterdir():
-                    pending += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # it exited between the listing and the read
-    return total
 
 
 class CpuMeter:
