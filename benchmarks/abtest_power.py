@@ -1,9 +1,10 @@
 """A/B statistics benchmark: error rates and sample sizes of the always-valid test.
 
 Simulates thousands of experiments per scenario (no effect; true effects of 0.5x, 1x and
-2x the minimum detectable effect), looks at every batch of traffic the way the controller
-looks every few minutes, and compares the sequential test of `kaizenlm.abtest.stats`
-(with the `[ab]` defaults: alpha, futility stop, minimum samples per arm) against
+2x the minimum detectable effect; and a challenger worse by the MDE), looks at every batch
+of traffic the way the controller looks every few minutes, and compares the sequential test
+of `kaizenlm.abtest.stats` (with the `[ab]` defaults: alpha, improvement weight, futility
+stop, minimum samples per arm) against
 
 - a naive Welch t-test checked at every look (the false-positive rate peeking inflates), and
 - a fixed-horizon two-sided test of equal alpha and 80% power at the MDE.
@@ -21,7 +22,7 @@ the three effect sizes of (mean samples per arm at the sequential decision) / (f
 samples per arm), every simulated experiment counted. Usage:
 
     python benchmarks/abtest_power.py [--sims 4000] [--seed 7] [--cap 2.0] [--looks-per-fixed 40]
-                                      [--futility-beta 0.2]
+                                      [--futility-beta 0.2] [--improvement-weight 0.8]
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from kaizenlm.config import ABConfig
 
 GOAL_RATIO = 0.63  # "at least 37% fewer samples than fixed-horizon"
 POWER = 0.8
-EFFECTS = {"null": 0.0, "0.5x": 0.5, "1x": 1.0, "2x": 2.0}
+EFFECTS = {"null": 0.0, "0.5x": 0.5, "1x": 1.0, "2x": 2.0, "-1x": -1.0}  # -1x: a worse challenger
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +111,8 @@ def run_metric(metric: Metric, ab: ABConfig, sims: int, cap: float, looks_per_fi
         rng = np.random.default_rng([seed, i, int(metric.binary)])
         effect = mult * metric.mde
         a, b, counts = simulate(metric, effect, ab, sims, looks, users_per_look, rng)
-        seq = sequential_test(a, b, alpha=ab.alpha, mde=ab.mde, futility_beta=ab.futility_beta, with_ci=False,
-                              **mixture)
+        seq = sequential_test(a, b, alpha=ab.alpha, mde=ab.mde, futility_beta=ab.futility_beta,
+                              weight_up=ab.improvement_weight, with_ci=False, **mixture)
         ready = (a.n >= ab.min_samples_per_arm) & (b.n >= ab.min_samples_per_arm)
         stop = first_true(ready & (seq.significant | seq.futile))
         sig = seq.significant[rows, stop] & ready[rows, stop]
@@ -124,7 +125,8 @@ def run_metric(metric: Metric, ab: ABConfig, sims: int, cap: float, looks_per_fi
                                     ArmStats(b.n[:, look_fix], b.sum[:, look_fix], b.sum_sq[:, look_fix], b.binary))
         _, p_srm = srm_p_value(counts, ab.split)
         srm_alarms += int((p_srm < ab.srm_threshold).any(1).sum())
-        correct = (direction == 0) if mult == 0 else (direction == 1)
+        # A worse challenger is handled correctly when it stops serving: rolled back or futile.
+        correct = (direction == 0) if mult == 0 else (direction == 1) if mult > 0 else ((direction == -1) | futile)
         sc = {
             "effect": effect,
             "correct_rate": float(correct.mean()),
@@ -138,7 +140,7 @@ def run_metric(metric: Metric, ab: ABConfig, sims: int, cap: float, looks_per_fi
             "naive_rejection_rate": float(naive.mean()),
             "fixed_rejection_rate": float((p_fix < ab.alpha).mean()),
         }
-        if mult:
+        if mult > 0:
             sc["power_sequential"] = sc["promote_rate"]
             sc["power_fixed"] = float(((p_fix < ab.alpha) & (t_fix > 0)).mean())
             sc["power_fixed_theory"] = fixed_horizon_power(effect, metric.sd, n_fix, ab.alpha)
@@ -160,22 +162,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--looks-per-fixed", type=int, default=40,
                     help="looks while the fixed-horizon sample accrues (traffic between looks = 2 n_fixed / this)")
     ap.add_argument("--futility-beta", type=float, default=None, help="override [ab].futility_beta (0 = off)")
+    ap.add_argument("--improvement-weight", type=float, default=None, help="override [ab].improvement_weight")
     args = ap.parse_args(argv)
     if args.sims < 2000:
         ap.error("--sims must be >= 2000")
-    ab = ABConfig() if args.futility_beta is None else ABConfig(futility_beta=args.futility_beta)
+    ab = ABConfig()
+    if args.futility_beta is not None:
+        ab = dataclasses.replace(ab, futility_beta=args.futility_beta)
+    if args.improvement_weight is not None:
+        ab = dataclasses.replace(ab, improvement_weight=args.improvement_weight)
     t0 = time.perf_counter()
     cont = run_metric(CONTINUOUS, ab, args.sims, args.cap, args.looks_per_fixed, args.seed)
     binary = run_metric(BINARY, ab, args.sims, args.cap, args.looks_per_fixed, args.seed)
     ratio = cont["mean_sample_ratio_vs_fixed"]
     variants = {}  # the same continuous scenarios under other designs, for comparison
-    for name, beta, center, tau in (("futility_beta_0.2", 0.2, None, None), ("no_futility", 0.0, None, None),
-                                    ("johari_zero_centred_tau_mde", ab.futility_beta, 0.0, 1.0),
-                                    ("johari_zero_centred_no_futility", 0.0, 0.0, 1.0)):
-        v = run_metric(CONTINUOUS, dataclasses.replace(ab, futility_beta=beta), args.sims, args.cap,
-                       args.looks_per_fixed, args.seed, center, tau)
+    for name, weight, beta, center, tau in (
+            ("symmetric_weight_0.5", 0.5, ab.futility_beta, None, None),
+            ("futility_beta_0.2", ab.improvement_weight, 0.2, None, None),
+            ("no_futility", ab.improvement_weight, 0.0, None, None),
+            ("johari_zero_centred_tau_mde", 0.5, ab.futility_beta, 0.0, 1.0),
+            ("johari_zero_centred_no_futility", 0.5, 0.0, 0.0, 1.0)):
+        v = run_metric(CONTINUOUS, dataclasses.replace(ab, futility_beta=beta, improvement_weight=weight), args.sims,
+                       args.cap, args.looks_per_fixed, args.seed, center, tau)
         variants[name] = {
-            "futility_beta": beta, "mixture_center_mde": 1.0 if center is None else center,
+            "improvement_weight": weight, "futility_beta": beta, "mixture_center_mde": 1.0 if center is None else center,
             "mixture_tau_mde": 0.25 if tau is None else tau,
             "false_positive_rate": v["false_positive_rate"],
             "mean_sample_ratio_vs_fixed": v["mean_sample_ratio_vs_fixed"],
@@ -200,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         "cap_vs_fixed": args.cap,
         "looks_per_fixed": args.looks_per_fixed,
         "futility_beta": ab.futility_beta,
+        "improvement_weight": ab.improvement_weight,
+        "worse_challenger_stopped_rate": cont["scenarios"]["-1x"]["correct_rate"],
+        "worse_challenger_sample_ratio": cont["scenarios"]["-1x"]["sample_ratio_vs_fixed"],
         "min_samples_per_arm": ab.min_samples_per_arm,
         "continuous": cont,
         "variants": variants,

@@ -548,6 +548,8 @@ class ABConfig:
     """No decision other than 'continue' (or keep the champion at max duration) before each arm has this many units."""
     futility_beta: float = 0.3
     """Stop early and keep the champion once the data speak against an effect of +-mde (likelihood ratio <= this). It costs at most this much power at the MDE; 0.3 leaves about 80% power there, as a fixed-horizon test planned for 80% power. 0 turns it off."""
+    improvement_weight: float = 0.8
+    """Share of the primary test's mixture on "the challenger is better" (0..1, exclusive). Retrained challengers are built to improve, so 0.8 puts most of the test's power there: a promotion needs evidence like a one-sided test at 0.8 x alpha, a rollback on the primary metric like one at 0.2 x alpha (futility and the guardrails still stop a worse challenger early). The false-positive rate over both directions stays at most alpha for any value; 0.5 is the symmetric test."""
     srm_threshold: float = 0.001
     """Sample-ratio mismatch when the chi-square p-value of the assignment counts against the split is below this."""
     latency_p95_relative_margin: float = 0.10
@@ -568,6 +570,7 @@ class ABConfig:
         _check(self.max_duration_hours > 0.0, "ab.max_duration_hours", "must be > 0")
         _check(self.min_samples_per_arm >= 2, "ab.min_samples_per_arm", "must be >= 2")
         _check(0.0 <= self.futility_beta < 0.5, "ab.futility_beta", "must be in [0, 0.5); 0 turns futility stopping off")
+        _check(0.0 < self.improvement_weight < 1.0, "ab.improvement_weight", "must be in (0, 1); 0.5 is the symmetric test")
         _check(0.0 < self.srm_threshold < 0.5, "ab.srm_threshold", "must be in (0, 0.5)")
         _check(0.0 <= self.latency_p95_relative_margin <= 10.0, "ab.latency_p95_relative_margin", "must be in 0..10")
         _check(0.0 <= self.error_rate_margin <= 1.0, "ab.error_rate_margin", "must be in 0..1")

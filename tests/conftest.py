@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,11 +21,36 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from kaizenlm import config as config_mod  # noqa: E402
 from kaizenlm.ingest import broker  # noqa: E402
 
+_ports_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range, never the same one twice.
+
+    A port from bind(0) comes from the ephemeral range, where every outgoing connection (Kafka
+    clients, httpx) also takes its local port: one could take it before our server binds it,
+    and the server then fails to start (seen in CI as uvicorn's exit code 3).
+    """
+    rng = random.Random(os.getpid() * 1_000_003 + time.time_ns())
+    for _ in range(500):
+        port = rng.randrange(15000, _ephemeral_low())
+        if port in _ports_handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 @pytest.fixture
@@ -80,11 +106,18 @@ class Stack:
 
     def start_controller(self) -> None:
         self.controller = self._spawn("controller")
-        wait_http(self.cfg.controller_url + "/healthz", self.controller)
+        self._wait_started("controller", self.cfg.controller_url, self.controller)
 
     def start_gateway(self) -> None:
         self.gateway = self._spawn("gateway")
-        wait_http(self.cfg.gateway_url + "/healthz", self.gateway)
+        self._wait_started("gateway", self.cfg.gateway_url, self.gateway)
+
+    def _wait_started(self, name: str, url: str, proc: subprocess.Popen) -> None:
+        try:
+            wait_http(url + "/healthz", proc)
+        except (RuntimeError, TimeoutError) as e:
+            # A start that fails in CI must say why: the process's own log is the only witness.
+            raise RuntimeError(f"{name} did not start ({e}); its log ends:\n{self.log_tail(name)}") from e
 
     def start(self) -> Stack:
         self.start_broker()

@@ -44,22 +44,23 @@ def rejected_at_any_look(a: S.ArmStats, b: S.ArmStats, mde: float, min_n: int = 
 # --- the always-valid property ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("binary", [False, True])
-def test_false_positive_rate_under_continuous_peeking_stays_below_alpha(binary):
+@pytest.mark.parametrize(("binary", "weight_up"), [(False, 0.5), (True, 0.5), (False, 0.8), (True, 0.8)])
+def test_false_positive_rate_under_continuous_peeking_stays_below_alpha(binary, weight_up):
     # 2000 null experiments, looked at 150 times each up to ~3x the fixed-horizon sample.
     mde = 0.05 if binary else 0.1
     a, b = peeking_paths(0.0, 2000, 150, 40, seed=11, binary=binary, base=0.3 if binary else 0.0, sd=0.5)
-    seq = rejected_at_any_look(a, b, mde, futility_beta=0.0).mean()
+    seq = rejected_at_any_look(a, b, mde, futility_beta=0.0, weight_up=weight_up).mean()
     _, p_naive = S.welch_t_test(a, b)
     naive = ((p_naive < 0.05) & (a.n >= 50) & (b.n >= 50)).any(1).mean()
     assert seq <= 0.05, f"sequential FPR {seq}"
     assert naive > 0.15, f"naive peeking should inflate the FPR, got {naive}"
 
 
-def test_confidence_sequence_covers_the_truth_at_every_look_simultaneously():
+@pytest.mark.parametrize("weight_up", [0.5, 0.8])
+def test_confidence_sequence_covers_the_truth_at_every_look_simultaneously(weight_up):
     effect = 0.07
     a, b = peeking_paths(effect, 800, 120, 30, seed=5, sd=0.5)
-    r = S.sequential_test(a, b, mde=0.1)
+    r = S.sequential_test(a, b, mde=0.1, weight_up=weight_up)
     ready = a.n >= 20
     missed = ((r.ci_low > effect) | (r.ci_high < effect)) & ready
     assert missed.any(1).mean() <= 0.05
@@ -96,12 +97,33 @@ def test_point_mixture_is_two_sided_sprt():
     assert S.mixture_log_lr(x, v, m, 0.0) == pytest.approx(expected, rel=1e-9)
 
 
-def test_interval_excludes_zero_exactly_when_significant():
+def test_weighted_point_mixture_is_a_weighted_sprt():
+    v, m, x, w = 0.004, 0.1, 0.03, 0.8
+    expected = math.log(w * math.exp((m * x - m * m / 2) / v) + (1 - w) * math.exp((-m * x - m * m / 2) / v))
+    assert S.mixture_log_lr(x, v, m, 0.0, w) == pytest.approx(expected, rel=1e-9)
+    assert S.mixture_log_lr(x, v, m, 0.0, w) > S.mixture_log_lr(-x, v, m, 0.0, w)
+
+
+def test_weight_on_improvements_promotes_sooner_and_rolls_back_later():
+    better, worse = arm(300, 0.085, 0.5), arm(300, -0.085, 0.5)
+    base = arm(300, 0.0, 0.5)
+    sym_up, up = S.sequential_test(base, better, mde=0.1), S.sequential_test(base, better, mde=0.1, weight_up=0.8)
+    sym_down, down = S.sequential_test(base, worse, mde=0.1), S.sequential_test(base, worse, mde=0.1, weight_up=0.8)
+    assert up.p_value < sym_up.p_value and down.p_value > sym_down.p_value
+    # The interval leans the same way: a shorter reach below the estimate than above it.
+    assert (up.effect - up.ci_low) < (up.ci_high - up.effect)
+    assert sym_up.effect - sym_up.ci_low == pytest.approx(sym_up.ci_high - sym_up.effect)
+    with pytest.raises(ValueError, match="weight_up"):
+        S.sequential_test(base, better, mde=0.1, weight_up=1.0)
+
+
+@pytest.mark.parametrize("weight_up", [0.5, 0.8])
+def test_interval_excludes_zero_exactly_when_significant(weight_up):
     rng = np.random.default_rng(3)
     n = rng.integers(20, 3000, 500)
     a = S.ArmStats(n, rng.normal(0, 1, 500) * np.sqrt(n), n * 1.0)
     b = S.ArmStats(n, rng.normal(0, 1, 500) * np.sqrt(n) + n * rng.normal(0, 0.1, 500), n * 1.0)
-    r = S.sequential_test(a, b, mde=0.1)
+    r = S.sequential_test(a, b, mde=0.1, weight_up=weight_up)
     excludes = (r.ci_low > 0) | (r.ci_high < 0)
     boundary = np.abs(r.log_lr - math.log(20)) < 1e-6
     assert np.array_equal(excludes[~boundary], r.significant[~boundary])

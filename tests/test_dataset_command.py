@@ -9,9 +9,9 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import free_port
 from feedback_helpers import EventLog, open_store
 from test_datasets import populate
-from test_forget import free_port
 
 from kaizenlm import config as config_mod
 from kaizenlm.cli import main

@@ -1,8 +1,8 @@
 """Evaluation metrics on known strings, the pairwise judges, the gates, and one real evaluation."""
 
-import socket
 
 import pytest
+from conftest import free_port
 from retrain_helpers import build_tiny_base
 
 from kaizenlm.config import EvalConfig
@@ -53,9 +53,7 @@ def test_reference_judge_and_blind_pairwise():
 
 
 def test_llm_judge_outage_falls_back_to_the_reference_judge():
-    with socket.socket() as s:  # a port nobody listens on: a real connection failure
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on: a real connection failure
     cfg = EvalConfig(judge_url=f"http://127.0.0.1:{port}/v1", judge_model="judge")
     ref = "The trial length is 14 days."
     result = ev.pairwise(["q"], [ref], ["The trial length is 3 days."], [ref], cfg)

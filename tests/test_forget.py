@@ -5,13 +5,13 @@ the dataset and forget admin API through a real controller."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import uvicorn
+from conftest import free_port
 from fastapi.testclient import TestClient
 from feedback_helpers import EventLog, make_config, open_store
 
@@ -122,10 +122,6 @@ def test_forget_rejects_an_empty_user(world):
 # CLI, directly on the DuckDB file and through a running controller
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

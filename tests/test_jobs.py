@@ -4,10 +4,10 @@ registry changes only after a success; a rerun finds the checkpoints of the kill
 from __future__ import annotations
 
 import json
-import socket
 import textwrap
 
 import pytest
+from conftest import free_port
 
 from kaizenlm import config as config_mod
 from kaizenlm.ingest.store import connect
@@ -135,9 +135,7 @@ def test_second_run_of_the_same_job_is_refused_while_one_runs(home):
 
 def test_register_through_a_registry_client(home, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with socket.socket() as s:  # a port where no controller listens: the client opens DuckDB itself
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port where no controller listens: the client opens DuckDB itself
     cfg = config_mod.Config(paths=config_mod.PathsConfig(home=str(home)),
                             controller=config_mod.ControllerConfig(port=port))
     client = RegistryClient(cfg)

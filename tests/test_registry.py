@@ -4,13 +4,13 @@ the admin API (FastAPI TestClient and a real local server), and `kaizen registry
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
 import duckdb
 import pytest
 import uvicorn
+from conftest import free_port
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -24,12 +24,6 @@ from kaizenlm.registry.artifacts import hash_dir
 from kaizenlm.registry.client import RegistryClient
 from kaizenlm.registry.errors import Conflict, NotFound, RegistryError
 from kaizenlm.registry.lineage import lineage, model_dirs, version_lookup
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_dir(path, files: dict[str, bytes]):

@@ -12,8 +12,8 @@ martingale of mean 1 under "no difference", so by Ville's inequality
 ``P(Lambda_n >= 1/alpha for some n) <= alpha``: the p-value ``1/Lambda_n`` and the confidence
 interval obtained by inverting the test may be looked at after every observation and the
 false-positive rate stays at most alpha. The mixing distribution is
-``theta ~ 1/2 N(+mde, tau^2) + 1/2 N(-mde, tau^2)`` with ``tau = mde/4``: mass where the
-effects that matter are. ``center=0`` gives Johari's zero-centred normal mixture. An
+``theta ~ w N(+mde, tau^2) + (1 - w) N(-mde, tau^2)`` with ``tau = mde/4``: mass where the
+effects that matter are, most of it (w = 0.8 by default) on "the challenger is better". ``center=0`` gives Johari's zero-centred normal mixture. An
 always-valid futility rule stops experiments whose effect is evidently smaller than the
 MDE. docs/STATISTICS.md explains the choices and gives the measured error rates and
 sample sizes.
@@ -214,40 +214,49 @@ class LatencyStats:
 # --------------------------------------------------------------------------------------
 
 
-def mixture_log_lr(effect: Array, var: Array, center: float, tau: float) -> Array:
+def mixture_log_lr(effect: Array, var: Array, center: float, tau: float, weight_up: float = 0.5) -> Array:
     """log Lambda: mixture likelihood ratio of an estimate ``effect ~ N(theta, var)``.
 
-    The mixing distribution is ``1/2 N(+center, tau^2) + 1/2 N(-center, tau^2)`` against
-    ``theta = 0``. ``center = 0`` is Johari et al.'s normal mixture:
+    The mixing distribution is ``w N(+center, tau^2) + (1 - w) N(-center, tau^2)`` against
+    ``theta = 0``, with ``w = weight_up``. ``center = 0`` is Johari et al.'s normal mixture:
     ``1/2 log(v/(v+tau^2)) + effect^2 tau^2 / (2 v (v+tau^2))``; ``tau = 0`` is Wald's SPRT
-    against the two points +-center. Increasing in ``|effect|`` for fixed ``var``.
+    against the two points +-center. Convex in ``effect`` for fixed ``var``; symmetric when w = 1/2.
     """
-    x = np.abs(np.asarray(effect, dtype=float))
+    x = np.asarray(effect, dtype=float)
     v = np.maximum(np.asarray(var, dtype=float), _VAR_FLOOR)
     w = v + tau * tau
     y = x * center / w
-    logcosh = y + np.log1p(np.exp(-2.0 * y)) - math.log(2.0)
-    return (0.5 * np.log(v / w) + x * x / (2 * v) - (x * x + center * center) / (2 * w) + logcosh)[()]
+    m = np.abs(y)  # log(w e^y + (1-w) e^-y), computed without overflow
+    log_mix = m + np.log(weight_up * np.exp(y - m) + (1.0 - weight_up) * np.exp(-y - m))
+    return (0.5 * np.log(v / w) + x * x / (2 * v) - (x * x + center * center) / (2 * w) + log_mix)[()]
 
 
-def mixture_halfwidth(var: Array, alpha: float, center: float, tau: float) -> Array:
-    """Half-width h of the confidence sequence ``effect +- h``: the set of theta that the
-    test at level alpha would not reject, ``{theta : Lambda(effect - theta) < 1/alpha}``.
-    It depends on the variance only, and is found by bisection (vectorised)."""
+def mixture_halfwidth(var: Array, alpha: float, center: float, tau: float, weight_up: float = 0.5,
+                      side: int = 1) -> Array:
+    """Distance h from the estimate to one end of the confidence sequence: the solution of
+    ``Lambda(side * h) = 1/alpha``. The sequence is the set of theta the test at level alpha
+    would not reject, ``{theta : Lambda(effect - theta) < 1/alpha}``, i.e.
+    ``[effect - h(side=+1), effect + h(side=-1)]`` (the two are equal when w = 1/2). It depends
+    on the variance only, and is found by bisection (vectorised; Lambda is convex and below
+    1/alpha at 0, so the crossing is unique)."""
     v = np.maximum(np.asarray(var, dtype=float), _VAR_FLOOR)
     target = math.log(1.0 / alpha)
+
+    def below(h):
+        return mixture_log_lr(side * h, v, center, tau, weight_up) < target
+
     lo = np.zeros_like(v)
     hi = abs(center) + 4.0 * np.sqrt(v + tau * tau) + 1e-12
     for _ in range(200):  # grow the bracket where needed (rarely more than a step or two)
-        short = mixture_log_lr(hi, v, center, tau) < target
+        short = below(hi)
         if not np.any(short):
             break
         hi = np.where(short, hi * 2.0, hi)
     for _ in range(64):
         mid = 0.5 * (lo + hi)
-        below = mixture_log_lr(mid, v, center, tau) < target
-        lo = np.where(below, mid, lo)
-        hi = np.where(below, hi, mid)
+        b = below(mid)
+        lo = np.where(b, mid, lo)
+        hi = np.where(b, hi, mid)
     return hi[()]
 
 
@@ -286,13 +295,14 @@ class SequentialResult:
     center: float
     tau: float
     futility_beta: float
+    weight_up: float = 0.5  # results stored before the weight existed were symmetric
 
     def to_dict(self) -> dict:
         return jsonable(asdict(self))
 
     @classmethod
     def from_dict(cls, d: Mapping) -> SequentialResult:
-        return cls(**{k: (math.nan if d[k] is None else d[k]) for k in cls.__dataclass_fields__})
+        return cls(**{k: (math.nan if d[k] is None else d[k]) for k in cls.__dataclass_fields__ if k in d})
 
 
 def _diff(champion: Arm, challenger: Arm) -> tuple[Array, Array]:
@@ -308,6 +318,7 @@ def sequential_test(
     alpha: float = 0.05,
     mde: float,
     futility_beta: float = 0.3,
+    weight_up: float = 0.5,
     center: float | None = None,
     tau: float | None = None,
     prior: SequentialResult | None = None,
@@ -315,6 +326,8 @@ def sequential_test(
 ) -> SequentialResult:
     """Always-valid test of the difference in means (challenger - champion).
 
+    ``weight_up`` is the mixture's share on "the challenger is better" (the false-positive
+    rate over both directions stays at most alpha for any share; docs/STATISTICS.md).
     ``center``/``tau`` default to :func:`mixture_for_mde`. ``prior`` is the previous look's
     result: the p-value becomes the running minimum and the interval the running
     intersection (both stay valid, and a significant result stays significant). Arrays in
@@ -324,17 +337,19 @@ def sequential_test(
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if not mde > 0:
         raise ValueError(f"mde must be > 0, got {mde}")
+    if not 0 < weight_up < 1:
+        raise ValueError(f"weight_up must be in (0, 1), got {weight_up}")
     c0, t0 = mixture_for_mde(mde)
     center = c0 if center is None else center
     tau = t0 if tau is None else tau
     effect, var = _diff(champion, challenger)
     ok = np.isfinite(var) & (var >= 0)
     v = np.where(ok, np.maximum(var, _VAR_FLOOR), 1.0)
-    log_lr = np.where(ok, mixture_log_lr(effect, v, center, tau), 0.0)
+    log_lr = np.where(ok, mixture_log_lr(effect, v, center, tau, weight_up), 0.0)
     p = np.minimum(1.0, np.exp(-log_lr))
     if with_ci:
-        h = np.where(ok, mixture_halfwidth(v, alpha, center, tau), np.inf)
-        lo, hi = effect - h, effect + h
+        lo = effect - np.where(ok, mixture_halfwidth(v, alpha, center, tau, weight_up, side=1), np.inf)
+        hi = effect + np.where(ok, mixture_halfwidth(v, alpha, center, tau, weight_up, side=-1), np.inf)
     else:
         lo = hi = np.full(np.shape(effect), np.nan)
     if prior is not None:
@@ -363,6 +378,7 @@ def sequential_test(
         p_value=np.asarray(p)[()], ci_low=np.asarray(lo)[()], ci_high=np.asarray(hi)[()],
         significant=np.asarray(significant)[()], direction=np.asarray(direction).astype(int)[()],
         futile=np.asarray(futile)[()], alpha=alpha, mde=mde, center=center, tau=tau, futility_beta=futility_beta,
+        weight_up=weight_up,
     )
 
 
@@ -605,12 +621,12 @@ def analyse(champion: ArmData, challenger: ArmData, settings: object,
     """Run the primary test, the SRM check and the guardrails for one look.
 
     ``settings`` is an :class:`kaizenlm.config.ABConfig` (or anything with its attributes:
-    alpha, mde, split, futility_beta, srm_threshold and the three guardrail margins); an
+    alpha, mde, split, futility_beta, improvement_weight, srm_threshold and the three guardrail margins); an
     experiment with its own alpha or MDE passes ``dataclasses.replace(cfg.ab, ...)``.
     """
     s = settings
     primary = sequential_test(champion.primary, challenger.primary, alpha=s.alpha, mde=s.mde,
-                              futility_beta=s.futility_beta, prior=prior)
+                              futility_beta=s.futility_beta, weight_up=s.improvement_weight, prior=prior)
     srm = srm_check([champion.n_assigned, challenger.n_assigned], s.split, s.srm_threshold)
     guards: list[GuardrailResult] = []
     if champion.latency is not None and challenger.latency is not None:
