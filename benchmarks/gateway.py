@@ -1,6 +1,6 @@
 """Gateway overhead: what routing + turn logging add to a chat completion.
 
-    python benchmarks/gateway.py [--rate 1000] [--seconds 10] [--no-litellm] [--workers 1]
+    python benchmarks/gateway.py [--rate 1000] [--seconds 10] [--no-litellm] [--workers 1] [--no-turn-shipper]
 
 Setup, all on this machine: the embedded Kafka broker (turns are really produced), an
 upstream that answers at once (kaizenlm.abtest.echo_upstream), a routing state published
@@ -22,7 +22,10 @@ Each target runs at --rate and at --low-rate. Overhead = a latency quantile thro
 minus the same quantile straight to the upstream at the same rate; cpu_ms_per_request is
 the proxy process's CPU time (/proc) per answered request. Prints one JSON line (keys
 p50_overhead_ms, p99_overhead_ms at --rate, cpu_ms_per_request, at_rate, at_low_rate,
-litellm, litellm_over_kaizen_*).
+turns_logged against turns_expected (every answered request's turn must reach the turns
+topic), litellm, litellm_over_kaizen_*). CPU counts the gateway's whole process tree: the
+workers and their turn shippers (gateway.turn_shipper; --no-turn-shipper measures the
+worker producing its own turns).
 """
 
 from __future__ import annotations
@@ -135,13 +138,31 @@ def measure(url: str, path: str, model: str, headers: dict, rate: float, seconds
     """Latency quantiles at `rate`; with `pid`, also that process's CPU time per request."""
     body = json.dumps({"model": model, "user": "bench-user", "max_tokens": 16,
                        "messages": [{"role": "user", "content": "hello, how do I reset my password?"}]}).encode()
-    asyncio.run(run_load(url, path, body, headers, rate, min(seconds, 2.0)))  # warm-up: connections, caches
+    warm = asyncio.run(run_load(url, path, body, headers, rate, min(seconds, 2.0)))  # warm-up: connections, caches
     before = cpu_seconds(pid) if pid else 0.0
     result = asyncio.run(run_load(url, path, body, headers, rate, seconds))
+    result["answered_ok_with_warmup"] = sum(r["requests"] - r["unfinished"] - r["errors"] for r in (warm, result))
     if pid:  # per answered request: a saturated target leaves some unanswered
         answered = max(result["requests"] - result["unfinished"], 1)
         result["cpu_ms_per_request"] = round((cpu_seconds(pid) - before) / answered * 1000, 3)
     return result
+
+
+def turns_on_topic(cfg, expected: int, timeout: float = 15.0) -> int:
+    """Messages read back from the turns topic, until `expected` or the timeout: the benchmark
+    counts a gateway that answers fast but loses its turn logs as broken, not fast. (Counted
+    by reading: the embedded broker's end offsets are not a message count.)"""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(cfg.kafka.topic("turns"), bootstrap_servers=cfg.kafka.servers,
+                             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+    try:
+        n, deadline = 0, time.monotonic() + timeout
+        while n < expected and time.monotonic() < deadline:
+            n += sum(len(batch) for batch in consumer.poll(timeout_ms=500, max_records=100_000).values())
+        return n
+    finally:
+        consumer.close()
 
 
 def overhead(proxy: dict, direct: dict) -> dict:
@@ -192,6 +213,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per target and rate (default 10)")
     p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM comparison")
     p.add_argument("--workers", type=int, default=1, help="gateway processes (gateway.workers, default 1)")
+    p.add_argument("--no-turn-shipper", action="store_true", help="gateway.turn_shipper = false")
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="kaizen-bench-gw-"))
@@ -220,6 +242,7 @@ def main() -> None:
         (work / "kaizen.toml").write_text(
             f'[paths]\nhome = "{work / "home"}"\n[kafka]\nbroker_port = {cfg.kafka.broker_port}\n'
             f'[gateway]\nport = {cfg.gateway.port}\nworkers = {args.workers}\n'
+            f'turn_shipper = {"false" if args.no_turn_shipper else "true"}\n'
             f'[serving]\nbackend = "openai"\nupstream_url = "{upstream_url}"\n')
         procs.append(start([sys.executable, "-m", "kaizenlm.cli", "--config", str(work / "kaizen.toml"), "gateway"],
                            work / "gateway.log"))
@@ -233,7 +256,8 @@ def main() -> None:
 
         time.sleep(2.0)  # every worker follows routing on its own: give the others time to read it
         gw_pid = procs[-1].pid
-        result: dict = {"benchmark": "gateway_overhead", "gateway_workers": args.workers, "rate_rps": args.rate,
+        result: dict = {"benchmark": "gateway_overhead", "gateway_workers": args.workers,
+                        "turn_shipper": not args.no_turn_shipper, "rate_rps": args.rate,
                         "low_rate_rps": args.low_rate,
                         "seconds": args.seconds, "goal_p99_overhead_ms": 5.0,
                         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other work), no GPU",
@@ -243,6 +267,8 @@ def main() -> None:
             direct = measure(upstream_url, "/v1/chat/completions", "bench-model", {}, rate, args.seconds)
             gateway = measure(cfg.gateway_url, "/v1/chat/completions", "champion", auth, rate, args.seconds, gw_pid)
             runs[rate] = {"direct": direct, "gateway": gateway, **overhead(gateway, direct)}
+        expected = sum(runs[r]["gateway"]["answered_ok_with_warmup"] for r in runs)
+        result.update(turns_expected=expected, turns_logged=turns_on_topic(cfg, expected))
         result.update(p50_overhead_ms=runs[args.rate]["p50_overhead_ms"],
                       p99_overhead_ms=runs[args.rate]["p99_overhead_ms"],
                       cpu_ms_per_request=runs[args.rate]["gateway"]["cpu_ms_per_request"],

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kaizenlm.abtest.backends import BackendError, ChatParams, Completion, LocalServing, make_backend
 from kaizenlm.abtest.knowledge_serving import KnowledgeServing
 from kaizenlm.abtest.routing import Route, RoutingFollower, RoutingState, UnknownModel
+from kaizenlm.abtest.turn_shipper import ShipperClient, shipper_argv
 from kaizenlm.config import Config
 from kaizenlm.feedback import collector
 from kaizenlm.feedback.events import ID_PATTERN, MAX_ID, MAX_MESSAGES, MAX_TEXT, make_envelope, validation_message
@@ -67,14 +68,18 @@ _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant"
 class TurnLog:
     """Chat turns go to Kafka in small batches: one publish per `flush_s` window instead of
     one per turn (a produce request costs the Python Kafka client about a millisecond of
-    CPU; batching makes that per batch, not per turn). Turns reach the broker at most
-    `flush_s` after their answer; `close` publishes what is left."""
+    CPU; batching makes that per batch, not per turn). With a `shipper` (the default,
+    `gateway.turn_shipper`) each batch is one frame to the worker's turn shipper process,
+    which produces it (kaizenlm/abtest/turn_shipper.py says why); without one, or while it is
+    down, the worker publishes the batch itself. Turns reach the broker at most `flush_s`
+    after their answer; `close` publishes what is left."""
 
     def __init__(self, flush_s: float = 0.1, max_batch: int = 1000):
         self.flush_s, self.max_batch = flush_s, max_batch
         self.buffer: list[dict] = []
         self.request: Request | None = None  # any request of this app: publish_envelopes reads its app.state
         self.pending: set[asyncio.Task] = set()
+        self.shipper: ShipperClient | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, request: Request, envelope: dict) -> None:
@@ -92,6 +97,8 @@ class TurnLog:
         if not self.buffer:
             return
         batch, self.buffer = self.buffer, []
+        if self.shipper is not None and self.shipper.send(batch):
+            return
         task = asyncio.get_running_loop().create_task(_publish(self.request, batch))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
@@ -100,6 +107,8 @@ class TurnLog:
         self._flush()
         if self.pending:
             await asyncio.wait(set(self.pending), timeout=timeout)
+        if self.shipper is not None:
+            await self.shipper.close(timeout)
 
 
 @dataclass
@@ -125,6 +134,14 @@ def start_serving(cfg: Config) -> Serving:
             threading.Thread(target=backend.warm, args=(targets,), name="local-warm", daemon=True).start()
     follower = RoutingFollower(cfg, on_change=on_change).start()
     return Serving(cfg, follower, backend, knowledge)
+
+
+async def start_turn_shipper(serving: Serving, replica: str) -> None:
+    """Give the turn log its shipper process (gateway.turn_shipper); call from the lifespan."""
+    if serving.cfg.gateway.turn_shipper:
+        shipper = ShipperClient(shipper_argv(serving.cfg, replica), serving.cfg.home / "logs" / f"{replica}-turns.log")
+        await shipper.start()
+        serving.turns.shipper = shipper
 
 
 async def stop_serving(serving: Serving, timeout: float = 20.0) -> None:

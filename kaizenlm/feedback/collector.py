@@ -112,10 +112,14 @@ def envelopes_from_body(event_type: str, body, max_batch: int) -> list[dict]:
     return [_envelope(event_type, body, None)]
 
 
-def record_for(cfg, envelope: dict) -> tuple[str, bytes, bytes]:
+def record_key(envelope: dict) -> str:
+    """Kafka key: one conversation's events share a partition, so they stay in order."""
     p = envelope["payload"]
-    key = p.get("conversation_id") or p.get("turn_id") or envelope["event_id"]
-    return cfg.kafka.topic(TOPIC_OF[envelope["type"]]), key.encode(), orjson.dumps(envelope)
+    return p.get("conversation_id") or p.get("turn_id") or envelope["event_id"]
+
+
+def record_for(cfg, envelope: dict) -> tuple[str, bytes, bytes]:
+    return cfg.kafka.topic(TOPIC_OF[envelope["type"]]), record_key(envelope).encode(), orjson.dumps(envelope)
 
 
 async def publish_envelopes(request: Request, envelopes: list[dict]) -> str:
