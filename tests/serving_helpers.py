@@ -109,6 +109,14 @@ def register(stack, kind: str, src: Path, parent_id: str | None = None, config: 
     return r.json()["version_id"]
 
 
+def register_base(stack, content: str = "x") -> str:
+    """Register a one-file `base` version (what the echo upstream serves needs no weights)."""
+    src = stack.home / "src"
+    src.mkdir(exist_ok=True)
+    (src / "w.txt").write_text(content)
+    return register(stack, "base", src)
+
+
 def promote(stack, version_id: str, alias: str = "champion") -> dict:
     r = httpx.post(stack.cfg.controller_url + f"/admin/v1/registry/aliases/{alias}", headers=stack.admin_headers,
                    json={"version_id": version_id, "reason": "test"}, timeout=30)

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 import serving_helpers
-from serving_helpers import drain_until, promote, register, wait_gateway
+from serving_helpers import drain_until, promote, register, register_base, wait_gateway
 
 from kaizenlm.abtest.knowledge_serving import KnowledgeServing
 from kaizenlm.abtest.routing import KnowledgeTarget
@@ -91,10 +91,7 @@ def test_retrieval_off_by_config_and_damaged_index_keeps_serving(kb, tmp_path):
 @pytest.mark.integration
 def test_gateway_answers_with_retrieved_context_and_logs_doc_ids(openai_stack, kb):
     stack = openai_stack
-    src = stack.home / "src"
-    src.mkdir()
-    (src / "w.txt").write_text("x")
-    model = register(stack, "base", src)
+    model = register_base(stack)
     promote(stack, model)
     knowledge = register(stack, "knowledge", kb)
     promote(stack, knowledge, alias="knowledge")

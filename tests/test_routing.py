@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 from conftest import free_port, wait_http
-from serving_helpers import promote, register, wait_gateway
+from serving_helpers import promote, register_base, wait_gateway
 
 from kaizenlm import config as config_mod
 from kaizenlm.abtest.routing import (
@@ -133,10 +133,7 @@ def test_follower_started_late_reads_latest_and_follows_changes_within_a_second(
 
 @pytest.mark.integration
 def test_late_gateway_reads_latest_routing(stack):
-    src = stack.home / "src"
-    src.mkdir()
-    (src / "w.txt").write_text("x")
-    v1 = register(stack, "base", src)
+    v1 = register_base(stack)
     promote(stack, v1)
     wait_gateway(stack, lambda r: r["aliases"].get("champion") == v1)
     # A second gateway that starts after the change gets it from the compacted topic at once.
@@ -161,12 +158,8 @@ def test_late_gateway_reads_latest_routing(stack):
 @pytest.mark.slow
 def test_controller_restart_republishes_routing_written_without_it(stack):
     """Changes made while no controller runs (CLI on DuckDB) reach gateways when it starts."""
-    src = stack.home / "src"
-    src.mkdir()
-    (src / "w.txt").write_text("a")
-    v1 = register(stack, "base", src)
-    (src / "w.txt").write_text("b")
-    v2 = register(stack, "base", src)
+    v1 = register_base(stack, "a")
+    v2 = register_base(stack, "b")
     promote(stack, v1)
     promote(stack, v2)
     wait_gateway(stack, lambda r: r["aliases"].get("champion") == v2)

@@ -16,7 +16,7 @@ import pytest
 import serving_helpers
 from conftest import Stack
 from kafka import KafkaConsumer
-from serving_helpers import drain_until, promote, register, wait_gateway
+from serving_helpers import drain_until, promote, register_base, wait_gateway
 
 from kaizenlm.abtest.turn_shipper import ShipperClient, shipper_argv
 from kaizenlm.feedback.events import make_envelope
@@ -73,10 +73,7 @@ def shipper_pid(stack) -> int:
 
 def test_a_killed_shipper_is_replaced_and_no_turn_is_lost(openai_stack):
     stack = openai_stack
-    src = stack.home / "src"
-    src.mkdir()
-    (src / "w.txt").write_text("x")
-    version = register(stack, "base", src)
+    version = register_base(stack)
     promote(stack, version)
     wait_gateway(stack, lambda r: r["aliases"].get("champion") == version)
     client = openai.OpenAI(base_url=stack.cfg.gateway_url + "/v1", api_key=stack.cfg.auth.ingest_key, max_retries=0)
