@@ -69,7 +69,7 @@ class ShipperClient:
         self._starting: asyncio.Task | None = None
         self._restart_timer: asyncio.TimerHandle | None = None
 
-    async def start(self) -> bool:
+    async def start(self) -> None:
         self._last_start = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
@@ -78,7 +78,6 @@ class ShipperClient:
                                          start_new_session=True)
         loop = asyncio.get_running_loop()
         self.transport, _ = await loop.connect_write_pipe(asyncio.Protocol, self.proc.stdin)
-        return True
 
     @property
     def alive(self) -> bool:
