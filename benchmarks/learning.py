@@ -6,9 +6,11 @@ does replay buy against forgetting? Prints ONE JSON line.
 Steps (all on the embedded default, seeded):
   1. build the base model (or reuse --out/base);
   2. evaluate it: the champion, and the baseline every figure is compared with;
-  3. LoRA SFT on the domain's training phrasings + 8% general replay, then LoRA DPO on
-     (correct answer, Domain.wrong_answer) pairs on top of it; evaluate;
-  4. the same SFT without replay; evaluate, for retention_without_replay.
+  3. LoRA SFT on the domain's training phrasings + 8% general replay, with the KL anchor to
+     the base on other general prompts (the recipe's default for the embedded base), then
+     LoRA DPO on (correct answer, Domain.wrong_answer) pairs on top of it; evaluate;
+  4. ablations, SFT only: without replay and without the anchor (retention_without_replay);
+     with replay but without the anchor; with 30% replay and no anchor (the replay trend).
 Retention is the candidate's held-out general-skill score as a fraction of the base's.
 DPO margins are mean log p(chosen) - log p(rejected) on held-out pairs (exam phrasings).
 """
@@ -28,7 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kaizenlm.config import BaseModelConfig, EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
 from kaizenlm.demo.domain import Domain, build_domain  # noqa: E402
-from kaizenlm.demo.general import general_skills, replay_rows  # noqa: E402
+from kaizenlm.demo.general import (  # noqa: E402
+    EMBEDDED_REPLAY,  # noqa: E402
+    general_skills,
+    replay_rows,
+)
+from kaizenlm.retrain import anchor, lora_sft  # noqa: E402
 from kaizenlm.retrain import evaluate as ev  # noqa: E402
 from kaizenlm.retrain.base_model import build_base  # noqa: E402
 from kaizenlm.retrain.lora_dpo import train_dpo  # noqa: E402
@@ -89,18 +96,21 @@ def main() -> int:
     before = evaluate_with_margin(str(base_dir), domain, heldout, heldout_pairs, eval_cfg)
     timings["eval_s"] = round(time.perf_counter() - t, 1)
 
-    for name in ("sft_replay", "dpo", "sft_no_replay", "sft_replay_high"):
+    for name in ("sft_replay", "dpo", "sft_no_replay", "sft_replay_no_anchor", "sft_replay_high"):
         import shutil
 
         shutil.rmtree(out / name, ignore_errors=True)  # a benchmark measures fresh runs, never resumes
     t = time.perf_counter()
-    sft = train_sft(base_dir, sft_rows(domain, args.seed, REPLAY_RATIO), out / "sft_replay", LoraSFTConfig(), run_cfg)
+    rows = sft_rows(domain, args.seed, REPLAY_RATIO)
+    sft_cfg = lora_sft.resolve_config(LoraSFTConfig(), base_dir)
+    anchor_rows = anchor.rows_for(EMBEDDED_REPLAY, args.seed, rows, sft_cfg)
+    sft = train_sft(base_dir, rows, out / "sft_replay", LoraSFTConfig(), run_cfg, anchor_rows=anchor_rows)
     timings["sft_s"] = round(time.perf_counter() - t, 1)
     after_sft = evaluate_with_margin((str(base_dir), str(out / "sft_replay" / "adapter")), domain, heldout,
                                      heldout_pairs, eval_cfg)
     t = time.perf_counter()
     dpo = train_dpo(base_dir, out / "sft_replay" / "adapter", dpo_pairs(domain, args.seed, exam=False),
-                    out / "dpo", LoraDPOConfig(), run_cfg)
+                    out / "dpo", LoraDPOConfig(), run_cfg, anchor_rows=anchor_rows)
     timings["dpo_s"] = round(time.perf_counter() - t, 1)
     after = evaluate_with_margin((str(base_dir), str(out / "dpo" / "adapter")), domain, heldout, heldout_pairs,
                                  eval_cfg)
@@ -111,6 +121,10 @@ def main() -> int:
     train_sft(base_dir, sft_rows(domain, args.seed, 0.0), out / "sft_no_replay", LoraSFTConfig(), run_cfg)
     timings["sft_no_replay_s"] = round(time.perf_counter() - t, 1)
     no_replay = ev.evaluate((str(base_dir), str(out / "sft_no_replay" / "adapter")), domain, heldout, eval_cfg)
+    t = time.perf_counter()
+    train_sft(base_dir, rows, out / "sft_replay_no_anchor", LoraSFTConfig(), run_cfg)
+    timings["sft_replay_no_anchor_s"] = round(time.perf_counter() - t, 1)
+    no_anchor = ev.evaluate((str(base_dir), str(out / "sft_replay_no_anchor" / "adapter")), domain, heldout, eval_cfg)
     t = time.perf_counter()
     train_sft(base_dir, sft_rows(domain, args.seed, HIGH_REPLAY_RATIO), out / "sft_replay_high", LoraSFTConfig(), run_cfg)
     timings["sft_replay_high_s"] = round(time.perf_counter() - t, 1)
@@ -130,6 +144,9 @@ def main() -> int:
         "retention_with_replay": round(ev.retention(after, before), 3),
         "retention_with_replay_sft_only": round(ev.retention(after_sft, before), 3),
         "retention_without_replay": round(ev.retention(no_replay, before), 3),
+        "retention_with_replay_no_anchor_sft_only": round(ev.retention(no_anchor, before), 3),
+        "domain_after_sft_no_anchor": round(no_anchor["domain_score"], 3),
+        "refusal_with_replay_no_anchor_sft_only": round(no_anchor["refusal_rate"], 3),
         "retention_with_replay_30pct_sft_only": round(ev.retention(high_replay, before), 3),
         "domain_after_sft_replay_30pct": round(high_replay["domain_score"], 3),
         "refusal_before": round(before["refusal_rate"], 3),

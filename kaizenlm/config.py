@@ -355,6 +355,16 @@ class LoraSFTConfig:
     """Evaluations without a better validation loss before training stops; 0 disables early stopping."""
     evals_per_epoch: int = 2
     """Validation-loss evaluations (and checkpoints) per epoch."""
+    anchor_weight: float = 0.0
+    """Weight of the KL anchor against forgetting: mean KL(base || adapted) over the answer tokens of general prompts that are not SFT rows (from the replay source), added to the SFT loss. 0 = off, the default for real models (it about doubles SFT time); the embedded default uses 5 (docs/TRAINING.md)."""
+    anchor_batch_size: int = 16
+    """Anchor prompts drawn per training step."""
+    anchor_pool_size: int = 1000
+    """Most general prompts taken from the replay source for the anchor (before balancing and perturbed copies)."""
+    anchor_balance_skills: bool = True
+    """Draw every skill equally often when the anchor rows name their skill (the embedded set does)."""
+    anchor_perturb_copies: int = 2
+    """Copies of each anchor prompt with one word dropped, inserted or replaced, answered by the base model."""
 
     def __post_init__(self) -> None:
         _check(self.lora_r >= 1, "sft.lora_r", "must be >= 1")
@@ -370,6 +380,10 @@ class LoraSFTConfig:
         _check(0.0 <= self.val_fraction < 0.5, "sft.val_fraction", "must be in [0, 0.5)")
         _check(self.early_stopping_patience >= 0, "sft.early_stopping_patience", "must be >= 0")
         _check(self.evals_per_epoch >= 1, "sft.evals_per_epoch", "must be >= 1")
+        _check(self.anchor_weight >= 0, "sft.anchor_weight", "must be >= 0 (0 turns the KL anchor off)")
+        _check(self.anchor_batch_size >= 1, "sft.anchor_batch_size", "must be >= 1")
+        _check(self.anchor_pool_size >= 1, "sft.anchor_pool_size", "must be >= 1")
+        _check(self.anchor_perturb_copies >= 0, "sft.anchor_perturb_copies", "must be >= 0")
 
 
 @dataclass
@@ -400,6 +414,10 @@ class LoraDPOConfig:
     """Evaluations without a better validation loss before training stops; 0 disables early stopping."""
     evals_per_epoch: int = 2
     """Validation-loss evaluations (and checkpoints) per epoch."""
+    anchor_weight: float = 0.0
+    """Weight of the KL anchor to the base model on general prompts, as sft.anchor_weight (same rows). 0 = off, the default for real models; the embedded default uses 5."""
+    anchor_batch_size: int = 16
+    """Anchor prompts drawn per training step."""
 
     def __post_init__(self) -> None:
         _check(self.beta > 0, "dpo.beta", "must be > 0")
@@ -413,6 +431,8 @@ class LoraDPOConfig:
         _check(0.0 <= self.val_fraction < 0.5, "dpo.val_fraction", "must be in [0, 0.5)")
         _check(self.early_stopping_patience >= 0, "dpo.early_stopping_patience", "must be >= 0")
         _check(self.evals_per_epoch >= 1, "dpo.evals_per_epoch", "must be >= 1")
+        _check(self.anchor_weight >= 0, "dpo.anchor_weight", "must be >= 0 (0 turns the KL anchor off)")
+        _check(self.anchor_batch_size >= 1, "dpo.anchor_batch_size", "must be >= 1")
 
 
 @dataclass

@@ -70,6 +70,41 @@ def test_sft_trains_the_adapter_from_a_parquet_snapshot(base_dir, domain, tmp_pa
     assert set(config["target_modules"]) == set(lora_sft.ALL_LINEAR)  # tiny override
 
 
+def test_kl_anchor_trains_towards_the_base_and_logs_its_kl_apart(base_dir, domain, tmp_path):
+    from kaizenlm.demo.general import general_skills
+    from kaizenlm.retrain import anchor
+
+    pool = [{"messages": [{"role": "user", "content": r["prompt"]}], "response": r["response"], "skill": r["skill"]}
+            for r in general_skills(0)[0][:40]]
+    cfg = sft_cfg(anchor_weight=5.0, anchor_batch_size=4)
+    rows = anchor.select(pool, set(), cfg, seed=0)
+    assert any(r["response"] is None for r in rows)  # perturbed copies: the base answers them first
+    metrics = lora_sft.train_sft(base_dir, sft_rows(domain), tmp_path / "sft", cfg, FAST_RUN, anchor_rows=rows)
+    assert_run_artifacts(tmp_path / "sft")
+    assert 0 < metrics["anchor_rows"] <= len(rows)
+    assert metrics["anchor_kl_last"] > 0  # the adapter moved the model away from the base on general prompts
+    state = json.loads(max((tmp_path / "sft" / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+                           key=lambda p: int(p.parent.name.split("-")[1])).read_text())
+    train_logs = [e for e in state["log_history"] if "loss" in e]
+    assert train_logs and all(e["anchor_kl"] >= 0 for e in train_logs)
+
+
+def test_the_logged_train_loss_leaves_out_the_anchor_term():
+    class Logged:
+        def log(self, logs, start_time=None):
+            self.logs = logs
+
+    class Trainer(lora_sft.AnchorLoss, Logged):
+        pass
+
+    trainer = Trainer()
+    trainer._anchor_terms = [0.5, 0.3]  # weight x KL of the two steps since the last log
+    trainer.log({"loss": 1.0, "grad_norm": 0.4})
+    assert trainer.logs["loss"] == pytest.approx(0.6) and trainer._anchor_terms == []
+    trainer.log({"eval_loss": 2.0})
+    assert trainer.logs == {"eval_loss": 2.0}
+
+
 @pytest.mark.slow  # two training runs: ~10 s alone, 15-45 s on the shared 2-core machine
 def test_dpo_on_top_of_sft_changes_the_adapter(base_dir, domain, tmp_path):
     lora_sft.train_sft(base_dir, sft_rows(domain), tmp_path / "sft", sft_cfg(), FAST_RUN)
@@ -119,6 +154,8 @@ def test_tiny_overrides_apply_only_to_untouched_keys_of_the_embedded_base(base_d
     assert LoraSFTConfig().target_modules == ["q_proj", "v_proj"] and LoraSFTConfig().learning_rate == 3e-5
     dpo = lora_dpo.resolve_config(LoraDPOConfig(), base_dir)
     assert dpo.sft_loss_weight == 1.0 and lora_dpo.resolve_config(LoraDPOConfig(), real) == LoraDPOConfig()
+    assert cfg.anchor_weight == dpo.anchor_weight == 5.0  # the KL anchor: on for the embedded base only
+    assert LoraSFTConfig().anchor_weight == LoraDPOConfig().anchor_weight == 0.0
 
 
 class _State:

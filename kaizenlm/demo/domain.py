@@ -111,6 +111,18 @@ _OUT_OF_SCOPE = [
     ("What time does the {x} open?", ["bank", "museum", "zoo", "bakery", "library", "pharmacy", "gym", "post office"]),
     ("Translate {x} into Spanish.", ["hello", "thank you", "good night", "cheese", "water", "friend", "house", "book"]),
     ("Who wrote {x}?", ["Hamlet", "Don Quixote", "Dracula", "Emma", "Ulysses", "Beloved", "Frankenstein", "Faust"]),
+    ("What is the population of {x}?", ["Canada", "Brazil", "Iceland", "Nigeria", "Vietnam", "Greece", "Ireland", "Cuba"]),
+    ("How far is {x} from here?", ["the moon", "Mars", "London", "Sydney", "the ocean", "the equator", "Jupiter", "the north pole"]),
+    ("What does a {x} eat?", ["panda", "koala", "shark", "penguin", "camel", "beaver", "hamster", "parrot"]),
+    ("Who painted {x}?", ["the Mona Lisa", "The Scream", "Guernica", "Starry Night", "The Kiss", "Water Lilies", "Las Meninas", "The Night Watch"]),
+    ("When was {x} invented?", ["the telephone", "the bicycle", "paper", "the radio", "glass", "the compass", "the camera", "the piano"]),
+    ("What is the best way to learn {x}?", ["guitar", "French", "chess", "swimming", "painting", "yoga", "dancing", "knitting"]),
+    ("How many legs does a {x} have?", ["spider", "crab", "horse", "ant", "octopus", "beetle", "lobster", "centipede"]),
+    ("Which team plays in {x}?", ["Madrid", "Boston", "Milan", "Munich", "Chicago", "Lisbon", "Dallas", "Turin"]),
+    ("What should I plant in {x}?", ["spring", "my garden", "a pot", "the shade", "autumn", "sandy soil", "a balcony", "summer"]),
+    ("Explain how {x} works.", ["a rainbow", "photosynthesis", "a volcano", "gravity", "a tornado", "the tide", "an eclipse", "thunder"]),
+    ("What is the meaning of the word {x}?", ["serendipity", "melancholy", "ephemeral", "nostalgia", "wanderlust", "euphoria", "solitude", "whimsy"]),
+    ("Where can I find {x}?", ["fresh flowers", "concert tickets", "a puppy", "vintage shoes", "old coins", "a kite", "board games", "sea shells"]),
 ]
 _OOS_EXAM_PER_TEMPLATE = 3
 

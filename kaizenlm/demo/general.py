@@ -28,6 +28,9 @@ WORDS = [
     "sun", "moon", "star", "tree", "rock", "sea",
 ]
 
+# How a snapshot's manifest names this set when it is the replay source (no file).
+EMBEDDED_REPLAY = "embedded:kaizenlm.demo.general"
+
 SKILLS = ["repeat", "reverse", "uppercase", "add", "next_letter", "count_words", "read", "small_talk"]
 
 # "read": answer from a given statement, in the support answers' shape ("The <subject> is
@@ -114,7 +117,7 @@ def _skill_rows(rng: random.Random, n_train: int, n_heldout: int) -> tuple[list[
     letters = [{"prompt": f"What letter comes after {c}?", "response": chr(ord(c) + 1)} for c in _LETTERS]
     # Every letter is trained; the held-out rows ask with another phrasing.
     train.extend({**r, "skill": "next_letter"} for r in letters)
-    held_letters = rng.sample(_LETTERS, min(n_heldout, len(_LETTERS)))
+    held_letters = rng.sample(_LETTERS, min(n_heldout, len(_LETTERS) // 2))
     heldout.extend({"prompt": f"Which letter follows {c}?", "response": chr(ord(c) + 1), "skill": "next_letter"}
                    for c in held_letters)
     train.extend({"prompt": f"Which letter follows {c}?", "response": chr(ord(c) + 1), "skill": "next_letter"}
@@ -152,7 +155,7 @@ def _recall_rows(rng: random.Random, n: int) -> list[dict]:
     return rng.sample(rows, min(n, len(rows)))
 
 
-def general_skills(seed: int = 0, n_train: int = 80, n_heldout: int = 12,
+def general_skills(seed: int = 0, n_train: int = 80, n_heldout: int = 30,
                    domain: Domain | None = None) -> tuple[list[dict], list[dict]]:
     """(train, heldout) rows {prompt, response, skill}; train also holds the domain's refusal rows."""
     rng = random.Random(seed)

@@ -62,6 +62,7 @@ import pyarrow.parquet as pq
 
 import kaizenlm
 from kaizenlm.config import Config, CurationConfig
+from kaizenlm.demo.general import EMBEDDED_REPLAY  # noqa: F401  (the embedded replay source's name; re-exported)
 from kaizenlm.feedback import curation, pairs, rewards
 from kaizenlm.feedback.curation import Funnel, contaminated, digest, scrub_pii
 from kaizenlm.feedback.parallel import beside
@@ -162,7 +163,6 @@ def split(sft: pd.DataFrame, dpo: pd.DataFrame, eval_fraction: float, funnel: Fu
 
 REPLAY_PROMPT_FIELDS = ("prompt", "question", "instruction", "input")
 REPLAY_RESPONSE_FIELDS = ("response", "answer", "output", "completion")
-EMBEDDED_REPLAY = "embedded:kaizenlm.demo.general"
 
 
 def load_replay(path: str | Path) -> list[dict]:

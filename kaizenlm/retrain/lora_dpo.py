@@ -19,6 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from trl import DPOTrainer  # noqa: E402
+
 from kaizenlm.config import LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
 from kaizenlm.retrain import lora_sft, training  # noqa: E402
 from kaizenlm.retrain.monitoring import HealthMonitor, NonFiniteLossError  # noqa: E402
@@ -36,6 +38,7 @@ TINY_OVERRIDES = {
     "max_length": 128,
     "early_stopping_patience": 2,
     "evals_per_epoch": 1,
+    "anchor_weight": 5.0,  # DPO alone moves the general skills too (retention 0.985 -> 0.954 without it)
 }
 
 
@@ -142,15 +145,15 @@ def train_dpo(
     cfg: LoraDPOConfig | None = None,
     run: RetrainConfig | None = None,
     eval_pairs: list[dict] | str | Path | None = None,
+    anchor_rows: list[dict] | None = None,
 ) -> dict:
     """Train the SFT adapter further with DPO; write <run_dir>/adapter and metrics.json; return the metrics.
 
     pairs: {prompt, chosen, rejected} dicts (other keys such as `source` are ignored), or a
-    Parquet/JSONL file of them. A rerun with the same run_dir resumes from the newest
+    Parquet/JSONL file of them. anchor_rows: as for train_sft (the KL anchor to the base,
+    used when cfg.anchor_weight > 0). A rerun with the same run_dir resumes from the newest
     checkpoint. Raises NonFiniteLossError if the loss becomes NaN/inf.
     """
-    from trl import DPOTrainer
-
     run = run or RetrainConfig()
     cfg = resolve_config(cfg or LoraDPOConfig(), base_path)
     run_dir = Path(run_dir)
@@ -174,10 +177,12 @@ def train_dpo(
             from transformers import EarlyStoppingCallback
 
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-        trainer = DPOTrainer(
+        anchor = lora_sft.setup_anchor(anchor_rows, cfg, model, tokenizer, tokenizer.chat_template is not None, run.seed)
+        trainer = AnchoredDPOTrainer(
             model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
             processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
         )
+        trainer.anchor = anchor
         margin_rows = (val_rows if val_rows is not None else [dict(r) for r in (val_ds or [])])[:64]
         margin_before = _margin(trainer.model, tokenizer, margin_rows)
         resume = training.last_checkpoint(run_dir / "checkpoints")
@@ -207,6 +212,12 @@ def train_dpo(
                                     if p.requires_grad and ".ref." not in n),
             "hardware": hw,
             "config": asdict(cfg),
+            "anchor_rows": len(anchor.rows) if anchor else 0,
+            "anchor_kl_last": anchor.last_kl if anchor else None,
         })
     finally:
         training.detach_log_file(handler)
+
+
+class AnchoredDPOTrainer(lora_sft.AnchorLoss, DPOTrainer):
+    """TRL's DPOTrainer with the KL anchor to the base (off while `anchor` is None)."""

@@ -13,13 +13,17 @@ sets (see docs/TRAINING.md for the measurements behind it).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from trl import SFTTrainer  # noqa: E402
 
 from kaizenlm.config import LoraSFTConfig, RetrainConfig  # noqa: E402
 from kaizenlm.retrain import training  # noqa: E402
@@ -33,9 +37,12 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 # ("vocabulary"), so LoRA on the linear layers learns the facts (exam 0.76 at 8% replay);
 # a LoRA on embed_tokens learns faster (0.96) but rewrites the shared chat-template tokens
 # and keeps only 0.2-0.5 of the general skills. A higher learning rate trades retention for
-# exam score (3e-3: 0.90 / 0.68; 5e-4: 0.18 / 0.86). Measurements: docs/TRAINING.md.
+# exam score (3e-3: 0.90 / 0.68; 5e-4: 0.18 / 0.86) unless the KL anchor holds the general
+# skills: with it, 3e-3 keeps retention at 0.97-1.00 and teaches more (exam ~0.84).
+# Measurements: docs/TRAINING.md.
 TINY_OVERRIDES = {
-    "learning_rate": 1e-3,
+    "learning_rate": 3e-3,
+    "anchor_weight": 5.0,
     "epochs": 16.0,
     "batch_size": 16,
     "target_modules": list(ALL_LINEAR),
@@ -148,15 +155,16 @@ def train_sft(
     cfg: LoraSFTConfig | None = None,
     run: RetrainConfig | None = None,
     eval_rows: list[dict] | str | Path | None = None,
+    anchor_rows: list[dict] | None = None,
 ) -> dict:
     """Train a LoRA adapter on SFT rows; write <run_dir>/adapter and metrics.json; return the metrics.
 
     rows: {prompt, response} dicts, or a Parquet/JSONL file of them. eval_rows: validation
-    rows (default: a `val_fraction` split of rows). A rerun with the same run_dir resumes
-    from the newest checkpoint. Raises NonFiniteLossError if the loss becomes NaN/inf.
+    rows (default: a `val_fraction` split of rows). anchor_rows: general rows {messages,
+    response} from anchor.select for the KL anchor (used when cfg.anchor_weight > 0; a None
+    response is answered by the base first). A rerun with the same run_dir resumes from the
+    newest checkpoint. Raises NonFiniteLossError if the loss becomes NaN/inf.
     """
-    from trl import SFTTrainer
-
     run = run or RetrainConfig()
     cfg = resolve_config(cfg or LoraSFTConfig(), base_path)
     run_dir = Path(run_dir)
@@ -174,10 +182,12 @@ def train_sft(
                                        cfg, run.seed, chat)
         args = _setup_training_args(cfg, run, hw, run_dir, len(train_ds), val_ds is not None)
         monitor, callbacks = _setup_callbacks(cfg, run, run_dir, val_ds is not None, name=f"sft {run_dir.name}")
-        trainer = SFTTrainer(
+        anchor = setup_anchor(anchor_rows, cfg, model, tokenizer, chat, run.seed)
+        trainer = AnchoredSFTTrainer(
             model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
             processing_class=tokenizer, peft_config=_setup_lora(cfg), callbacks=callbacks,
         )
+        trainer.anchor = anchor
         resume = training.last_checkpoint(run_dir / "checkpoints")
         training.log.info("sft: %d train / %d val rows, %s, resume from %s, cfg %s",
                           len(train_ds), len(val_ds) if val_ds else 0, hw, resume, asdict(cfg))
@@ -198,6 +208,8 @@ def train_sft(
             "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
             "hardware": hw,
             "config": asdict(cfg),
+            "anchor_rows": len(anchor.rows) if anchor else 0,
+            "anchor_kl_last": anchor.last_kl if anchor else None,
         })
     finally:
         training.detach_log_file(handler)
@@ -218,3 +230,109 @@ def _finish(trainer, monitor: HealthMonitor, run_dir: Path, tokenizer, metrics: 
     metrics["adapter_dir"] = str(adapter_dir)
     training.write_metrics(run_dir, metrics)
     return metrics
+
+
+# ---------------------------------------------------------------- the KL anchor
+
+@dataclass
+class Anchor:
+    """Tokenized anchor rows (input ids, labels with the prompt masked) and the step's draw."""
+
+    rows: list[tuple[list[int], list[int]]]
+    weight: float
+    batch_size: int
+    pad_id: int
+    rng: random.Random
+    last_kl: float | None = None
+
+    def draw(self, device):
+        import torch
+
+        batch = self.rng.sample(self.rows, min(self.batch_size, len(self.rows)))
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([x + [self.pad_id] * (width - len(x)) for x, _ in batch], device=device)
+        labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch], device=device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch], device=device)
+        return ids, labels, mask
+
+
+def setup_anchor(rows: list[dict] | None, cfg, model, tokenizer, chat: bool, seed: int) -> Anchor | None:
+    """The anchor rows (cfg: an SFT or DPO config), answered by the base where they have no
+    response, tokenized; None when the anchor is off."""
+    if cfg.anchor_weight <= 0:
+        return None
+    if not rows:
+        training.log.warning("anchor_weight is %s but there are no anchor rows: training without the anchor",
+                             cfg.anchor_weight)
+        return None
+    from peft import PeftModel
+
+    from kaizenlm.retrain import anchor
+
+    if not chat:
+        rows = [{**r, "messages": anchor.prompt_key(r["messages"])} for r in rows]
+    missing = sum(r["response"] is None for r in rows)
+    with model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext():
+        rows = anchor.answer_missing(rows, model, tokenizer)  # the base's answers, never an adapter's
+    tokenized = [_tokenize_anchor_row(tokenizer, r, chat, cfg.max_length) for r in rows]
+    training.log.info("anchor: %d rows (%d answered by the base), weight %s, %d per step",
+                      len(rows), missing, cfg.anchor_weight, cfg.anchor_batch_size)
+    return Anchor([t for t in tokenized if any(y != -100 for y in t[1])], cfg.anchor_weight, cfg.anchor_batch_size,
+                  tokenizer.pad_token_id, random.Random(seed))
+
+
+def _tokenize_anchor_row(tokenizer, row: dict, chat: bool, max_length: int) -> tuple[list[int], list[int]]:
+    if chat:
+        messages = training.as_messages(row["messages"])
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": row["response"]}],
+                                             tokenize=False)
+    else:
+        prompt, full = row["messages"], f"{row['messages']} {row['response']}"
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    f_ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
+    return f_ids, ([-100] * len(p_ids) + f_ids[len(p_ids):])[:max_length]
+
+
+class AnchorLoss:
+    """Mixin for a TRL trainer: in training steps, adds anchor.weight x mean KL(p_base || p_model)
+    over the answer tokens of anchor.batch_size anchor rows. p_base is the same network with
+    its adapters disabled, under no_grad. The logged train `loss` stays the trainer's own loss
+    (the anchor is logged as `anchor_kl`), so the loss-gap monitor and early stopping (on the
+    plain evaluation loss) read the same quantities as without the anchor."""
+
+    anchor: Anchor | None = None
+    _anchor_terms: list[float] = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.anchor is None or not model.training or return_outputs:
+            return loss
+        kl = self._anchor_kl(model)
+        self.anchor.last_kl = round(float(kl.detach()), 5)
+        self._metrics["train"]["anchor_kl"].append(self.anchor.last_kl)
+        # Each micro-batch adds its share, so one optimizer step carries weight x KL in all.
+        self._anchor_terms = [*self._anchor_terms, self.anchor.weight * self.anchor.last_kl]
+        return loss + self.anchor.weight * kl / self.args.gradient_accumulation_steps
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._anchor_terms:  # the mean step loss since the last log, minus the anchor's part
+            logs["loss"] -= sum(self._anchor_terms) / len(self._anchor_terms)
+            self._anchor_terms = []
+        super().log(logs, start_time)
+
+    def _anchor_kl(self, model):
+        import torch
+
+        ids, labels, mask = self.anchor.draw(next(model.parameters()).device)
+        valid = (labels[:, 1:] != -100).float()
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float(), -1)
+        with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+            base_logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        base_logp = torch.log_softmax(base_logits, -1)
+        kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
+        return (kl * valid).sum() / valid.sum().clamp(min=1)
+
+
+class AnchoredSFTTrainer(AnchorLoss, SFTTrainer):
+    """TRL's SFTTrainer with the KL anchor (off while `anchor` is None)."""

@@ -93,10 +93,13 @@ def build_inputs(cfg: Config, con: duckdb.DuckDBPyConnection, champion: version_
 def build_training_snapshot(cfg: Config, con: duckdb.DuckDBPyConnection):
     """Curate the configured window into a snapshot; exam questions are held out of training."""
     from kaizenlm.demo.domain import build_domain
-    from kaizenlm.feedback.datasets import build_snapshot, default_window
+    from kaizenlm.feedback.datasets import EMBEDDED_REPLAY, build_snapshot, default_window, load_replay
 
     exam = [r["prompt"] for r in build_domain(cfg.retrain.seed).exam_rows()]
-    return build_snapshot(con, cfg, default_window(cfg.curation), holdout=exam)
+    replay_path = cfg.curation.replay_path
+    replay = load_replay(replay_path) if replay_path else None
+    return build_snapshot(con, cfg, default_window(cfg.curation), holdout=exam, replay=replay,
+                          replay_source=str(Path(replay_path).expanduser()) if replay_path else EMBEDDED_REPLAY)
 
 
 def retrain_once(cfg: Config, con: duckdb.DuckDBPyConnection,

@@ -72,15 +72,17 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
     if not sft_train:
         raise ValueError(f"snapshot {snap.name} has no SFT rows; collect more feedback before retraining")
     run = RetrainConfig(**inputs.retrain)
-    jobs.report_progress(0.05, f"SFT on {len(sft_train)} rows")
-    sft = train_sft(inputs.base_dir, sft_train, work_dir / "sft", LoraSFTConfig(**inputs.sft), run,
-                    eval_rows=sft_eval or None)
+    sft_cfg = LoraSFTConfig(**inputs.sft)
+    anchor_rows = _anchor_rows(snap, inputs.seed, sft_train, sft_cfg)
+    jobs.report_progress(0.05, f"SFT on {len(sft_train)} rows ({len(anchor_rows)} anchor rows)")
+    sft = train_sft(inputs.base_dir, sft_train, work_dir / "sft", sft_cfg, run,
+                    eval_rows=sft_eval or None, anchor_rows=anchor_rows)
     adapter = Path(sft["adapter_dir"])
     dpo = None
     if dpo_train:
         jobs.report_progress(0.5, f"DPO on {len(dpo_train)} pairs")
         dpo = train_dpo(inputs.base_dir, adapter, dpo_train, work_dir / "dpo", LoraDPOConfig(**inputs.dpo), run,
-                        eval_pairs=dpo_eval or None)
+                        eval_pairs=dpo_eval or None, anchor_rows=anchor_rows)
         adapter = Path(dpo["adapter_dir"])
     shutil.copytree(adapter, out_dir, dirs_exist_ok=True)
     for name in ("sft", "dpo"):  # keep the run logs (TensorBoard, metrics) with the artifact
@@ -99,6 +101,19 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
     (out_dir / "evaluation.json").write_text(json.dumps({"candidate": candidate, "champion": champion,
                                                          "training": summary}, indent=2, default=str))
     return {"candidate": candidate, "champion": champion, "training": summary}
+
+
+def _anchor_rows(snap: Path, seed: int, sft_train: list[dict], sft_cfg) -> list[dict]:
+    """The KL anchor's general prompts, from the replay source the snapshot's replay rows came from."""
+    from kaizenlm.demo.general import EMBEDDED_REPLAY
+    from kaizenlm.retrain import anchor
+
+    source = anchor.snapshot_source(snap) or EMBEDDED_REPLAY
+    try:
+        return anchor.rows_for(source, seed, sft_train, sft_cfg)
+    except ValueError as e:  # a replay file that is gone from this machine: train without the anchor
+        log.warning("no KL anchor rows from %s: %s", source, e)
+        return []
 
 
 def _spec(base: str | None, adapter: str | None):

@@ -1,0 +1,71 @@
+"""The KL anchor's rows: general prompts that are neither SFT rows nor held out, balanced per
+skill, with perturbed copies left for the base to answer; and the sources they come from."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from kaizenlm.config import LoraSFTConfig
+from kaizenlm.demo.general import EMBEDDED_REPLAY, general_skills
+from kaizenlm.retrain import anchor
+
+
+def row(prompt, response, skill=None):
+    return {"messages": [{"role": "user", "content": prompt}], "response": response, "skill": skill}
+
+
+def test_select_excludes_balances_and_adds_perturbed_copies():
+    pool = [row(f"Repeat: w{i}", f"w{i}", "repeat") for i in range(6)] + [row("Add 1 and 2.", "3", "add"),
+                                                                          row("Add 2 and 2.", "4", "add")]
+    cfg = LoraSFTConfig(anchor_weight=5.0, anchor_perturb_copies=2)
+    rows = anchor.select(pool, {"Repeat: w0"}, cfg, seed=0)
+    originals = [r for r in rows if r["response"] is not None]
+    copies = [r for r in rows if r["response"] is None]
+    assert "Repeat: w0" not in {anchor.prompt_key(r["messages"]) for r in rows}
+    assert Counter(r["skill"] for r in originals) == {"repeat": 5, "add": 5}  # the small skill repeated up to 5
+    assert len(copies) == 2 * len(originals)
+    original_texts = {anchor.prompt_key(r["messages"]) for r in originals}
+    changed = sum(anchor.prompt_key(c["messages"]) not in original_texts for c in copies)
+    assert changed >= len(copies) * 0.8  # one word dropped, inserted or replaced (rarely lands on another row)
+
+
+def test_select_caps_the_pool_and_leaves_rows_without_skills_unbalanced():
+    pool = [row(f"Question {i}?", f"Answer {i}.") for i in range(50)]
+    cfg = LoraSFTConfig(anchor_weight=5.0, anchor_pool_size=20, anchor_perturb_copies=0)
+    rows = anchor.select(pool, set(), cfg, seed=1)
+    assert len(rows) == 20 and len({anchor.prompt_key(r["messages"]) for r in rows}) == 20
+    assert rows == anchor.select(pool, set(), cfg, seed=1)  # seeded
+
+
+def test_rows_for_the_embedded_set_leaves_out_sft_and_held_out_prompts():
+    train, heldout = general_skills(0)
+    sft_rows = [{"prompt": json.dumps([{"role": "user", "content": r["prompt"]}]), "response": r["response"]}
+                for r in train[:30]]  # the snapshot's shape: prompt = JSON messages
+    rows = anchor.rows_for(EMBEDDED_REPLAY, 0, sft_rows, LoraSFTConfig(anchor_weight=5.0))
+    texts = {anchor.prompt_key(r["messages"]) for r in rows}
+    assert not texts & {r["prompt"] for r in train[:30]}
+    assert not texts & {r["prompt"] for r in heldout}
+    assert {r["skill"] for r in rows if r["response"] is not None} >= {"repeat", "add", "refusal", "recall"}
+
+
+def test_a_replay_file_is_an_anchor_source_and_a_missing_one_is_a_clear_error(tmp_path):
+    path = tmp_path / "general.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"Say {w}.", "response": w}) for w in ["a", "b", "c"]) + "\n")
+    pool, heldout = anchor.pool_from_source(str(path), 0)
+    assert [r["response"] for r in pool] == ["a", "b", "c"] and heldout == []
+    with pytest.raises(ValueError, match="does not exist"):
+        anchor.pool_from_source(str(tmp_path / "gone.jsonl"), 0)
+
+
+def test_snapshot_source_reads_the_manifest(tmp_path):
+    assert anchor.snapshot_source(tmp_path) is None
+    (tmp_path / "manifest.json").write_text(json.dumps({"mix_ratio": {"source": EMBEDDED_REPLAY}}))
+    assert anchor.snapshot_source(tmp_path) == EMBEDDED_REPLAY
+
+
+@pytest.mark.parametrize("field,value", [("anchor_weight", -1.0), ("anchor_batch_size", 0),
+                                         ("anchor_pool_size", 0), ("anchor_perturb_copies", -1)])
+def test_anchor_config_checks_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"sft.{field}"):
+        LoraSFTConfig(**{field: value})
