@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,14 +49,9 @@ from _proc import cpu_seconds  # benchmarks/, the script's own folder
 from kaizenlm import config as config_mod
 from kaizenlm.abtest.routing import ExperimentRoute, RoutingPublisher, RoutingState, Target
 from kaizenlm.ingest import broker
+from kaizenlm.ports import free_port
 
 LITELLM_BIN = "/tmp/litellm-venv/bin/litellm"  # installed apart: its dependencies are not kaizenlm's
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 120.0, headers: dict | None = None) -> None:

@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -43,12 +42,7 @@ from _proc import cpu_seconds  # noqa: E402  (benchmarks/, the script's own fold
 from kaizenlm import config as config_mod  # noqa: E402
 from kaizenlm.commands.up import Supervisor  # noqa: E402
 from kaizenlm.feedback.client import KaizenClient  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from kaizenlm.ports import free_port  # noqa: E402
 
 
 class CpuMeter:

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,37 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from kaizenlm import config as config_mod  # noqa: E402
 from kaizenlm.ingest import broker  # noqa: E402
-
-_ports_handed_out: set[int] = set()
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port() -> int:
-    """A free loopback port below the kernel's ephemeral range, never the same one twice.
-
-    A port from bind(0) comes from the ephemeral range, where every outgoing connection (Kafka
-    clients, httpx) also takes its local port: one could take it before our server binds it,
-    and the server then fails to start (seen in CI as uvicorn's exit code 3).
-    """
-    rng = random.Random(os.getpid() * 1_000_003 + time.time_ns())
-    for _ in range(500):
-        port = rng.randrange(15000, _ephemeral_low())
-        if port in _ports_handed_out:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _ports_handed_out.add(port)
-        return port
-    raise RuntimeError("no free loopback port below the ephemeral range")
+from kaizenlm.ports import free_port  # noqa: E402
 
 
 @pytest.fixture
