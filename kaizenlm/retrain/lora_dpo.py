@@ -38,7 +38,7 @@ TINY_OVERRIDES = {
     "max_length": 128,
     "early_stopping_patience": 2,
     "evals_per_epoch": 1,
-    "anchor_weight": 5.0,  # DPO alone moves the general skills too (retention 0.985 -> 0.954 without it)
+    "anchor_weight": 5.0,  # DPO moves the general skills too (one base: retention 0.985 -> 0.954 without it)
 }
 
 

@@ -62,9 +62,8 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
     from kaizenlm.config import EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig
     from kaizenlm.demo.domain import build_domain
     from kaizenlm.demo.general import general_skills
+    from kaizenlm.retrain import lora_dpo, lora_sft
     from kaizenlm.retrain.evaluate import evaluate
-    from kaizenlm.retrain.lora_dpo import train_dpo
-    from kaizenlm.retrain.lora_sft import train_sft
 
     snap = Path(inputs.snapshot_dir)
     sft_train, sft_eval = _sft_rows(_rows(snap, "sft_train")), _sft_rows(_rows(snap, "sft_eval"))
@@ -72,16 +71,18 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
     if not sft_train:
         raise ValueError(f"snapshot {snap.name} has no SFT rows; collect more feedback before retraining")
     run = RetrainConfig(**inputs.retrain)
-    sft_cfg = LoraSFTConfig(**inputs.sft)
-    anchor_rows = _anchor_rows(snap, inputs.seed, sft_train, sft_cfg)
+    sft_cfg, dpo_cfg = LoraSFTConfig(**inputs.sft), LoraDPOConfig(**inputs.dpo)
+    anchored = (lora_sft.resolve_config(sft_cfg, inputs.base_dir).anchor_weight > 0
+                or lora_dpo.resolve_config(dpo_cfg, inputs.base_dir).anchor_weight > 0)
+    anchor_rows = _anchor_rows(snap, inputs.seed, sft_train, sft_cfg) if anchored else []
     jobs.report_progress(0.05, f"SFT on {len(sft_train)} rows ({len(anchor_rows)} anchor rows)")
-    sft = train_sft(inputs.base_dir, sft_train, work_dir / "sft", sft_cfg, run,
+    sft = lora_sft.train_sft(inputs.base_dir, sft_train, work_dir / "sft", sft_cfg, run,
                     eval_rows=sft_eval or None, anchor_rows=anchor_rows)
     adapter = Path(sft["adapter_dir"])
     dpo = None
     if dpo_train:
         jobs.report_progress(0.5, f"DPO on {len(dpo_train)} pairs")
-        dpo = train_dpo(inputs.base_dir, adapter, dpo_train, work_dir / "dpo", LoraDPOConfig(**inputs.dpo), run,
+        dpo = lora_dpo.train_dpo(inputs.base_dir, adapter, dpo_train, work_dir / "dpo", dpo_cfg, run,
                         eval_pairs=dpo_eval or None, anchor_rows=anchor_rows)
         adapter = Path(dpo["adapter_dir"])
     shutil.copytree(adapter, out_dir, dirs_exist_ok=True)
