@@ -9,8 +9,8 @@ GQA 20/4 heads, MLP 3584, vocab 32000 = ~0.47B parameters; --tiny shrinks it to 
 The data are random token sequences of mixed lengths (as chat data are), so padding, packing
 and padding-free collation differ the way they do on real data.
 
-Settings, each measured on a fresh model, same data, same LoRA (the recipe's real-model
-defaults: r=16, alpha=32, q_proj/v_proj):
+Settings, each measured in a fresh process on a fresh model, same data, same LoRA (the
+recipe's real-model defaults: r=16, alpha=32, q_proj/v_proj):
   trl_defaults      SFTConfig as TRL ships it: padded batches, gradient checkpointing on, bf16 on GPU
   no_checkpointing  the same without gradient checkpointing (more memory, no recompute)
   padding_free      sequences concatenated without pads (position_ids mark the boundaries)
@@ -29,6 +29,7 @@ import gc
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -154,28 +155,45 @@ def run_setting(name: str, overrides: dict, shape: dict, data, tokenizer, steps:
     return result
 
 
+def run_in_child(name: str, args) -> dict:
+    """One setting in a fresh process: a later setting then never inherits the earlier ones'
+    allocator state and warm kernels (in one process the order moved a setting's figure 2-3x)."""
+    cmd = [sys.executable, __file__, "--settings", name, "--warmup", str(args.warmup), "--threads", str(args.threads),
+           "--out", args.out] + (["--steps", str(args.steps)] if args.steps else []) + (["--tiny"] if args.tiny else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith('{"benchmark"')), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"setting {name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(line)["settings"][name]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="tiny model on CPU (automatic when CUDA is absent)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per setting (default 20 GPU, 5 CPU)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per setting (default 30 GPU, 5 CPU)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (CPU runs only)")
     p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of: " + ", ".join(SETTINGS))
     p.add_argument("--out", default="benchmarks/out/throughput")
+    p.add_argument("--same-process", action="store_true",
+                   help="measure every setting in this process (default: one fresh process per setting)")
     args = p.parse_args()
     cuda = torch.cuda.is_available() and not args.tiny
     shape = FULL if cuda else TINY
-    steps = args.steps or (20 if cuda else 5)
+    steps = args.steps or (30 if cuda else 5)
     if not cuda:
         torch.set_num_threads(args.threads)
     names = [s for s in args.settings.split(",") if s]
     unknown = [s for s in names if s not in SETTINGS]
     if unknown:
         p.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
-    tokenizer = make_tokenizer(shape["vocab_size"])
-    data = make_data((steps + args.warmup) * shape["batch_size"] * 4, shape["max_length"], shape["vocab_size"], 0)
-    results = {name: run_setting(name, SETTINGS[name], shape, data, tokenizer, steps, args.warmup, Path(args.out), cuda)
-               for name in names}
+    if len(names) > 1 and not args.same_process:
+        results = {name: run_in_child(name, args) for name in names}
+    else:
+        tokenizer = make_tokenizer(shape["vocab_size"])
+        data = make_data((steps + args.warmup) * shape["batch_size"] * 4, shape["max_length"], shape["vocab_size"], 0)
+        results = {name: run_setting(name, SETTINGS[name], shape, data, tokenizer, steps, args.warmup,
+                                     Path(args.out), cuda) for name in names}
     baseline = results.get("trl_defaults")
     print(json.dumps({
         "benchmark": "train_throughput",

@@ -46,6 +46,8 @@ def test_rows_for_the_embedded_set_leaves_out_sft_and_held_out_prompts():
     texts = {anchor.prompt_key(r["messages"]) for r in rows}
     assert not texts & {r["prompt"] for r in train[:30]}
     assert not texts & {r["prompt"] for r in heldout}
+    assert not texts & set(anchor.evaluation_prompts(0))  # no exam or out-of-scope exam question either
+    assert len(anchor.evaluation_prompts(0)) == 144 + 72 + len(heldout)
     assert {r["skill"] for r in rows if r["response"] is not None} >= {"repeat", "add", "refusal", "recall"}
 
 

@@ -1,5 +1,6 @@
 """The KL anchor's rows: general prompts on which a retrain keeps the model's next-token
-distributions close to the base model's (lora_sft.py adds the term to the SFT loss).
+distributions close to the base model's (lora_sft.AnchorLoss adds the term to the SFT and
+DPO losses).
 
 Why: replay at 5-10% of the SFT rows cannot hold a small model's general skills while it
 learns new facts (docs/TRAINING.md "Forgetting countermeasures"); a KL term towards the
@@ -50,10 +51,23 @@ def snapshot_source(snapshot_dir: str | Path) -> str | None:
 
 def rows_for(source: str, seed: int, sft_rows: list[dict], cfg: LoraSFTConfig) -> list[dict]:
     """The anchor rows of a retrain: general rows of ``source`` that are neither SFT rows
-    (replay rows included) nor held-out prompts."""
+    (replay rows included) nor held-out prompts, nor any prompt the evaluation asks (perturbed
+    copies included: anchoring on an exam question would inflate its score)."""
     pool, heldout = pool_from_source(source, seed)
-    exclude = {prompt_key(r["prompt"]) for r in sft_rows} | {prompt_key(p) for p in heldout}
+    exclude = ({prompt_key(r["prompt"]) for r in sft_rows} | {prompt_key(p) for p in heldout}
+               | {prompt_key(p) for p in evaluation_prompts(seed)})
     return select(pool, exclude, cfg, seed)
+
+
+def evaluation_prompts(seed: int) -> list[str]:
+    """What `kaizen eval` and the retrain job ask at this seed: the domain exam, the
+    out-of-scope exam and the held-out general rows."""
+    from kaizenlm.demo.domain import build_domain
+    from kaizenlm.demo.general import general_skills
+
+    domain = build_domain(seed)
+    _, heldout = general_skills(seed, domain=domain)
+    return [r["prompt"] for r in domain.exam_rows()] + list(domain.out_of_scope_exam) + [r["prompt"] for r in heldout]
 
 
 def select(pool: list[dict], exclude: set[str], cfg: LoraSFTConfig, seed: int) -> list[dict]:
