@@ -77,13 +77,13 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
     anchor_rows = _anchor_rows(snap, inputs.seed, sft_train, sft_cfg) if anchored else []
     jobs.report_progress(0.05, f"SFT on {len(sft_train)} rows ({len(anchor_rows)} anchor rows)")
     sft = lora_sft.train_sft(inputs.base_dir, sft_train, work_dir / "sft", sft_cfg, run,
-                    eval_rows=sft_eval or None, anchor_rows=anchor_rows)
+                             eval_rows=sft_eval or None, anchor_rows=anchor_rows)
     adapter = Path(sft["adapter_dir"])
     dpo = None
     if dpo_train:
         jobs.report_progress(0.5, f"DPO on {len(dpo_train)} pairs")
         dpo = lora_dpo.train_dpo(inputs.base_dir, adapter, dpo_train, work_dir / "dpo", dpo_cfg, run,
-                        eval_pairs=dpo_eval or None, anchor_rows=anchor_rows)
+                                 eval_pairs=dpo_eval or None, anchor_rows=anchor_rows)
         adapter = Path(dpo["adapter_dir"])
     shutil.copytree(adapter, out_dir, dirs_exist_ok=True)
     for name in ("sft", "dpo"):  # keep the run logs (TensorBoard, metrics) with the artifact
