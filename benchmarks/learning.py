@@ -30,12 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kaizenlm.config import BaseModelConfig, EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
 from kaizenlm.demo.domain import Domain, build_domain  # noqa: E402
-from kaizenlm.demo.general import (  # noqa: E402
-    EMBEDDED_REPLAY,  # noqa: E402
-    general_skills,
-    replay_rows,
-)
-from kaizenlm.retrain import anchor, lora_sft  # noqa: E402
+from kaizenlm.demo.general import EMBEDDED_REPLAY, general_skills, replay_rows  # noqa: E402
+from kaizenlm.retrain import anchor  # noqa: E402
 from kaizenlm.retrain import evaluate as ev  # noqa: E402
 from kaizenlm.retrain.base_model import build_base  # noqa: E402
 from kaizenlm.retrain.lora_dpo import train_dpo  # noqa: E402
@@ -102,8 +98,7 @@ def main() -> int:
         shutil.rmtree(out / name, ignore_errors=True)  # a benchmark measures fresh runs, never resumes
     t = time.perf_counter()
     rows = sft_rows(domain, args.seed, REPLAY_RATIO)
-    sft_cfg = lora_sft.resolve_config(LoraSFTConfig(), base_dir)
-    anchor_rows = anchor.rows_for(EMBEDDED_REPLAY, args.seed, rows, sft_cfg)
+    anchor_rows = anchor.rows_for(EMBEDDED_REPLAY, args.seed, rows, LoraSFTConfig())
     sft = train_sft(base_dir, rows, out / "sft_replay", LoraSFTConfig(), run_cfg, anchor_rows=anchor_rows)
     timings["sft_s"] = round(time.perf_counter() - t, 1)
     after_sft = evaluate_with_margin((str(base_dir), str(out / "sft_replay" / "adapter")), domain, heldout,

@@ -54,8 +54,8 @@ def test_rows_for_the_embedded_set_leaves_out_sft_and_held_out_prompts():
 def test_a_replay_file_is_an_anchor_source_and_a_missing_one_is_a_clear_error(tmp_path):
     path = tmp_path / "general.jsonl"
     path.write_text("\n".join(json.dumps({"prompt": f"Say {w}.", "response": w}) for w in ["a", "b", "c"]) + "\n")
-    pool, heldout = anchor.pool_from_source(str(path), 0)
-    assert [r["response"] for r in pool] == ["a", "b", "c"] and heldout == []
+    pool = anchor.pool_from_source(str(path), 0)
+    assert [r["response"] for r in pool] == ["a", "b", "c"] and all(r["skill"] is None for r in pool)
     with pytest.raises(ValueError, match="does not exist"):
         anchor.pool_from_source(str(tmp_path / "gone.jsonl"), 0)
 

@@ -62,7 +62,7 @@ import pyarrow.parquet as pq
 
 import kaizenlm
 from kaizenlm.config import Config, CurationConfig
-from kaizenlm.demo.general import EMBEDDED_REPLAY  # noqa: F401  (the embedded replay source's name; re-exported)
+from kaizenlm.demo.general import EMBEDDED_REPLAY
 from kaizenlm.feedback import curation, pairs, rewards
 from kaizenlm.feedback.curation import Funnel, contaminated, digest, scrub_pii
 from kaizenlm.feedback.parallel import beside

@@ -26,19 +26,17 @@ def prompt_key(prompt: str | list[dict]) -> str:
     return " ".join((users[-1] if users else "").split())
 
 
-def pool_from_source(source: str, seed: int) -> tuple[list[dict], list[str]]:
-    """(general rows {messages, response, skill}, held-out prompts) of a replay source: a file
-    (as curation.replay_path reads it) or the embedded general-skills set."""
+def pool_from_source(source: str, seed: int) -> list[dict]:
+    """General rows {messages, response, skill} of a replay source: a file (as
+    curation.replay_path reads it) or the embedded general-skills set's training rows."""
     from kaizenlm.demo.general import EMBEDDED_REPLAY, general_skills
 
     if source == EMBEDDED_REPLAY:
-        train, heldout = general_skills(seed)
-        rows = [{"messages": [{"role": "user", "content": r["prompt"]}], "response": r["response"],
-                 "skill": r["skill"]} for r in train]
-        return rows, [r["prompt"] for r in heldout]
+        return [{"messages": [{"role": "user", "content": r["prompt"]}], "response": r["response"],
+                 "skill": r["skill"]} for r in general_skills(seed)[0]]
     from kaizenlm.feedback.datasets import load_replay
 
-    return [{**r, "skill": None} for r in load_replay(source)], []
+    return [{**r, "skill": None} for r in load_replay(source)]
 
 
 def snapshot_source(snapshot_dir: str | Path) -> str | None:
@@ -51,12 +49,10 @@ def snapshot_source(snapshot_dir: str | Path) -> str | None:
 
 def rows_for(source: str, seed: int, sft_rows: list[dict], cfg: LoraSFTConfig) -> list[dict]:
     """The anchor rows of a retrain: general rows of ``source`` that are neither SFT rows
-    (replay rows included) nor held-out prompts, nor any prompt the evaluation asks (perturbed
-    copies included: anchoring on an exam question would inflate its score)."""
-    pool, heldout = pool_from_source(source, seed)
-    exclude = ({prompt_key(r["prompt"]) for r in sft_rows} | {prompt_key(p) for p in heldout}
-               | {prompt_key(p) for p in evaluation_prompts(seed)})
-    return select(pool, exclude, cfg, seed)
+    (replay rows included) nor any prompt the evaluation asks, held-out general rows included
+    (perturbed copies too: anchoring on an exam question would inflate its score)."""
+    exclude = {prompt_key(r["prompt"]) for r in sft_rows} | {prompt_key(p) for p in evaluation_prompts(seed)}
+    return select(pool_from_source(source, seed), exclude, cfg, seed)
 
 
 def evaluation_prompts(seed: int) -> list[str]:
