@@ -348,8 +348,11 @@ def sequential_test(
     log_lr = np.where(ok, mixture_log_lr(effect, v, center, tau, weight_up), 0.0)
     p = np.minimum(1.0, np.exp(-log_lr))
     if with_ci:
-        lo = effect - np.where(ok, mixture_halfwidth(v, alpha, center, tau, weight_up, side=1), np.inf)
-        hi = effect + np.where(ok, mixture_halfwidth(v, alpha, center, tau, weight_up, side=-1), np.inf)
+        h_low = np.where(ok, mixture_halfwidth(v, alpha, center, tau, weight_up, side=1), np.inf)
+        # A symmetric mixture gives a symmetric interval: one bisection serves both ends.
+        h_high = h_low if weight_up == 0.5 else np.where(
+            ok, mixture_halfwidth(v, alpha, center, tau, weight_up, side=-1), np.inf)
+        lo, hi = effect - h_low, effect + h_high
     else:
         lo = hi = np.full(np.shape(effect), np.nan)
     if prior is not None:
