@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "turns": n_turns, "events": len(envs), "curate_s": round(curate_s, 2), "curate_cpu_s": round(curate_cpu, 2),
         "build_snapshot_s": round(build_s, 2), "build_snapshot_cpu_s": round(build_cpu, 2),
         "build_turns_per_s": round(n_turns / build_s), "step_s": steps,
+        "snapshot_content_hash": snap.manifest["content_hash"],
         "counts": snap.counts, "pair_sources": snap.manifest["pair_sources"], "mix_ratio": snap.manifest["mix_ratio"],
         "base_rate_good": round(base_good, 4),
         "sft_precision_feedback": None if sft_precision is None else round(sft_precision, 4),
