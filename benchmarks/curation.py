@@ -48,8 +48,12 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kaizenlm.config import Config, CurationConfig, PathsConfig  # noqa: E402
-from kaizenlm.feedback import curation, datasets, pairs  # noqa: E402
-from kaizenlm.feedback.curation import Funnel, near_duplicate_groups, normalize  # noqa: E402
+from kaizenlm.datasets import (
+    curation,
+    pairs,  # noqa: E402
+)
+from kaizenlm.datasets import snapshots as datasets
+from kaizenlm.datasets.curation import Funnel, near_duplicate_groups, normalize  # noqa: E402
 from kaizenlm.feedback.rewards import Window  # noqa: E402
 from kaizenlm.ingest import store  # noqa: E402
 

@@ -37,7 +37,7 @@ import learning as L  # noqa: E402
 from kaizenlm.config import EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
 from kaizenlm.demo.domain import build_domain  # noqa: E402
 from kaizenlm.demo.general import general_skills, replay_rows  # noqa: E402
-from kaizenlm.retrain import evaluate as ev  # noqa: E402
+from kaizenlm.eval import evaluate as ev  # noqa: E402
 from kaizenlm.retrain import lora_dpo, lora_sft  # noqa: E402
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]

@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _proc import cpu_seconds  # noqa: E402  (benchmarks/, the script's own folder)
 
 from kaizenlm import config as config_mod  # noqa: E402
-from kaizenlm.commands.up import Supervisor  # noqa: E402
 from kaizenlm.feedback.client import KaizenClient  # noqa: E402
 from kaizenlm.ports import free_port  # noqa: E402
+from kaizenlm.server.up import Supervisor  # noqa: E402
 
 
 class CpuMeter:

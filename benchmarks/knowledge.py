@@ -44,9 +44,9 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kaizenlm.config import KnowledgeConfig  # noqa: E402
-from kaizenlm.retrain.embed import load_embedder  # noqa: E402
-from kaizenlm.retrain.knowledge import EMBEDDINGS_FILE, INDEX_HNSW, refresh_knowledge  # noqa: E402
-from kaizenlm.retrain.retrieval import Retriever  # noqa: E402
+from kaizenlm.knowledge.embed import load_embedder  # noqa: E402
+from kaizenlm.knowledge.index import EMBEDDINGS_FILE, INDEX_HNSW, refresh_knowledge  # noqa: E402
+from kaizenlm.knowledge.retrieval import Retriever  # noqa: E402
 
 log = logging.getLogger("benchmarks.knowledge")
 

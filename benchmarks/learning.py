@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kaizenlm.config import BaseModelConfig, EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
 from kaizenlm.demo.domain import Domain, build_domain  # noqa: E402
 from kaizenlm.demo.general import EMBEDDED_REPLAY, general_skills, replay_rows  # noqa: E402
+from kaizenlm.demo.tiny_base import build_base  # noqa: E402
+from kaizenlm.eval import evaluate as ev  # noqa: E402
 from kaizenlm.retrain import anchor  # noqa: E402
-from kaizenlm.retrain import evaluate as ev  # noqa: E402
-from kaizenlm.retrain.base_model import build_base  # noqa: E402
 from kaizenlm.retrain.lora_dpo import train_dpo  # noqa: E402
 from kaizenlm.retrain.lora_sft import train_sft  # noqa: E402
 

@@ -71,7 +71,7 @@ class StepTimer(TrainerCallback):
 
 def make_tokenizer(vocab_size: int):
     """Any tokenizer with a pad token will do: the data are already token ids."""
-    from kaizenlm.retrain.base_model import train_tokenizer
+    from kaizenlm.demo.tiny_base import train_tokenizer
 
     tok = train_tokenizer(["the quick brown fox jumps over the lazy dog"] * 8, vocab_size=300)
     tok.model_max_length = 1 << 20

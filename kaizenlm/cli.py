@@ -1,42 +1,44 @@
-"""`kaizen` command line. The command table is a plain dict: name -> module.
+"""`kaizen` command line. The command table is a plain dict: name -> 'module:COMMAND'.
 
-Each command module exposes HELP (one line), EXAMPLE (shown under --help),
-`add_arguments(parser)` and `run(args, cfg) -> int`. Modules are imported lazily so that
-`kaizen --help` stays fast (no torch import). Bad input exits with code 2 and a message.
+`kaizen X` lives in `kaizenlm/<package>/cli.py` as a `Command` (kaizenlm/command.py): a help
+line, an example shown under --help, `add_arguments(parser)` and `run(args, cfg) -> int`.
+Only the chosen command's module is imported, so `kaizen --help` stays fast (no torch
+import). Bad input exits with code 2 and a message.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import sys
 
 from kaizenlm import config as config_mod
+from kaizenlm.command import Command
 from kaizenlm.errors import UsageError
 
 COMMANDS: dict[str, str] = {
-    "init": "kaizenlm.commands.init",
-    "broker": "kaizenlm.commands.broker",
-    "gateway": "kaizenlm.commands.gateway",
-    "controller": "kaizenlm.commands.controller",
-    "up": "kaizenlm.commands.up",
-    "stats": "kaizenlm.commands.stats",
-    "dataset": "kaizenlm.feedback.dataset_command",
-    "forget": "kaizenlm.feedback.forget_command",
-    "registry": "kaizenlm.registry.cli",
-    "ab": "kaizenlm.abtest.cli",
-    "rollback": "kaizenlm.abtest.cli_rollback",
-    "knowledge": "kaizenlm.retrain.cli_knowledge",
-    "jobs": "kaizenlm.retrain.cli_jobs",
-    "retrain": "kaizenlm.retrain.cli_retrain",
-    "eval": "kaizenlm.retrain.cli_eval",
-    "review": "kaizenlm.retrain.cli_review",
-    "demo": "kaizenlm.demo.run",
-    "base": "kaizenlm.retrain.cli_base",
-    "dashboard": "kaizenlm.commands.dashboard",
+    "init": "kaizenlm.config.cli:INIT",
+    "broker": "kaizenlm.ingest.cli:BROKER",
+    "gateway": "kaizenlm.server.cli:GATEWAY",
+    "controller": "kaizenlm.server.cli:CONTROLLER",
+    "up": "kaizenlm.server.cli:UP",
+    "stats": "kaizenlm.ingest.cli:STATS",
+    "dataset": "kaizenlm.datasets.cli:DATASET",
+    "forget": "kaizenlm.datasets.cli:FORGET",
+    "registry": "kaizenlm.registry.cli:REGISTRY",
+    "ab": "kaizenlm.abtest.cli:AB",
+    "rollback": "kaizenlm.abtest.cli:ROLLBACK",
+    "knowledge": "kaizenlm.knowledge.cli:KNOWLEDGE",
+    "jobs": "kaizenlm.jobs.cli:JOBS",
+    "retrain": "kaizenlm.retrain.cli:RETRAIN",
+    "eval": "kaizenlm.eval.cli:EVAL",
+    "review": "kaizenlm.review.cli:REVIEW",
+    "demo": "kaizenlm.demo.cli:DEMO",
+    "base": "kaizenlm.demo.cli:BASE",
+    "dashboard": "kaizenlm.dashboard.cli:DASHBOARD",
 }
-
-
 
 
 def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
@@ -48,37 +50,51 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, d
     )
     parser.add_argument("--config", help="path to kaizen.toml (default: ./kaizen.toml or $KAIZEN_HOME/kaizen.toml)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    modules = {}
+    commands: dict[str, Command] = {}
     for name, module_path in COMMANDS.items():
         if command is not None and name != command:
             # Only the chosen command's module is imported; the others get a stub line in --help.
             sub.add_parser(name, help=_help_line(module_path))
             continue
-        module = importlib.import_module(module_path)
+        command_obj = load_command(module_path)
         p = sub.add_parser(
-            name, help=module.HELP, description=module.HELP, epilog=f"Example:\n  {module.EXAMPLE}",
+            name, help=command_obj.help, description=command_obj.help, epilog=f"Example:\n  {command_obj.example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        module.add_arguments(p)
-        modules[name] = module
-    return parser, modules
+        command_obj.add_arguments(p)
+        commands[name] = command_obj
+    return parser, commands
 
 
-def _help_line(module_path: str) -> str:
-    # Read HELP without importing heavy dependencies: it is the module's first HELP = "..." line.
+def load_command(target: str) -> Command:
+    """'package.module:NAME' -> the Command it names (imports the module)."""
+    module_path, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_path), attr)
+
+
+def _help_line(target: str) -> str:
+    # The help line without importing the module (and torch with it): read the module's source,
+    # find `NAME = Command(help=...)` and resolve `help` when it names a string constant.
+    module_path, _, attr = target.partition(":")
     spec = importlib.util.find_spec(module_path)
-    if spec and spec.origin:
-        with open(spec.origin, encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("HELP = "):
-                    return line.split("=", 1)[1].strip().strip('"')
+    if not (spec and spec.origin):
+        return ""
+    with open(spec.origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    constants = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+                 for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant)}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == attr for t in node.targets):
+            for kw in getattr(node.value, "keywords", []):
+                if kw.arg == "help":
+                    return kw.value.value if isinstance(kw.value, ast.Constant) else constants.get(kw.value.id, "")
     return ""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if a in COMMANDS), None)
-    parser, modules = build_parser(command)
+    parser, commands = build_parser(command)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
@@ -89,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kaizen: error: {e}", file=sys.stderr)
         return 2
     try:
-        return int(modules[args.command].run(args, cfg) or 0)
+        return int(commands[args.command].run(args, cfg) or 0)
     except (UsageError, config_mod.ConfigError) as e:
         print(f"kaizen {args.command}: error: {e}", file=sys.stderr)
         return 2

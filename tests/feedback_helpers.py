@@ -7,8 +7,8 @@ import itertools
 from pathlib import Path
 
 from kaizenlm.config import Config, CurationConfig, PathsConfig
-from kaizenlm.feedback.events import make_envelope
 from kaizenlm.ingest import store
+from kaizenlm.ingest.events import make_envelope
 
 T0 = 1_700_000_000.0
 _IDS = itertools.count(1)  # one sequence for all logs: ids never collide across logs

@@ -12,7 +12,7 @@ FAST_RUN = RetrainConfig(seed=0, cpu_threads=2, keep_checkpoints=5)
 
 
 def build_tiny_base(out_dir: Path) -> Path:
-    from kaizenlm.retrain.base_model import build_base
+    from kaizenlm.demo.tiny_base import build_base
 
     build_base(out_dir, TINY_BASE, seed=0)
     return out_dir

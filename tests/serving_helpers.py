@@ -24,7 +24,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from kaizenlm.retrain.base_model import train_tokenizer
+    from kaizenlm.demo.tiny_base import train_tokenizer
 
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(CORPUS * 4, vocab_size=300)
@@ -61,7 +61,7 @@ def reference_answer(base_dir: Path, adapter_dir: Path | None, messages: list[di
     """Greedy answer computed the plain way (a fresh model per call): the ground truth."""
     import torch
 
-    from kaizenlm.retrain.base_model import load_model_and_tokenizer
+    from kaizenlm.base.model import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(base_dir, adapter_dir)
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -73,13 +73,13 @@ def reference_answer(base_dir: Path, adapter_dir: Path | None, messages: list[di
 
 
 class EchoUpstream:
-    """kaizenlm.abtest.echo_upstream in its own process."""
+    """tests.echo_upstream in its own process."""
 
     def __init__(self, port: int, log_path: Path):
         self.port = port
         self.url = f"http://127.0.0.1:{port}/v1"
         log = open(log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen([sys.executable, "-m", "kaizenlm.abtest.echo_upstream", "--port", str(port)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.echo_upstream", "--port", str(port)],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

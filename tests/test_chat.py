@@ -26,9 +26,9 @@ from serving_helpers import (
     wait_gateway,
 )
 
-from kaizenlm.abtest.backends import BackendError, ChatParams, LocalBackend, LocalServing, OpenAIBackend
 from kaizenlm.abtest.routing import Target, assign_arm
 from kaizenlm.cli import main
+from kaizenlm.serving.backends import BackendError, ChatParams, LocalBackend, LocalServing, OpenAIBackend
 
 GREEDY = ChatParams(max_tokens=8, temperature=0.0)
 QUESTIONS = [[{"role": "user", "content": q}] for q in ("hello how are you", "reset my password please",

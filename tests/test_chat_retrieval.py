@@ -14,11 +14,11 @@ import pytest
 import serving_helpers
 from serving_helpers import drain_until, promote, register, register_base, wait_gateway
 
-from kaizenlm.abtest.knowledge_serving import KnowledgeServing
 from kaizenlm.abtest.routing import KnowledgeTarget
 from kaizenlm.config import KnowledgeConfig
-from kaizenlm.retrain.knowledge import refresh_knowledge
-from kaizenlm.retrain.retrieval import NO_CONTEXT
+from kaizenlm.knowledge.index import refresh_knowledge
+from kaizenlm.knowledge.retrieval import NO_CONTEXT
+from kaizenlm.serving.retrieval import KnowledgeServing
 
 openai_stack = serving_helpers.openai_stack  # a fixture: a stack serving through an echo upstream
 

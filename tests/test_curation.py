@@ -14,8 +14,8 @@ from feedback_helpers import EventLog, demo_envelopes, make_config, open_store
 from pii_cases import NEGATIVES, POSITIVES
 
 from kaizenlm.config import ConfigError, CurationConfig
-from kaizenlm.feedback import curation
-from kaizenlm.feedback.curation import (
+from kaizenlm.datasets import curation
+from kaizenlm.datasets.curation import (
     Funnel,
     avg_sentence_words,
     contaminated,

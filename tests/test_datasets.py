@@ -14,8 +14,9 @@ import pytest
 from feedback_helpers import T0, EventLog, demo_envelopes, make_config, open_store
 
 from kaizenlm.config import ConfigError, CurationConfig
-from kaizenlm.feedback import datasets, parallel
-from kaizenlm.feedback.datasets import SnapshotError, build_snapshot
+from kaizenlm.datasets import parallel
+from kaizenlm.datasets import snapshots as datasets
+from kaizenlm.datasets.snapshots import SnapshotError, build_snapshot
 from kaizenlm.feedback.rewards import Window
 from kaizenlm.ingest import store
 

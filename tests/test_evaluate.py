@@ -8,7 +8,7 @@ from retrain_helpers import build_tiny_base
 from kaizenlm.config import EvalConfig
 from kaizenlm.demo.domain import Domain, build_domain
 from kaizenlm.demo.general import general_skills
-from kaizenlm.retrain import evaluate as ev
+from kaizenlm.eval import evaluate as ev
 
 
 def test_exact_match_normalizes_case_space_and_punctuation():

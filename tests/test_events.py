@@ -3,7 +3,7 @@
 import pytest
 
 from kaizenlm.feedback import collector
-from kaizenlm.feedback.events import make_envelope, parse_envelope
+from kaizenlm.ingest.events import make_envelope, parse_envelope
 
 TURN = {"conversation_id": "c1", "user_id": "u1", "messages": [{"role": "user", "content": "hi"}],
         "response": "hello", "latency_ms": 12}

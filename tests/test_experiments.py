@@ -15,7 +15,7 @@ from kaizenlm import config as config_mod
 from kaizenlm.abtest import experiments as ab
 from kaizenlm.abtest.routing import assign_arm
 from kaizenlm.cli import main
-from kaizenlm.feedback.events import make_envelope
+from kaizenlm.ingest.events import make_envelope
 from kaizenlm.ingest.store import connect, insert_events
 from kaizenlm.registry import aliases as al
 from kaizenlm.registry import versions as vs

@@ -17,8 +17,9 @@ from feedback_helpers import EventLog, make_config, open_store
 
 from kaizenlm import config as config_mod
 from kaizenlm.cli import main
-from kaizenlm.feedback import datasets, service
-from kaizenlm.feedback.admin_client import AdminClient
+from kaizenlm.datasets import service
+from kaizenlm.datasets import snapshots as datasets
+from kaizenlm.datasets.client import AdminClient
 from kaizenlm.feedback.rewards import Window
 from kaizenlm.registry import versions
 
@@ -168,7 +169,7 @@ def test_help(capsys):
 
 @pytest.fixture
 def controller(home):
-    from kaizenlm.controller import create_app
+    from kaizenlm.server.controller import create_app
 
     app = create_app(home, start_sink=False)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=home.controller.port, log_level="warning"))
@@ -232,10 +233,10 @@ def test_demo_dataset_stage_builds_through_the_admin_api(tmp_path):
     from feedback_helpers import demo_envelopes
     from rich.console import Console
 
-    from kaizenlm.controller import create_app
     from kaizenlm.demo.domain import build_domain
     from kaizenlm.demo.stages_data import stage_dataset
     from kaizenlm.ingest import store
+    from kaizenlm.server.controller import create_app
 
     cfg = make_config(tmp_path / "home")
     con = open_store(cfg)

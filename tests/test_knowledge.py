@@ -15,11 +15,10 @@ import pytest
 from kaizenlm import cli
 from kaizenlm.config import Config, KnowledgeConfig, PathsConfig
 from kaizenlm.ingest.store import connect, insert_events
-from kaizenlm.registry import service
-from kaizenlm.retrain.chunking import Document, chunk_document, chunk_words, content_hash, load_documents
-from kaizenlm.retrain.coverage import coverage, recall_at_k
-from kaizenlm.retrain.embed import load_embedder
-from kaizenlm.retrain.knowledge import (
+from kaizenlm.knowledge.chunking import Document, chunk_document, chunk_words, content_hash, load_documents
+from kaizenlm.knowledge.coverage import coverage, recall_at_k
+from kaizenlm.knowledge.embed import load_embedder
+from kaizenlm.knowledge.index import (
     EMBEDDINGS_FILE,
     INDEX_FILE,
     promoted_answers,
@@ -27,8 +26,9 @@ from kaizenlm.retrain.knowledge import (
     recent_questions,
     refresh_knowledge,
 )
-from kaizenlm.retrain.knowledge_job import KNOWLEDGE_ALIAS, refresh
-from kaizenlm.retrain.retrieval import NO_CONTEXT, Hit, Retriever, build_prompt, doc_ids_of
+from kaizenlm.knowledge.refresh import KNOWLEDGE_ALIAS, refresh
+from kaizenlm.knowledge.retrieval import NO_CONTEXT, Hit, Retriever, build_prompt, doc_ids_of
+from kaizenlm.registry import service
 
 KCFG = KnowledgeConfig(chunk_words=40, chunk_overlap=10)
 HANDBOOK_WORDS = [f"w{i}" for i in range(100)]  # 100 words -> windows [0:40] [30:70] [60:100]

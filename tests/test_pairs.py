@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from feedback_helpers import EventLog, make_config, open_store
 
-from kaizenlm.feedback import curation, pairs
-from kaizenlm.feedback.curation import Funnel
+from kaizenlm.datasets import curation, pairs
+from kaizenlm.datasets.curation import Funnel
 from kaizenlm.feedback.rewards import Window
 
 GOOD = "Open Settings, then Billing, and choose Change plan. The new price applies from the next invoice."

@@ -14,8 +14,8 @@ from PIL import Image
 from kaizenlm import config as config_mod
 from kaizenlm.cli import main
 from kaizenlm.ingest.store import connect
-from kaizenlm.retrain import job_history as history
-from kaizenlm.retrain.review import last_quarter, metric, resolve_window, write_review
+from kaizenlm.jobs import history
+from kaizenlm.review.report import last_quarter, metric, resolve_window, write_review
 
 SINCE, UNTIL = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 4, 1, tzinfo=UTC)
 
@@ -75,7 +75,7 @@ def seed_quarter(con, tmp_path) -> None:
         ]}))
     add_version(con, "knowledge-0001", at(2025, 3, 3), {"coverage": 0.62, "chunks": 40}, artifact_dir=str(kdir))
 
-    manifest = {"curation": {"turns": 123, "steps": {  # the shape of kaizenlm.feedback.curation.Funnel
+    manifest = {"curation": {"turns": 123, "steps": {  # the shape of kaizenlm.datasets.curation.Funnel
         "candidates": [{"step": "context", "in": 123, "out": 120, "dropped": {"context_too_long": 3}}],
         "sft": [{"step": "answers", "in": 120, "out": 50, "dropped": {"low_reward": 70}},
                 {"step": "deduplicate", "in": 50, "out": 40, "dropped": {"near_duplicate": 10}}],

@@ -14,8 +14,8 @@ from feedback_helpers import T0, EventLog, make_config, open_store
 
 from kaizenlm.config import RewardsConfig
 from kaizenlm.feedback import rewards
-from kaizenlm.feedback.events import SIGNAL_KINDS
 from kaizenlm.feedback.rewards import Window, combine, reward_frame, turn_features, turn_reward
+from kaizenlm.ingest.events import SIGNAL_KINDS
 
 W = RewardsConfig()
 

@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 
 from kaizenlm import config as config_mod
 from kaizenlm.cli import main
+from kaizenlm.config.cron import cron_trigger
 from kaizenlm.ingest.store import connect
-from kaizenlm.retrain import job_history as history
-from kaizenlm.retrain.cron import cron_trigger
-from kaizenlm.retrain.schedule import Scheduler, TierBusy, UnknownTier, default_tiers, fire_times_between
+from kaizenlm.jobs import history
+from kaizenlm.jobs.scheduler import Scheduler, TierBusy, UnknownTier, default_tiers, fire_times_between
 
 
 class Clock:
@@ -390,7 +390,7 @@ def test_quarterly_tier_writes_the_review_of_the_previous_quarter(cfg, db):
 
 
 def test_admin_api_lists_runs_and_refuses_a_second_run(cfg, db):
-    from kaizenlm.retrain import jobs_api
+    from kaizenlm.jobs import api as jobs_api
 
     gate = threading.Event()
     weekly = Recorder(gate=gate)
@@ -420,7 +420,7 @@ def test_admin_api_lists_runs_and_refuses_a_second_run(cfg, db):
 
 
 def test_controller_mounts_the_scheduler(kaizen_env):
-    from kaizenlm.controller import create_app
+    from kaizenlm.server.controller import create_app
 
     cfg = config_mod.load(env=kaizen_env)
     with TestClient(create_app(cfg, start_sink=False)) as client:

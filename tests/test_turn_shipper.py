@@ -18,8 +18,8 @@ from conftest import Stack
 from kafka import KafkaConsumer
 from serving_helpers import drain_until, promote, register_base, wait_gateway
 
-from kaizenlm.abtest.turn_shipper import ShipperClient, shipper_argv
-from kaizenlm.feedback.events import make_envelope
+from kaizenlm.ingest.events import make_envelope
+from kaizenlm.serving.turn_shipper import ShipperClient, shipper_argv
 
 openai_stack = serving_helpers.openai_stack
 

@@ -1,2 +1,2 @@
-"""Serving and experiments: the A/B router, model backends, always-valid statistics,
-and the promotion and rollback decisions built on them."""
+"""A/B experiments: routing state on the control topic, always-valid statistics, promotion and
+rollback decisions, and the experiments' admin API, client and CLI (`kaizen ab`, `kaizen rollback`)."""

@@ -1,6 +1,6 @@
 """The controller's A/B admin API, its routing publisher and its analysis loop.
 
-Mounted by kaizenlm/controller.py: `install(app)` at creation (router, app.state.ab_lock,
+Mounted by kaizenlm/server/controller.py: `install(app)` at creation (router, app.state.ab_lock,
 app.state.routing, app.state.on_alias_moved for the registry API), `start(app)` /
 `stop(app)` in the lifespan (the loop thread).
 
@@ -33,7 +33,8 @@ from pydantic import BaseModel, Field
 
 from kaizenlm.abtest import experiments as ab
 from kaizenlm.abtest.routing import RoutingPublisher, RoutingState
-from kaizenlm.registry.api import db_cursor, http_errors, require_admin
+from kaizenlm.auth import require_admin
+from kaizenlm.registry.api import db_cursor, http_errors
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/admin/v1", tags=["ab"], dependencies=[Depends(require_admin)])

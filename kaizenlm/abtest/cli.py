@@ -1,7 +1,10 @@
-"""`kaizen ab start|status|stop|analyse`: run A/B experiments between champion and a challenger.
+"""`kaizen ab start|status|stop|analyse` and `kaizen rollback`: experiments and rollback.
 
-Goes through the controller's admin API when it runs (which publishes routing at once),
-else writes the DuckDB file directly and the controller publishes when it starts.
+`ab` runs A/B experiments between champion and a challenger; `rollback [--to VERSION]` moves
+`champion` back one step in its history (recorded in the alias history; any experiment on the
+alias ends). Both go through the controller's admin API when it runs (which publishes routing
+at once, so every gateway switches within about a second), else write the DuckDB file
+directly and the controller publishes when it starts.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import json
 import typing
 
 from kaizenlm.abtest.client import ABClient
-from kaizenlm.cli import UsageError
+from kaizenlm.command import Command
 from kaizenlm.config import ABConfig
+from kaizenlm.errors import UsageError
 from kaizenlm.registry.errors import RegistryError
 
 HELP = "start, inspect, analyse and stop A/B experiments (champion vs a challenger version)"
@@ -164,3 +168,43 @@ def _analyse_text(r: dict) -> str:
 
 
 _TEXT = {"start": _start_text, "status": _status_text, "stop": _stop_text, "analyse": _analyse_text}
+
+
+ROLLBACK_HELP = "roll champion (or --alias) back one step in its history, or back to --to VERSION; publishes routing"
+ROLLBACK_EXAMPLE = "kaizen rollback --reason 'regenerate rate up after the promotion'"
+
+
+def add_rollback_arguments(p) -> None:
+    p.add_argument("--to", dest="to_version", metavar="VERSION",
+                   help="an earlier version of the alias to go back to (default: one step back)")
+    p.add_argument("--reason", default="", help="why; stored in the alias history")
+    p.add_argument("--alias", default="champion", help="alias to roll back (default: champion)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run_rollback(args, cfg) -> int:
+    client = ABClient(cfg)
+    try:
+        result = client.rollback(args.alias, args.to_version, args.reason or "rollback from the CLI", _actor())
+    except RegistryError as e:
+        raise UsageError(f"{e} (see `kaizen registry history {args.alias}`)") from None
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    move = result["move"]
+    print(f"{move['alias']}: {move['from_version']} -> {move['to_version']}  ({move['reason']}; "
+          f"history #{move['seq']})")
+    for experiment_id in result["stopped_experiments"]:
+        print(f"ended experiment {experiment_id}: its champion no longer serves '{move['alias']}'")
+    routing = result.get("routing")
+    if client.via == "duckdb":
+        print(f"(written to {cfg.duckdb_path}; no controller is running: routing will be published when it starts)")
+    elif routing and routing.get("published"):
+        print(f"routing version {routing['version']} published; gateways switch within a second")
+    else:
+        print("routing not published yet (broker unreachable); the controller retries every second")
+    return 0
+
+
+AB = Command(help=HELP, example=EXAMPLE, add_arguments=add_arguments, run=run)
+ROLLBACK = Command(help=ROLLBACK_HELP, example=ROLLBACK_EXAMPLE, add_arguments=add_rollback_arguments, run=run_rollback)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from kaizenlm.admin_client import ControllerOrDuckDB
 from kaizenlm.config import Config
+from kaizenlm.ingest.admin_client import ControllerOrDuckDB
 from kaizenlm.registry.client import registry_error
 
 

@@ -34,8 +34,15 @@ import duckdb
 
 from kaizenlm.abtest import decisions as decisions_mod
 from kaizenlm.abtest import stats
-from kaizenlm.abtest.backends import target_for
-from kaizenlm.abtest.routing import CHALLENGER, CHAMPION, KNOWLEDGE, ExperimentRoute, KnowledgeTarget, RoutingState
+from kaizenlm.abtest.routing import (
+    CHALLENGER,
+    CHAMPION,
+    KNOWLEDGE,
+    ExperimentRoute,
+    KnowledgeTarget,
+    RoutingState,
+    target_for,
+)
 from kaizenlm.config import ABConfig, Config, ConfigError
 from kaizenlm.registry import aliases as alias_ops
 from kaizenlm.registry import versions as version_ops

@@ -27,13 +27,11 @@ from dataclasses import asdict, dataclass, field
 import orjson
 
 from kaizenlm.config import Config
+from kaizenlm.registry.aliases import CHALLENGER, CHAMPION, KNOWLEDGE  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 ROUTING_KEY = b"routing"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-KNOWLEDGE = "knowledge"  # the alias of the knowledge index gateways retrieve from
 
 
 @dataclass(frozen=True)
@@ -46,6 +44,17 @@ class Target:
     model_dir: str | None = None
     adapter_dir: str | None = None
     upstream_model: str = ""
+
+
+def target_for(con, version) -> Target:
+    """The serving target of a registry Version (kinds base and adapter; raises ValueError otherwise)."""
+    from kaizenlm.registry.lineage import model_dirs, version_lookup
+
+    if version.kind not in ("base", "adapter"):
+        raise ValueError(f"version '{version.version_id}' is a {version.kind}, not a model; it cannot serve")
+    upstream = str(version.config.get("upstream_model") or version.version_id)
+    base_dir, adapter_dir = model_dirs(version.to_dict(), version_lookup(con))
+    return Target(version.version_id, version.kind, base_dir, adapter_dir, upstream)
 
 
 @dataclass(frozen=True)

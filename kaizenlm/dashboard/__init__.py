@@ -1,1 +1,2 @@
-"""The Streamlit dashboard. It reads only the controller's HTTP API and owns no state."""
+"""The Streamlit dashboard, which reads only the controller's HTTP API and owns no state,
+and the aggregate read routes it needs (mounted by the controller)."""

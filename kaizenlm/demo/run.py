@@ -7,7 +7,10 @@ compressed-time traffic through the SDK and the widget's endpoint.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +20,6 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from kaizenlm.commands.up import Supervisor
 from kaizenlm.demo.domain import Domain, build_domain
 from kaizenlm.demo.stages import (
     stage_ab,
@@ -31,18 +33,7 @@ from kaizenlm.demo.stages_data import stage_dataset
 from kaizenlm.demo.users import baseline_answer_fn, simulate
 from kaizenlm.feedback.client import KaizenClient
 
-HELP = "run the whole loop on the embedded default with simulated users, then print a summary"
-EXAMPLE = "KAIZEN_HOME=./demo-state kaizen demo --short --no-dashboard"
-
 console = Console()
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--short", action="store_true", help="the same stages, smaller (for CI)")
-    p.add_argument("--no-dashboard", action="store_true", help="exit after the summary instead of serving the dashboard")
-    p.add_argument("--days", type=float, default=30.0, help="days of simulated traffic (compressed in time)")
-    p.add_argument("--conversations", type=int, help="simulated conversations (default 4000, 1500 with --short)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the domain and the users")
 
 
 @dataclass
@@ -104,6 +95,52 @@ def stage_traffic(ctx: DemoContext) -> None:
     console.print(table)
 
 
+class UpProcess:
+    """`kaizen up` as a child process: the demo drives the stack through the same commands and
+    HTTP routes a user would. Its log is $KAIZEN_HOME/logs/up.out; stop() is the ordered stop
+    `kaizen up` does on Ctrl-C (gateways flush, the sink drains, then controller and broker)."""
+
+    def __init__(self, cfg, config_path: str | None, with_dashboard: bool):
+        self.cfg = cfg
+        self.argv = [sys.executable, "-m", "kaizenlm.cli", *(["--config", config_path] if config_path else []), "up",
+                     *(["--dashboard"] if with_dashboard else [])]
+        self.log_path = cfg.home / "logs" / "up.out"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "KAIZEN_HOME": str(self.cfg.home), "KAIZEN_BROKER_PORT": str(self.cfg.kafka.broker_port),
+               "KAIZEN_GATEWAY_PORT": str(self.cfg.gateway.port),
+               "KAIZEN_CONTROLLER_PORT": str(self.cfg.controller.port)}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        for url in (self.cfg.controller_url, self.cfg.gateway_url):
+            while not _answers(url + "/healthz"):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+                    raise RuntimeError(f"`kaizen up` did not start (see {self.log_path}):\n{tail}")
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 STAGES = [stage_traffic, stage_dataset, stage_knowledge, stage_retrain, stage_ab, stage_bad_candidate, stage_rollback,
           stage_review]
 
@@ -144,9 +181,9 @@ def run(args, cfg) -> int:
     domain = build_domain(args.seed)
     conversations = args.conversations or (1500 if args.short else 4000)
     ctx = DemoContext(cfg, domain, args.short, args.seed, args.days, conversations)
-    sup = Supervisor(cfg, with_dashboard=not args.no_dashboard)
+    stack = UpProcess(cfg, args.config, with_dashboard=not args.no_dashboard)
     console.print(f"[bold]kaizen demo[/bold]: state in {cfg.home}; starting broker, controller and gateway")
-    sup.start()
+    stack.start()
     try:
         for stage in STAGES:
             console.rule(stage.__doc__.split("\n")[0] if stage.__doc__ else stage.__name__)
@@ -158,7 +195,7 @@ def run(args, cfg) -> int:
         if not args.no_dashboard:
             _wait_for_ctrl_c()
     finally:
-        sup.stop()
+        stack.stop()
     return 0
 
 

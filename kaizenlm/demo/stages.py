@@ -161,8 +161,8 @@ def stage_bad_candidate(ctx) -> None:
     Trained here with the same recipe as the monthly retrain, registered as a candidate
     like any other, then put through `kaizen eval --apply-gate`: it never reaches users."""
     from kaizenlm.config import LoraSFTConfig
+    from kaizenlm.eval.cli import evaluate_version, model_spec
     from kaizenlm.registry.client import RegistryClient
-    from kaizenlm.retrain.cli_eval import evaluate_version, model_spec
     from kaizenlm.retrain.lora_sft import train_sft
 
     client = RegistryClient(ctx.cfg)

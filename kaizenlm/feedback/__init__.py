@@ -1,2 +1,2 @@
-"""What users tell us: event schemas, the gateway's collector routes, the feedback widget and
-the SDK client; later also rewards, curation and dataset snapshots built from that feedback."""
+"""What users tell us: the gateway's collector routes, the feedback widget, the SDK client,
+and the per-turn reward computed from explicit and implicit feedback."""

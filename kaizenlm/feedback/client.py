@@ -28,7 +28,7 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
-from kaizenlm.feedback.events import PAYLOADS, new_event_id, validation_message
+from kaizenlm.ingest.events import PAYLOADS, new_event_id, validation_message
 
 log = logging.getLogger(__name__)
 PATHS = {"turn": "/v1/turns", "feedback": "/v1/feedback", "signal": "/v1/signals"}

@@ -1,4 +1,4 @@
-"""The gateway's collector routes: POST /v1/turns, /v1/feedback, /v1/signals.
+"""The gateway's collector routes: POST /v1/turns, /v1/feedback, /v1/signals, and GET /widget.js.
 
 Each accepts one JSON object or an array of up to `gateway.max_batch`. A batch is all or
 nothing: if any item is invalid the answer is 422 naming every bad item and field, and
@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import re
 import time
+from pathlib import Path
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from kaizenlm.feedback.events import ID_PATTERN, PAYLOADS, SCHEMA_VERSION, TOPIC_OF, new_event_id, validation_message
+from kaizenlm import auth
+from kaizenlm.ingest.events import ID_PATTERN, PAYLOADS, SCHEMA_VERSION, TOPIC_OF, new_event_id, validation_message
 from kaizenlm.ingest.spool import SpoolFull
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ router = APIRouter()
 MIN_TS = 946_684_800  # 2000-01-01: an older timestamp is a client bug (seconds vs ms, or unset clocks)
 MAX_FUTURE_S = 86_400
 _ID_RE = re.compile(ID_PATTERN)
+WIDGET_JS = Path(__file__).parent / "static" / "widget.js"
 
 
 class BadRequest(Exception):
@@ -34,17 +37,11 @@ class BadRequest(Exception):
 
 
 def require_scope(request: Request, scope: str) -> None:
-    """Bearer-key check: the ingest key has 'ingest'; the admin key has 'ingest' and 'admin'."""
-    auth = request.app.state.cfg.auth
-    header = request.headers.get("authorization", "")
-    key = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    scopes = {auth.admin_key: {"ingest", "admin"}, auth.ingest_key: {"ingest"}}.get(key)
-    if not key:
-        raise BadRequest(401, "missing API key: send 'Authorization: Bearer <key>'", "unauthorized")
-    if scopes is None:
-        raise BadRequest(401, "unknown API key", "unauthorized")
-    if scope not in scopes:
-        raise BadRequest(403, f"this key lacks the '{scope}' scope", "forbidden")
+    """kaizenlm.auth's check, raised as the fast routes' BadRequest."""
+    try:
+        auth.check(request.app.state.cfg.auth, request.headers.get("authorization", ""), scope)
+    except auth.AuthError as e:
+        raise BadRequest(e.status, e.message, "unauthorized" if e.status == 401 else "forbidden") from None
 
 
 async def read_json_body(request: Request, max_bytes: int):
@@ -173,6 +170,13 @@ async def _collect_or_raise(request: Request, event_type: str) -> Response:
                           "event_ids": [e["event_id"] for e in envelopes]}, 202)
 
 
+@router.get("/widget.js")
+async def widget() -> Response:
+    """The embeddable feedback widget (kaizenlm/feedback/static/widget.js)."""
+    return Response(WIDGET_JS.read_text(encoding="utf-8"), media_type="application/javascript",
+                    headers={"Cache-Control": "max-age=300"})
+
+
 @router.post("/v1/turns", status_code=202)
 async def post_turns(request: Request) -> Response:
     """Log chat turns produced elsewhere (one object or an array)."""
@@ -191,5 +195,5 @@ async def post_signals(request: Request) -> Response:
     return await _collect(request, "signal")
 
 
-# What the gateway's fast path (kaizenlm.gateway.FastRoutes) answers without FastAPI's routing.
+# What the gateway's fast path (kaizenlm.server.gateway.FastRoutes) answers without FastAPI's routing.
 FAST_ROUTES = {"/v1/turns": post_turns, "/v1/feedback": post_feedback, "/v1/signals": post_signals}

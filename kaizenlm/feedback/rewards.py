@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from kaizenlm.config import RewardsConfig
-from kaizenlm.feedback.events import SIGNAL_KINDS
+from kaizenlm.ingest.events import SIGNAL_KINDS
 
 COUNT_COLUMNS = tuple(f"n_{k}" for k in SIGNAL_KINDS)
 EXPLICIT_FEATURES = ("thumbs", "rating", "has_correction")

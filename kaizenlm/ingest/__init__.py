@@ -1,2 +1,2 @@
-"""Transport and storage: Kafka topics, the producer with its disk spool, the embedded broker,
-the DuckDB store schema and the controller's sink that moves events from Kafka into DuckDB."""
+"""Transport and storage: event schemas, the producer with its disk spool, the embedded broker,
+the DuckDB store and the controller's sink that moves events from Kafka into DuckDB."""

@@ -19,8 +19,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 
 from kaizenlm.config import Config
-from kaizenlm.feedback.events import parse_envelope
 from kaizenlm.ingest import store
+from kaizenlm.ingest.events import parse_envelope
 
 log = logging.getLogger(__name__)
 

@@ -137,7 +137,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "scheduler: job_runs, job_tiers",
         # One row per run of a tier (retries are rows of their own, attempt = 2, 3, ...).
         # job_tiers remembers when each tier was first scheduled, so a run missed before the
-        # first success still catches up after a restart (kaizenlm/retrain/schedule.py).
+        # first success still catches up after a restart (kaizenlm/jobs/scheduler.py).
         """
         CREATE TABLE job_runs (
             run_id VARCHAR PRIMARY KEY,

@@ -30,6 +30,9 @@ from kaizenlm.registry.errors import Conflict, NotFound, RegistryError
 from kaizenlm.registry.transaction import transaction
 from kaizenlm.registry.versions import get_version, utc_from_epoch_us
 
+CHAMPION = "champion"  # the alias users are served by default
+CHALLENGER = "challenger"
+KNOWLEDGE = "knowledge"  # the alias of the knowledge index gateways retrieve from
 ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _HISTORY_COLUMNS = ("seq", "alias", "from_version", "to_version", "action", "undoes", "reason", "actor", "ts")
 # ts leaves DuckDB as epoch microseconds (fetching TIMESTAMPTZ directly needs pytz).

@@ -5,14 +5,13 @@ The controller provides `app.state.db` (its DuckDB connection; each request uses
 `app.state.on_alias_moved(move: dict)`, called after every committed alias move so the
 controller can publish routing state on `kaizen.control`.
 
-Every endpoint needs `Authorization: Bearer <auth.admin_key>`. Errors: 401 bad/missing
-key, 404 unknown version/alias, 409 refused by the registry's state (nothing to roll back,
+Every endpoint needs `Authorization: Bearer <auth.admin_key>` (kaizenlm.auth: 401 for a
+missing or unknown key, 403 for a key without the admin scope). Errors: 404 unknown version/alias, 409 refused by the registry's state (nothing to roll back,
 tainted version, concurrent change), 400 invalid value; `detail` says what to do.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,23 +19,11 @@ import duckdb
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
+from kaizenlm.auth import require_admin
 from kaizenlm.registry import service
 from kaizenlm.registry.errors import Conflict, NotFound, RegistryError
 
 router = APIRouter(prefix="/admin/v1/registry", tags=["registry"])
-
-
-def require_admin(request: Request) -> None:
-    """401 unless the Bearer token is the admin key (compared in constant time)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    expected = request.app.state.cfg.auth.admin_key
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise HTTPException(
-            status_code=401,
-            detail="admin API needs 'Authorization: Bearer <auth.admin_key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
 
 
 def db_cursor(request: Request) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import getpass
 import json
 
-from kaizenlm.cli import UsageError
+from kaizenlm.command import Command
+from kaizenlm.errors import UsageError
 from kaizenlm.registry.client import RegistryClient
 from kaizenlm.registry.errors import RegistryError
 from kaizenlm.registry.versions import KINDS, STATUSES
@@ -143,3 +144,6 @@ def _history_text(result: dict) -> str:
 
 _TEXT = {"list": _list_text, "show": _show_text, "promote": _move_text, "tag": _move_text,
          "lineage": _lineage_text, "history": _history_text}
+
+
+REGISTRY = Command(help=HELP, example=EXAMPLE, add_arguments=add_arguments, run=run)

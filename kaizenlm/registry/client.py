@@ -1,7 +1,7 @@
 """Registry access for processes other than the controller (the CLI, `kaizen retrain`).
 
 Through the controller's admin API when it runs, else on the DuckDB file for one call
-(kaizenlm.admin_client); both paths run the same `kaizenlm.registry.service` functions
+(kaizenlm.ingest.admin_client); both paths run the same `kaizenlm.registry.service` functions
 and raise the same errors.
 """
 
@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 import duckdb
 
-from kaizenlm.admin_client import ControllerOrDuckDB, generic_error
 from kaizenlm.config import Config
+from kaizenlm.ingest.admin_client import ControllerOrDuckDB, generic_error
 from kaizenlm.registry import service
 from kaizenlm.registry.errors import Conflict, NotFound, RegistryError
 

@@ -1,2 +1,2 @@
-"""Turning data into better models: the base model, LoRA SFT/DPO recipes, evaluation,
-knowledge refresh, the quarterly review, the scheduler and the job runner."""
+"""Training better models: the base model, the LoRA SFT and DPO recipes with the KL anchor
+against forgetting, training health checks, and the monthly retrain job."""

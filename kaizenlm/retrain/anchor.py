@@ -20,7 +20,7 @@ from kaizenlm.config import LoraSFTConfig
 
 def prompt_key(prompt: str | list[dict]) -> str:
     """The last user message's text, whitespace-normalised: how rows are matched across sources."""
-    from kaizenlm.retrain.training import as_messages
+    from kaizenlm.base.model import as_messages
 
     users = [m["content"] for m in as_messages(prompt) if m["role"] == "user"]
     return " ".join((users[-1] if users else "").split())
@@ -34,7 +34,7 @@ def pool_from_source(source: str, seed: int) -> list[dict]:
     if source == EMBEDDED_REPLAY:
         return [{"messages": [{"role": "user", "content": r["prompt"]}], "response": r["response"],
                  "skill": r["skill"]} for r in general_skills(seed)[0]]
-    from kaizenlm.feedback.datasets import load_replay
+    from kaizenlm.datasets.snapshots import load_replay
 
     return [{**r, "skill": None} for r in load_replay(source)]
 
@@ -115,7 +115,7 @@ def _perturbed(text: str, vocabulary: list[str], rng: random.Random) -> str:
 
 def answer_missing(rows: list[dict], model, tokenizer) -> list[dict]:
     """Rows whose response is None get the model's greedy answer (call it with the base model)."""
-    from kaizenlm.retrain.evaluate import generate_answers
+    from kaizenlm.eval.evaluate import generate_answers
 
     todo = sorted({json.dumps(r["messages"]) for r in rows if r["response"] is None})
     if not todo:

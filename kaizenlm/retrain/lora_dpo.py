@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trl import DPOTrainer  # noqa: E402
 
+from kaizenlm.base.model import as_messages  # noqa: E402
 from kaizenlm.config import LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
 from kaizenlm.retrain import lora_sft, training  # noqa: E402
 from kaizenlm.retrain.monitoring import HealthMonitor, NonFiniteLossError  # noqa: E402
@@ -68,7 +69,7 @@ def _setup_data(pairs: list[dict], eval_pairs: list[dict] | None, cfg: LoraDPOCo
 
     def convert(row: dict) -> dict:
         if chat:
-            return {"prompt": training.as_messages(row["prompt"]),
+            return {"prompt": as_messages(row["prompt"]),
                     "chosen": [{"role": "assistant", "content": row["chosen"]}],
                     "rejected": [{"role": "assistant", "content": row["rejected"]}]}
         return {"prompt": str(row["prompt"]), "chosen": " " + row["chosen"], "rejected": " " + row["rejected"]}
@@ -123,7 +124,7 @@ def _margin(model, tokenizer, rows: list[dict]) -> float | None:
     """Mean log p(chosen) - log p(rejected) of the policy on validation pairs (None without any)."""
     if not rows:
         return None
-    from kaizenlm.retrain.evaluate import preference_margin
+    from kaizenlm.eval.evaluate import preference_margin
 
     def text(x):  # dataset rows hold chat messages; the margin wants the answer text
         return x[-1]["content"] if isinstance(x, list) else x

@@ -25,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trl import SFTTrainer  # noqa: E402
 
+from kaizenlm.base.model import as_messages  # noqa: E402
 from kaizenlm.config import LoraSFTConfig, RetrainConfig  # noqa: E402
 from kaizenlm.retrain import training  # noqa: E402
 from kaizenlm.retrain.monitoring import HealthMonitor, NonFiniteLossError  # noqa: E402
@@ -89,7 +90,7 @@ def _setup_data(rows: list[dict], eval_rows: list[dict] | None, cfg: LoraSFTConf
 
     def convert(row: dict) -> dict:
         if chat:
-            return {"prompt": training.as_messages(row["prompt"]),
+            return {"prompt": as_messages(row["prompt"]),
                     "completion": [{"role": "assistant", "content": row["response"]}]}
         return {"prompt": str(row["prompt"]), "completion": " " + row["response"]}
 
@@ -283,7 +284,7 @@ def setup_anchor(rows: list[dict] | None, cfg, model, tokenizer, chat: bool, see
 
 def _tokenize_anchor_row(tokenizer, row: dict, chat: bool, max_length: int) -> tuple[list[int], list[int]]:
     if chat:
-        messages = training.as_messages(row["messages"])
+        messages = as_messages(row["messages"])
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": row["response"]}],
                                              tokenize=False)

@@ -25,10 +25,10 @@ from pathlib import Path
 import duckdb
 
 from kaizenlm.config import Config
+from kaizenlm.jobs import runner
 from kaizenlm.registry import aliases as alias_ops
 from kaizenlm.registry import versions as version_ops
 from kaizenlm.registry.lineage import model_dirs, version_lookup
-from kaizenlm.retrain import jobs
 from kaizenlm.retrain.retrain_job import RetrainInputs, inputs_as_json
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ def build_inputs(cfg: Config, con: duckdb.DuckDBPyConnection, champion: version_
 
 def build_training_snapshot(cfg: Config, con: duckdb.DuckDBPyConnection):
     """Curate the configured window into a snapshot; exam questions are held out of training."""
+    from kaizenlm.datasets.snapshots import EMBEDDED_REPLAY, build_snapshot, default_window, load_replay
     from kaizenlm.demo.domain import build_domain
-    from kaizenlm.feedback.datasets import EMBEDDED_REPLAY, build_snapshot, default_window, load_replay
 
     exam = [r["prompt"] for r in build_domain(cfg.retrain.seed).exam_rows()]
     replay_path = cfg.curation.replay_path
@@ -103,10 +103,10 @@ def build_training_snapshot(cfg: Config, con: duckdb.DuckDBPyConnection):
 
 
 def retrain_once(cfg: Config, con: duckdb.DuckDBPyConnection,
-                 on_progress: Callable[[jobs.Progress], None] | None = None,
+                 on_progress: Callable[[runner.Progress], None] | None = None,
                  start_ab: bool = True, log_fn: Callable[[str], None] = log.info) -> dict:
     """One full monthly cycle; returns what happened (the snapshot, the job, the gate, the experiment)."""
-    from kaizenlm.retrain.evaluate import gate
+    from kaizenlm.eval.evaluate import gate
 
     champion_id = ensure_champion(cfg, con, log_fn)
     champion = version_ops.get_version(con, champion_id)
@@ -118,16 +118,16 @@ def retrain_once(cfg: Config, con: duckdb.DuckDBPyConnection,
                 "snapshot": snapshot.snapshot_id}
     inputs = build_inputs(cfg, con, champion, snapshot.path)
     config = {"sft": inputs.sft, "dpo": inputs.dpo, "base": inputs.base_dir, "champion": champion_id}
-    inputs_path = jobs.jobs_tmp(cfg.home).parent / f"retrain-inputs-{snapshot.snapshot_id}.json"
+    inputs_path = runner.jobs_tmp(cfg.home).parent / f"retrain-inputs-{snapshot.snapshot_id}.json"
     inputs_path.parent.mkdir(parents=True, exist_ok=True)
     inputs_path.write_text(inputs_as_json(inputs), encoding="utf-8")
-    spec = jobs.JobSpec(JOB_NAME, "kaizenlm.retrain.retrain_job", ["--inputs", str(inputs_path)],
-                        checkpoint_key=jobs.checkpoint_key(snapshot.content_hash, config))
-    new = jobs.NewVersion("adapter", parent_id=champion_id, config=config, snapshot_id=snapshot.snapshot_id,
+    spec = runner.JobSpec(JOB_NAME, "kaizenlm.retrain.retrain_job", ["--inputs", str(inputs_path)],
+                        checkpoint_key=runner.checkpoint_key(snapshot.content_hash, config))
+    new = runner.NewVersion("adapter", parent_id=champion_id, config=config, snapshot_id=snapshot.snapshot_id,
                           snapshot_hash=snapshot.content_hash, status="candidate",
                           note=f"monthly retrain on {snapshot.snapshot_id}")
     try:
-        result = jobs.run_job_atomically(spec, cfg.home, con, new, on_progress)
+        result = runner.run_job_atomically(spec, cfg.home, con, new, on_progress)
     finally:
         inputs_path.unlink(missing_ok=True)
     if not result.ok:
@@ -163,9 +163,9 @@ def _headline(metrics: dict) -> dict:
 
 
 def run_monthly(ctx) -> dict:
-    """The scheduler's monthly tier (ctx: kaizenlm.retrain.schedule.JobContext)."""
+    """The scheduler's monthly tier (ctx: kaizenlm.jobs.scheduler.JobContext)."""
 
-    def on_progress(p: jobs.Progress) -> None:
+    def on_progress(p: runner.Progress) -> None:
         ctx.progress(p.fraction, p.message)
 
     summary = retrain_once(ctx.cfg, ctx.db, on_progress=on_progress, log_fn=ctx.log.info)

@@ -1,6 +1,6 @@
 """The monthly retrain's child process: LoRA SFT -> DPO -> evaluation, into the job's output.
 
-Started by `kaizenlm.retrain.pipeline` through `kaizenlm.retrain.jobs`:
+Started by `kaizenlm.retrain.pipeline` through `kaizenlm.jobs.runner`:
 
     python -m kaizenlm.retrain.retrain_job --inputs FILE
 
@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kaizenlm.retrain import jobs
+from kaizenlm.jobs import runner
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
     from kaizenlm.config import EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig
     from kaizenlm.demo.domain import build_domain
     from kaizenlm.demo.general import general_skills
+    from kaizenlm.eval.evaluate import evaluate
     from kaizenlm.retrain import lora_dpo, lora_sft
-    from kaizenlm.retrain.evaluate import evaluate
 
     snap = Path(inputs.snapshot_dir)
     sft_train, sft_eval = _sft_rows(_rows(snap, "sft_train")), _sft_rows(_rows(snap, "sft_eval"))
@@ -75,13 +75,13 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
     anchored = (lora_sft.resolve_config(sft_cfg, inputs.base_dir).anchor_weight > 0
                 or lora_dpo.resolve_config(dpo_cfg, inputs.base_dir).anchor_weight > 0)
     anchor_rows = _anchor_rows(snap, inputs.seed, sft_train, sft_cfg) if anchored else []
-    jobs.report_progress(0.05, f"SFT on {len(sft_train)} rows ({len(anchor_rows)} anchor rows)")
+    runner.report_progress(0.05, f"SFT on {len(sft_train)} rows ({len(anchor_rows)} anchor rows)")
     sft = lora_sft.train_sft(inputs.base_dir, sft_train, work_dir / "sft", sft_cfg, run,
                              eval_rows=sft_eval or None, anchor_rows=anchor_rows)
     adapter = Path(sft["adapter_dir"])
     dpo = None
     if dpo_train:
-        jobs.report_progress(0.5, f"DPO on {len(dpo_train)} pairs")
+        runner.report_progress(0.5, f"DPO on {len(dpo_train)} pairs")
         dpo = lora_dpo.train_dpo(inputs.base_dir, adapter, dpo_train, work_dir / "dpo", dpo_cfg, run,
                                  eval_pairs=dpo_eval or None, anchor_rows=anchor_rows)
         adapter = Path(dpo["adapter_dir"])
@@ -90,7 +90,7 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
         if (work_dir / name).is_dir():
             shutil.copytree(work_dir / name, out_dir / "runs" / name, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("checkpoint-*", "adapter"))
-    jobs.report_progress(0.8, "evaluating candidate and champion")
+    runner.report_progress(0.8, "evaluating candidate and champion")
     domain = build_domain(inputs.seed)
     _, general_heldout = general_skills(inputs.seed)
     ecfg = EvalConfig(**inputs.eval)
@@ -133,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     inputs = RetrainInputs(**json.loads(Path(args.inputs).read_text(encoding="utf-8")))
-    paths = jobs.job_paths()
+    paths = runner.job_paths()
     # Training runs (with their checkpoints) live in the checkpoint directory, so a rerun resumes.
     work_dir = paths.checkpoint_dir or (paths.output_dir.parent / f"{paths.job_id}-work")
     result = train_and_evaluate(inputs, paths.output_dir, Path(work_dir))
-    jobs.report_result(metrics=_flat_metrics(result), evaluation=result)
+    runner.report_result(metrics=_flat_metrics(result), evaluation=result)
     return 0
 
 

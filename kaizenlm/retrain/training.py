@@ -12,7 +12,6 @@ Run directory of one recipe run:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -47,17 +46,6 @@ def load_rows(rows: list[dict] | str | Path) -> list[dict]:
         return pq.read_table(path).to_pylist()
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def as_messages(prompt: str | list[dict], system: str | None = None) -> list[dict]:
-    """A prompt (plain text, a messages list or its JSON text) as a chat messages list."""
-    if isinstance(prompt, str) and prompt.startswith("[{"):
-        with contextlib.suppress(json.JSONDecodeError):
-            prompt = json.loads(prompt)
-    messages = [{"role": "system", "content": system}] if system else []
-    if isinstance(prompt, str):
-        return messages + [{"role": "user", "content": prompt}]
-    return messages + [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
 def split_rows(rows: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

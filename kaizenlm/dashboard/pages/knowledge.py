@@ -10,7 +10,7 @@ from kaizenlm.dashboard import charts, ui
 
 REFRESH = ("Put documents (.md, .txt, .jsonl) in $KAIZEN_HOME/docs (or `knowledge.docs_dir`) and run "
            "`kaizen knowledge refresh` or `kaizen jobs run weekly`; the weekly tier also does it on its cron.")
-SERVING_ALIAS = "knowledge"  # the alias the gateways retrieve from (kaizenlm.retrain.knowledge_job)
+SERVING_ALIAS = "knowledge"  # the alias the gateways retrieve from (kaizenlm.knowledge.refresh)
 
 
 def versions_table(versions: list[dict]) -> None:

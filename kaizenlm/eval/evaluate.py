@@ -1,0 +1,353 @@
+"""Evaluation of a model (base, or base + LoRA adapter) and the gates a candidate must pass.
+
+    evaluate(model, domain, general_heldout, ...) -> metrics
+    gate(candidate_metrics, champion_metrics, cfg) -> (passed, reasons)
+
+Metrics (all in [0, 1] unless said otherwise; greedy decoding, short answers):
+  domain_exact_match / domain_token_f1 / domain_rouge_l   held-out FAQ phrasings vs references
+  domain_score          = domain_exact_match (what the gate compares)
+  general_score         exact match on the held-out general skills; general_by_skill per skill
+  refusal_rate          share of held-out out-of-scope questions answered with the refusal
+  false_refusal_rate    share of domain exam questions wrongly refused
+  val_perplexity        exp(mean token NLL) of the reference answers (or the given val_rows)
+  pairwise_win_rate     blind comparison with the champion's answers on a sample (ties count half)
+Forgetting is the caller's subtraction: champion general_score minus candidate general_score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import string
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from kaizenlm.config import EvalConfig  # noqa: E402
+from kaizenlm.demo.domain import Domain  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+ModelSpec = str | Path | tuple  # a model directory, or (base directory, adapter directory or None)
+
+# ---------------------------------------------------------------- text metrics
+
+
+def normalize(text: str) -> str:
+    """Lower-case, drop punctuation, collapse whitespace (SQuAD-style, articles kept)."""
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize(prediction) == normalize(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Harmonic mean of token precision and recall (bag of normalized words)."""
+    pred, ref = normalize(prediction).split(), normalize(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    counts: dict[str, int] = defaultdict(int)
+    for t in ref:
+        counts[t] += 1
+    common = 0
+    for t in pred:
+        if counts[t] > 0:
+            common += 1
+            counts[t] -= 1
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure: longest common subsequence of normalized words."""
+    pred, ref = normalize(prediction).split(), normalize(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    prev = [0] * (len(ref) + 1)
+    for p in pred:
+        cur = [0]
+        for j, r in enumerate(ref):
+            cur.append(prev[j] + 1 if p == r else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def is_refusal(answer: str, refusal: str) -> bool:
+    """The answer is the configured refusal (exactly, after normalization)."""
+    return normalize(answer) == normalize(refusal)
+
+
+# ---------------------------------------------------------------- model I/O
+
+
+def load_for_eval(model: ModelSpec):
+    """(model, tokenizer) from a directory or a (base, adapter) pair, in eval mode."""
+    from kaizenlm.base.model import load_model_and_tokenizer
+
+    if isinstance(model, tuple):
+        base, adapter = model
+        return load_model_and_tokenizer(base, adapter)
+    return load_model_and_tokenizer(model)
+
+
+def _prompt_text(tokenizer, prompt: str) -> str:
+    from kaizenlm.base.model import as_messages
+
+    if tokenizer.chat_template is not None:
+        return tokenizer.apply_chat_template(as_messages(prompt), add_generation_prompt=True, tokenize=False)
+    return prompt
+
+
+def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 32) -> list[str]:
+    """Greedy answers, batched with left padding; special tokens and surrounding space removed."""
+    import torch
+
+    answers: list[str] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    try:
+        for i in range(0, len(prompts), batch_size):
+            texts = [_prompt_text(tokenizer, p) for p in prompts[i:i + batch_size]]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            width = enc["input_ids"].shape[1]
+            answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+    finally:
+        tokenizer.padding_side = side
+    return answers
+
+
+def response_logprobs(model, tokenizer, rows: list[dict], batch_size: int = 32) -> list[tuple[float, int]]:
+    """(sum of log-probs, token count) of each row's response given its prompt."""
+    import torch
+
+    from kaizenlm.base.model import as_messages
+
+    device = next(model.parameters()).device
+    out: list[tuple[float, int]] = []
+    for i in range(0, len(rows), batch_size):
+        seqs, labels = [], []
+        for r in rows[i:i + batch_size]:
+            prompt = _prompt_text(tokenizer, r["prompt"])
+            if tokenizer.chat_template is not None:
+                full = tokenizer.apply_chat_template(
+                    as_messages(r["prompt"]) + [{"role": "assistant", "content": r["response"]}], tokenize=False)
+            else:
+                full = prompt + " " + r["response"] + (tokenizer.eos_token or "")
+            p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            f_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+            seqs.append(f_ids)
+            labels.append([-100] * len(p_ids) + f_ids[len(p_ids):])
+        width = max(len(s) for s in seqs)
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+        lab = torch.tensor([s + [-100] * (width - len(s)) for s in labels], device=device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = lab[:, 1:]
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        valid = target != -100
+        out += [(float((logp[j] * valid[j]).sum()), int(valid[j].sum())) for j in range(len(seqs))]
+    return out
+
+
+def perplexity(model, tokenizer, rows: list[dict]) -> float:
+    """exp(mean NLL per answer token) of rows {prompt, response} under the model."""
+    scores = response_logprobs(model, tokenizer, rows)
+    return math.exp(-sum(lp for lp, _ in scores) / max(1, sum(n for _, n in scores)))
+
+
+def preference_margin(model, tokenizer, pairs: list[dict]) -> float:
+    """Mean log p(chosen) - log p(rejected) over pairs {prompt, chosen, rejected} (summed over tokens)."""
+    chosen = response_logprobs(model, tokenizer, [{"prompt": p["prompt"], "response": p["chosen"]} for p in pairs])
+    rejected = response_logprobs(model, tokenizer, [{"prompt": p["prompt"], "response": p["rejected"]} for p in pairs])
+    return _mean(c - r for (c, _), (r, _) in zip(chosen, rejected, strict=True))
+
+
+# ---------------------------------------------------------------- pairwise judges
+
+
+def reference_judge(question: str, answer_a: str, answer_b: str, reference: str) -> float:
+    """1.0 if A is closer to the reference, 0.0 if B is, 0.5 for a tie (token F1, then ROUGE-L)."""
+    a = (token_f1(answer_a, reference), rouge_l(answer_a, reference))
+    b = (token_f1(answer_b, reference), rouge_l(answer_b, reference))
+    return 1.0 if a > b else 0.0 if b > a else 0.5
+
+
+def llm_judge(cfg: EvalConfig, question: str, answer_a: str, answer_b: str, reference: str) -> float:
+    """Ask an OpenAI-compatible judge which answer is better; 1.0 = A, 0.0 = B, 0.5 = tie."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=cfg.judge_url, api_key=os.environ.get(cfg.judge_api_key_env) or "none", timeout=60,
+                    max_retries=1)
+    content = (
+        "You compare two answers of a support assistant. Reply with exactly one letter: "
+        "A if answer A is better, B if answer B is better, T if they are equally good.\n"
+        f"Question: {question}\nReference answer: {reference}\nAnswer A: {answer_a}\nAnswer B: {answer_b}"
+    )
+    reply = client.chat.completions.create(
+        model=cfg.judge_model or "judge", messages=[{"role": "user", "content": content}], max_tokens=2, temperature=0)
+    verdict = (reply.choices[0].message.content or "").strip().upper()[:1]
+    return {"A": 1.0, "B": 0.0}.get(verdict, 0.5)
+
+
+def pairwise(questions: list[str], candidate: list[str], champion: list[str], references: list[str],
+             cfg: EvalConfig, seed: int = 0) -> dict:
+    """Blind pairwise comparison: each pair is shown in random order; returns the candidate's win rate."""
+    rng = random.Random(seed)
+    wins = losses = ties = judge_errors = 0
+    judge = "llm" if cfg.judge_url else "reference"
+    for q, cand, champ, ref in zip(questions, candidate, champion, references, strict=True):
+        swap = rng.random() < 0.5
+        a, b = (champ, cand) if swap else (cand, champ)
+        if judge == "llm":
+            try:
+                score = llm_judge(cfg, q, a, b, ref)
+            except Exception as e:  # a judge outage must not fail the evaluation: fall back per item
+                judge_errors += 1
+                log.warning("LLM judge failed (%s); using the reference judge for this item", e)
+                score = reference_judge(q, a, b, ref)
+        else:
+            score = reference_judge(q, a, b, ref)
+        cand_score = 1.0 - score if swap else score
+        if cand_score == 1.0:
+            wins += 1
+        elif cand_score == 0.0:
+            losses += 1
+        else:
+            ties += 1
+    n = wins + losses + ties
+    return {"pairwise_win_rate": (wins + 0.5 * ties) / n if n else None, "pairwise_wins": wins,
+            "pairwise_losses": losses, "pairwise_ties": ties, "pairwise_n": n, "judge": judge,
+            "judge_errors": judge_errors}
+
+
+# ---------------------------------------------------------------- evaluation and gates
+
+
+def evaluate(
+    model: ModelSpec,
+    domain: Domain,
+    general_heldout: list[dict],
+    cfg: EvalConfig | None = None,
+    champion: ModelSpec | dict | None = None,
+    val_rows: list[dict] | None = None,
+    seed: int = 0,
+    loaded=None,
+) -> dict:
+    """Evaluate a model; see the module docstring for the metrics.
+
+    model: a directory or (base, adapter). champion: the champion's metrics dict from an
+    earlier evaluate() (its `answers` are reused) or a model spec; None skips the pairwise
+    comparison. val_rows: {prompt, response} rows for perplexity (default: the exam
+    references). loaded: an already loaded (model, tokenizer) to skip loading.
+    """
+    cfg = cfg or EvalConfig()
+    started = time.perf_counter()
+    net, tokenizer = loaded or load_for_eval(model)
+    exam = domain.exam_rows()
+    answers = generate_answers(net, tokenizer, [r["prompt"] for r in exam], cfg.max_new_tokens)
+    metrics: dict = {
+        "domain_exact_match": _mean(exact_match(a, r["reference"]) for a, r in zip(answers, exam, strict=True)),
+        "domain_token_f1": _mean(token_f1(a, r["reference"]) for a, r in zip(answers, exam, strict=True)),
+        "domain_rouge_l": _mean(rouge_l(a, r["reference"]) for a, r in zip(answers, exam, strict=True)),
+        "false_refusal_rate": _mean(is_refusal(a, domain.refusal) for a in answers),
+        "n_exam": len(exam),
+    }
+    metrics["domain_score"] = metrics["domain_exact_match"]
+
+    general_answers = generate_answers(net, tokenizer, [r["prompt"] for r in general_heldout], cfg.max_new_tokens)
+    by_skill: dict[str, list[float]] = defaultdict(list)
+    for a, r in zip(general_answers, general_heldout, strict=True):
+        by_skill[r.get("skill", "general")].append(exact_match(a, r["response"]))
+    metrics["general_score"] = _mean(s for scores in by_skill.values() for s in scores)
+    metrics["general_by_skill"] = {k: _mean(v) for k, v in sorted(by_skill.items())}
+    metrics["n_general"] = len(general_heldout)
+
+    oos_answers = generate_answers(net, tokenizer, domain.out_of_scope_exam, cfg.max_new_tokens)
+    metrics["refusal_rate"] = _mean(is_refusal(a, domain.refusal) for a in oos_answers)
+    metrics["n_refusal"] = len(oos_answers)
+
+    ppl_rows = val_rows or [{"prompt": r["prompt"], "response": r["reference"]} for r in exam]
+    metrics["val_perplexity"] = perplexity(net, tokenizer, ppl_rows)
+
+    metrics["answers"] = dict(zip([r["prompt"] for r in exam], answers, strict=True))
+    if champion is not None and cfg.pairwise_sample > 0:
+        metrics.update(_compare_with_champion(champion, exam, answers, cfg, seed))
+    metrics["eval_seconds"] = round(time.perf_counter() - started, 1)
+    return metrics
+
+
+def _compare_with_champion(champion: ModelSpec | dict, exam: list[dict], answers: list[str],
+                           cfg: EvalConfig, seed: int) -> dict:
+    sample = random.Random(seed).sample(range(len(exam)), min(cfg.pairwise_sample, len(exam)))
+    questions = [exam[i]["prompt"] for i in sample]
+    if isinstance(champion, dict):
+        champ_answers = [champion["answers"][q] for q in questions]
+    else:
+        net, tok = load_for_eval(champion)
+        champ_answers = generate_answers(net, tok, questions, cfg.max_new_tokens)
+    return pairwise(questions, [answers[i] for i in sample], champ_answers,
+                    [exam[i]["reference"] for i in sample], cfg, seed)
+
+
+def gate(candidate: dict, champion: dict | None, cfg: EvalConfig | None = None) -> tuple[bool, list[str]]:
+    """May the candidate become the challenger? Returns (passed, one 'pass: ...' / 'fail: ...' line per check).
+
+    Checks: domain score improves by more than eval.min_domain_gain; general-skill score is at
+    least eval.min_retention of the champion's; refusal rate is at most eval.max_refusal_drop
+    below the champion's. With no champion (the first model) every check passes.
+    """
+    cfg = cfg or EvalConfig()
+    if champion is None:
+        return True, ["pass: no champion to compare with"]
+    reasons = []
+    cand_d, champ_d = candidate["domain_score"], champion["domain_score"]
+    ok_domain = cand_d > champ_d + cfg.min_domain_gain
+    reasons.append(f"{'pass' if ok_domain else 'fail'}: domain score {cand_d:.3f} vs champion {champ_d:.3f} "
+                   f"(must exceed it by more than {cfg.min_domain_gain:.3f})")
+    cand_g, champ_g = candidate["general_score"], champion["general_score"]
+    retention = cand_g / champ_g if champ_g > 0 else 1.0
+    ok_general = retention >= cfg.min_retention
+    reasons.append(f"{'pass' if ok_general else 'fail'}: general-skill retention {retention:.3f} "
+                   f"({cand_g:.3f} vs {champ_g:.3f}; must be >= {cfg.min_retention:.3f})")
+    cand_r, champ_r = candidate["refusal_rate"], champion["refusal_rate"]
+    ok_refusal = cand_r >= champ_r - cfg.max_refusal_drop - 1e-12
+    reasons.append(f"{'pass' if ok_refusal else 'fail'}: refusal rate {cand_r:.3f} vs champion {champ_r:.3f} "
+                   f"(may drop at most {cfg.max_refusal_drop:.3f})")
+    return ok_domain and ok_general and ok_refusal, reasons
+
+
+def retention(candidate: dict, champion: dict) -> float:
+    """Candidate general score as a fraction of the champion's (1.0 = nothing forgotten)."""
+    return candidate["general_score"] / champion["general_score"] if champion["general_score"] > 0 else 1.0
+
+
+def write_metrics(path: str | Path, metrics: dict) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+    return path
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else 0.0
+
+

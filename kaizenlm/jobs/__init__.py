@@ -1,0 +1,2 @@
+"""The three-tier schedule: the scheduler (weekly, monthly, quarterly on cron), its run history,
+its admin API and `kaizen jobs`."""

@@ -1,0 +1,30 @@
+"""`kaizen retrain`: one monthly cycle now.
+
+`retrain` runs snapshot -> SFT -> DPO -> evaluate -> gate -> A/B, the same run as the
+scheduler's monthly tier, recorded in the job history: through the controller when it runs
+(it owns DuckDB and publishes routing), else in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from kaizenlm.command import Command
+from kaizenlm.jobs import cli as cli_jobs
+
+HELP = "retrain now: curate a snapshot, LoRA SFT + DPO, evaluate, gate, and start an A/B test if it passes"
+EXAMPLE = "kaizen retrain --json"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--detach", action="store_true", help="with a controller: start the run and return at once")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run(args, cfg) -> int:
+    jobs_args = argparse.Namespace(jobs_command="run", tier="monthly", detach=args.detach, json=args.json,
+                                   limit=20)
+    return cli_jobs.run(jobs_args, cfg)
+
+
+RETRAIN = Command(help=HELP, example=EXAMPLE, add_arguments=add_arguments, run=run)

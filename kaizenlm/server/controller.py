@@ -1,0 +1,69 @@
+"""The controller process: the only owner of the DuckDB file.
+
+It runs the Kafka -> DuckDB sink in a thread and serves the admin/read API that every
+other process (CLI, dashboard) uses instead of opening the file. This module only assembles:
+each package owns its routes (`kaizenlm/<package>/api.py`), and kaizenlm.auth checks the keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+from fastapi import FastAPI
+
+from kaizenlm.abtest import api as ab_api
+from kaizenlm.config import Config
+from kaizenlm.dashboard import api as dashboard_api
+from kaizenlm.datasets import api as datasets_api
+from kaizenlm.ingest import api as ingest_api
+from kaizenlm.ingest import store
+from kaizenlm.ingest.sink import Sink
+from kaizenlm.jobs import api as jobs_api
+from kaizenlm.registry import api as registry_api
+from kaizenlm.review import api as review_api
+
+log = logging.getLogger(__name__)
+
+
+def create_app(cfg: Config, start_sink: bool = True) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if start_sink:
+            app.state.sink.start()
+        if start_sink and cfg.schedule.enabled:  # the crons run only in a real controller, not in API tests
+            app.state.scheduler.start()
+        if start_sink:  # publishes the full routing state, then syncs it and analyses experiments
+            ab_api.start(app)
+        yield
+        ab_api.stop(app)
+        app.state.scheduler.shutdown()
+        app.state.sink.stop()
+        app.state.db.close()
+
+    app = FastAPI(title="kaizenlm controller", lifespan=lifespan)
+    app.state.cfg = cfg
+    app.state.db = store.connect(cfg.duckdb_path)
+    app.state.db_lock = threading.Lock()
+    app.state.sink = Sink(cfg, app.state.db.cursor(), app.state.db_lock)
+    app.include_router(ingest_api.router)  # /admin/v1/stats, drain, turns, feedback, dlq (docs/INGESTION.md)
+    jobs_api.install(app)  # app.state.scheduler (docs/SCHEDULE.md); /admin/v1/jobs...
+    app.include_router(review_api.router)  # /admin/v1/review
+    app.include_router(registry_api.router)  # /admin/v1/registry/... (docs/REGISTRY.md)
+    ab_api.install(app)  # /admin/v1/ab/..., /admin/v1/rollback, /admin/v1/routing; app.state.on_alias_moved
+    app.include_router(dashboard_api.router)  # /admin/v1/dashboard/... (docs/DASHBOARD.md)
+    app.include_router(datasets_api.router)  # /admin/v1/datasets..., /admin/v1/rewards, /admin/v1/forget
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True, "duckdb": str(cfg.duckdb_path), "sink": app.state.sink.stats}
+
+    return app
+
+
+def serve(cfg: Config) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(cfg), host=cfg.controller.host, port=cfg.controller.port, log_level="warning",
+                access_log=False)

@@ -1,0 +1,529 @@
+"""Model backends of the gateway: `local` (transformers + peft in process) and `openai`
+(any OpenAI-compatible upstream, e.g. vLLM serving LoRA modules).
+
+Both answer `complete(target, messages, params) -> Completion` and
+`stream(target, messages, params) -> async iterator of Chunk`; a failure is a
+`BackendError` carrying the HTTP status the gateway answers with (400, 502, 503 or 504)
+and a message that says what went wrong and what to check.
+
+A version's `Target` comes from the registry (kaizenlm.abtest.routing.target_for):
+a `base` version is served by its own directory; an `adapter` version by its adapter
+directory on top of the base its parent chain leads to. The openai backend sends the
+version id as the upstream model name unless the version's config sets `upstream_model`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from kaizenlm.abtest.routing import Target
+from kaizenlm.serving import http11
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChatParams:
+    max_tokens: int | None = None  # None: the backend's default (serving.max_new_tokens)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str = "stop"  # "stop" | "length"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass
+class Chunk:
+    """One piece of a streamed answer; the last one carries finish_reason (and usage when known)."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class BackendError(Exception):
+    def __init__(self, status: int, message: str, code: str = "backend_error", retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.retry_after = status, message, code, retry_after
+
+
+# --------------------------------------------------------------------------------------
+# Targets from the registry
+# --------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------
+# local: transformers + peft, several adapters over one base in memory
+# --------------------------------------------------------------------------------------
+
+
+class LocalBackend:
+    """One base model in memory with any number of named LoRA adapters on it.
+
+    Each request picks its adapter (`set_adapter`) or none (`disable_adapter()`); the
+    active adapter is state of the shared model, so choosing it and generating happen under
+    one lock: requests are served one at a time, which is what a CPU can do anyway. (For
+    concurrency, serve through vLLM with the openai backend.)
+    """
+
+    def __init__(self, base_dir: str | Path, device: str = "auto", threads: int | None = None,
+                 default_max_tokens: int = 128):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.base_dir = str(base_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base_dir)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(self.base_dir).to(self.device).eval()
+        self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
+        self.default_max_tokens = default_max_tokens
+        self.adapters: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+
+    def merged_copy(self, adapter_dir: str) -> LocalBackend:
+        """A new backend whose model is a copy of this base with the adapter merged into its
+        weights: it answers like base + adapter at the base's speed (no LoRA layers left)."""
+        import copy
+
+        from peft import PeftModel
+
+        with self.lock:  # the base model must not be mid-generation while it is copied
+            if self.adapters:
+                raise ValueError("cannot merge into a base that already serves unmerged adapters")
+            model = copy.deepcopy(self.model)
+        merged = copy.copy(self)
+        merged.model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().eval()
+        merged.adapters, merged.lock = {}, threading.Lock()
+        return merged
+
+    # -- adapters ----------------------------------------------------------------------
+    def ensure_adapter(self, name: str, adapter_dir: str) -> None:
+        """Load the adapter under `name` once (later calls are no-ops)."""
+        if name in self.adapters:
+            return
+        with self.lock:
+            if name in self.adapters:
+                return
+            from peft import PeftModel
+
+            if not self.adapters:
+                self.model = PeftModel.from_pretrained(self.model, adapter_dir, adapter_name=name).eval()
+            else:
+                self.model.load_adapter(adapter_dir, adapter_name=name)
+            self.model.eval()
+            self.adapters[name] = adapter_dir
+            log.info("loaded adapter %s from %s", name, adapter_dir)
+
+    def _select(self, adapter: str | None):
+        """Context manager that makes `adapter` (or the bare base) active; call under the lock."""
+        import contextlib
+
+        if not self.adapters:  # a plain model: only the base can be asked for
+            if adapter is not None:
+                raise BackendError(503, f"adapter '{adapter}' is not loaded", "adapter_not_loaded")
+            return contextlib.nullcontext()
+        if adapter is None:
+            return self.model.disable_adapter()
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
+
+    # -- generation --------------------------------------------------------------------
+    def _inputs(self, messages: list[dict], params: ChatParams) -> tuple[dict, int]:
+        if self.tokenizer.chat_template:
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=False)
+        else:  # a model without a chat template: plain "role: content" lines
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+            ids = self.tokenizer(text)["input_ids"]
+        want = params.max_tokens or self.default_max_tokens
+        if self.context is not None:
+            room = self.context - len(ids)
+            if room < 1:
+                raise BackendError(400, f"the prompt is {len(ids)} tokens; this model reads at most {self.context} "
+                                   "(shorten the conversation)", "context_length_exceeded")
+            want = min(want, room)
+        import torch
+
+        input_ids = torch.tensor([ids], device=self.device)
+        kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "max_new_tokens": want,
+                  "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id}
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs["stopping_criteria"] = [_StopOnText(self.tokenizer, len(ids), params.stop)]
+        return kwargs, want
+
+    def _seed(self, params: ChatParams) -> None:
+        if params.seed is not None and params.temperature > 0:
+            import torch
+
+            torch.manual_seed(params.seed)  # under the lock, so no other request shares the generator
+
+    def generate(self, messages: list[dict], adapter: str | None, params: ChatParams) -> Completion:
+        """Blocking: one completion with `adapter` (None = the base)."""
+        import torch
+
+        kwargs, want = self._inputs(messages, params)
+        n_prompt = kwargs["input_ids"].shape[1]
+        with self.lock, torch.inference_mode():
+            self._seed(params)
+            with self._select(adapter):
+                out = self.model.generate(**kwargs)
+        new = out[0, n_prompt:].tolist()
+        text = _cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), params.stop)
+        ended = bool(new) and new[-1] == self.tokenizer.eos_token_id
+        finish = "length" if len(new) >= want and not ended else "stop"
+        return Completion(text, finish, n_prompt, len(new))
+
+    def stream(self, messages: list[dict], adapter: str | None, params: ChatParams) -> Iterator[Chunk]:
+        """Blocking iterator of chunks; generation runs in a thread and stops when the consumer
+        goes away (closing the iterator sets a stop flag checked after every token)."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        kwargs, want = self._inputs(messages, params)
+        n_prompt = kwargs["input_ids"].shape[1]
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        cancelled = threading.Event()
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids, scores, **_):
+                return cancelled.is_set()
+
+        result: dict = {}
+
+        def run() -> None:
+            try:
+                with self.lock, torch.inference_mode():
+                    self._seed(params)
+                    with self._select(adapter):
+                        stops = StoppingCriteriaList([*kwargs.pop("stopping_criteria", []), _Cancel()])
+                        out = self.model.generate(**kwargs, streamer=streamer, stopping_criteria=stops)
+                result["new"] = out[0, n_prompt:].tolist()
+            except Exception as e:  # surfaced to the consumer below
+                result["error"] = e
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="local-generate", daemon=True)
+        thread.start()
+        text = ""
+        try:
+            for piece in streamer:
+                if not piece:
+                    continue
+                cut = _cut_at_stop(text + piece, params.stop)
+                if len(cut) < len(text + piece):  # a stop string appeared: emit up to it and finish
+                    if len(cut) > len(text):
+                        yield Chunk(cut[len(text):])
+                    cancelled.set()
+                    text = cut
+                    break
+                text += piece
+                yield Chunk(piece)
+        finally:
+            cancelled.set()
+            thread.join()
+        if "error" in result:
+            raise result["error"]
+        new = result.get("new", [])
+        ended = bool(new) and new[-1] == self.tokenizer.eos_token_id
+        finish = "length" if len(new) >= want and not ended else "stop"
+        yield Chunk("", finish, n_prompt, len(new))
+
+
+class _StopOnText:
+    """Stop once the *answer* contains a stop string (transformers' own stop_strings also
+    match across the prompt's end, which OpenAI's `stop` does not)."""
+
+    def __init__(self, tokenizer, n_prompt: int, stop: tuple[str, ...]):
+        self.tokenizer, self.n_prompt, self.stop = tokenizer, n_prompt, stop
+
+    def __call__(self, input_ids, scores, **_):
+        import torch
+
+        text = self.tokenizer.decode(input_ids[0, self.n_prompt:], skip_special_tokens=True)
+        return torch.tensor([any(s in text for s in self.stop if s)], device=input_ids.device)
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+class LocalServing:
+    """The local backend for every target: one LocalBackend per base directory (loaded on
+    first use, or ahead of time by `warm`). An adapter version is either merged into its own
+    copy of the base (bases up to `merge_max_params`: every A/B arm then costs the same per
+    token, so the latency guardrail compares models, not LoRA overhead) or loaded unmerged
+    into the shared base by version id (large bases: one copy in memory)."""
+
+    def __init__(self, device: str = "auto", threads: int | None = None, default_max_tokens: int = 128,
+                 merge_max_params: int = 1_000_000_000):
+        self.device, self.threads, self.default_max_tokens = device, threads, default_max_tokens
+        self.merge_max_params = merge_max_params
+        self.bases: dict[str, LocalBackend] = {}
+        self.merged: dict[tuple[str, str], LocalBackend] = {}
+        self._lock = threading.Lock()
+
+    def backend_for(self, target: Target) -> tuple[LocalBackend, str | None]:
+        """(the base's backend with the adapter loaded, adapter name or None); blocking."""
+        if not target.model_dir:
+            raise BackendError(503, f"version '{target.version_id}' has no base model directory on this machine "
+                               "(its parent chain leads to no base version with a config.json)", "no_model_dir")
+        if target.kind == "adapter" and not target.adapter_dir:
+            raise BackendError(503, f"version '{target.version_id}' has no adapter_config.json in its artifact "
+                               "directory", "no_adapter_dir")
+        with self._lock:  # one load per base, however many requests arrive at once
+            backend = self.bases.get(target.model_dir)
+            if backend is None:
+                try:
+                    backend = LocalBackend(target.model_dir, self.device, self.threads, self.default_max_tokens)
+                except OSError as e:
+                    raise BackendError(503, f"cannot load the model of '{target.version_id}' from "
+                                       f"{target.model_dir}: {e}", "model_load_failed") from None
+                self.bases[target.model_dir] = backend
+        if target.kind == "adapter" and backend.n_params <= self.merge_max_params:
+            return self._merged(backend, target), None
+        if target.kind == "adapter":
+            backend.ensure_adapter(target.version_id, target.adapter_dir)
+            return backend, target.version_id
+        return backend, None
+
+    def _merged(self, base: LocalBackend, target: Target) -> LocalBackend:
+        key = (target.model_dir, target.adapter_dir)
+        with self._lock:
+            merged = self.merged.get(key)
+            if merged is None:
+                try:
+                    merged = base.merged_copy(target.adapter_dir)
+                except (OSError, ValueError) as e:
+                    raise BackendError(503, f"cannot load the adapter of '{target.version_id}' from "
+                                       f"{target.adapter_dir}: {e}", "adapter_load_failed") from None
+                self.merged[key] = merged
+                log.info("serving %s merged into its own copy of %s", target.version_id, target.model_dir)
+        return merged
+
+    def warm(self, targets: list[Target]) -> None:
+        """Load what these targets need (run in a background thread when routing changes)."""
+        for target in targets:
+            try:
+                self.backend_for(target)
+            except Exception as e:
+                log.warning("could not preload %s: %s", target.version_id, e)
+
+    async def complete(self, target: Target, messages: list[dict], params: ChatParams) -> Completion:
+        def run() -> Completion:
+            backend, adapter = self.backend_for(target)
+            return backend.generate(messages, adapter, params)
+
+        return await asyncio.to_thread(run)
+
+    async def stream(self, target: Target, messages: list[dict], params: ChatParams) -> AsyncIterator[Chunk]:
+        backend, adapter = await asyncio.to_thread(self.backend_for, target)
+        chunks = backend.stream(messages, adapter, params)
+        try:
+            while True:
+                chunk = await asyncio.to_thread(next, chunks, None)
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            await asyncio.to_thread(chunks.close)
+
+    async def aclose(self) -> None:
+        self.bases.clear()
+        self.merged.clear()
+
+
+# --------------------------------------------------------------------------------------
+# openai: any OpenAI-compatible upstream
+# --------------------------------------------------------------------------------------
+
+_RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+@dataclass
+class OpenAIBackend:
+    """POST {base_url}/chat/completions on an OpenAI-compatible server.
+
+    Transport: kaizenlm.serving.http11 (keep-alive, ~0.1 ms of CPU per request; httpx costs
+    ~2 ms here, more than the gateway's whole budget). Retries (with doubling backoff and
+    jitter) after connection errors, 429 and 500/502/503/504, never after a read timeout
+    (the upstream may still be working on it). Errors map to: timeout -> 504; upstream
+    400/413/422 -> 400 (the request was refused); 429 after retries -> 503 with
+    Retry-After; anything else -> 502, each with a message naming the cause.
+    """
+
+    base_url: str
+    api_key: str = ""
+    timeout: float = 60.0
+    retries: int = 2
+    backoff_s: float = 0.2
+    default_max_tokens: int = 128
+    pool: http11.Pool | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url.rstrip("/")
+        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self.pool = self.pool or http11.Pool(self.base_url, headers, timeout=self.timeout,
+                                             connect_timeout=min(5.0, self.timeout))
+
+    def _body(self, target: Target, messages: list[dict], params: ChatParams, stream: bool) -> dict:
+        body = {"model": target.upstream_model or target.version_id, "messages": messages,
+                "max_tokens": params.max_tokens or self.default_max_tokens, "temperature": params.temperature,
+                "top_p": params.top_p, "stream": stream}
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if params.seed is not None:
+            body["seed"] = params.seed
+        return body
+
+    async def _send(self, body: dict, stream: bool) -> http11.Response:
+        payload = orjson.dumps(body)
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = await self.pool.request("POST", "/chat/completions", payload, stream=stream)
+            except http11.ReadTimeout:
+                raise BackendError(504, f"upstream {self.base_url} did not answer within {self.timeout:g}s "
+                                   "(serving.timeout_s)", "upstream_timeout") from None
+            except http11.TransportError as e:
+                if not last:
+                    await self._pause(attempt)
+                    continue
+                raise BackendError(502, f"upstream {self.base_url} unreachable after {self.retries + 1} attempts: "
+                                   f"{e}", "upstream_unreachable") from None
+            if response.status < 400:
+                return response
+            detail = await _error_detail(response)
+            if response.status in _RETRY_STATUSES and not last:
+                await self._pause(attempt, response.headers.get("retry-after"))
+                continue
+            raise _map_status(response.status, detail, body["model"], self.base_url,
+                              response.headers.get("retry-after"))
+        raise AssertionError("unreachable")  # the last attempt always returns or raises
+
+    async def _pause(self, attempt: int, retry_after: str | None = None) -> None:
+        delay = self.backoff_s * (2**attempt) * (0.5 + random.random())
+        if retry_after and retry_after.replace(".", "", 1).isdigit():
+            delay = max(delay, min(float(retry_after), 10.0))
+        await asyncio.sleep(delay)
+
+    async def complete(self, target: Target, messages: list[dict], params: ChatParams) -> Completion:
+        response = await self._send(self._body(target, messages, params, stream=False), stream=False)
+        try:
+            data = orjson.loads(response.body)
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ""
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise BackendError(502, f"upstream {self.base_url} answered HTTP {response.status} with a body that "
+                               f"is not a chat completion: {response.body[:200]!r}", "upstream_bad_body") from None
+        usage = data.get("usage") or {}
+        return Completion(text, choice.get("finish_reason") or "stop", usage.get("prompt_tokens"),
+                          usage.get("completion_tokens"))
+
+    async def stream(self, target: Target, messages: list[dict], params: ChatParams) -> AsyncIterator[Chunk]:
+        response = await self._send(self._body(target, messages, params, stream=True), stream=True)
+        finish, usage = None, {}
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    event = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise BackendError(502, f"upstream sent an unreadable stream event: {data[:200]!r}",
+                                       "upstream_bad_body") from None
+                if "error" in event:
+                    raise BackendError(502, f"upstream failed mid-stream: {_message_of(event)}", "upstream_error")
+                usage = event.get("usage") or usage
+                for choice in event.get("choices") or []:
+                    finish = choice.get("finish_reason") or finish
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield Chunk(text)
+        except http11.ReadTimeout:
+            raise BackendError(504, f"upstream {self.base_url} stopped sending within {self.timeout:g}s",
+                               "upstream_timeout") from None
+        except http11.TransportError as e:
+            raise BackendError(502, f"upstream {self.base_url} broke the stream: {e}", "upstream_unreachable") from None
+        finally:
+            await response.aclose()
+        yield Chunk("", finish or "stop", usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+
+def _message_of(data) -> str:
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message") or err)[:500]
+        return str(err)[:500]
+    return str(data)[:500]
+
+
+async def _error_detail(response: http11.Response) -> str:
+    try:
+        body = response.body or await response.read()
+    except (http11.TransportError, http11.ReadTimeout):
+        return "(no body)"
+    finally:
+        await response.aclose()
+    try:
+        return _message_of(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return body[:500].decode("utf-8", errors="replace")
+
+
+def _map_status(status: int, detail: str, model: str, base_url: str, retry_after: str | None) -> BackendError:
+    if status in (400, 413, 422):
+        return BackendError(400, f"upstream refused the request (HTTP {status}): {detail}", "upstream_rejected")
+    if status in (401, 403):
+        return BackendError(502, f"upstream {base_url} refused the gateway's credentials (HTTP {status}): {detail}; "
+                            "check serving.upstream_api_key", "upstream_auth")
+    if status == 404:
+        return BackendError(502, f"upstream {base_url} has no model '{model}' (HTTP 404): {detail}; serve the "
+                            "version under that name (vLLM: --lora-modules NAME=PATH) or set upstream_model in "
+                            "the version's config", "upstream_model_not_found")
+    if status == 429:
+        after = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else 1.0
+        return BackendError(503, f"upstream {base_url} is rate limiting (HTTP 429): {detail}", "upstream_busy", after)
+    return BackendError(502, f"upstream {base_url} failed (HTTP {status}): {detail}", "upstream_error")
+
+
+def make_backend(serving) -> LocalServing | OpenAIBackend:
+    """The backend the `[serving]` config names."""
+    if serving.backend == "openai":
+        return OpenAIBackend(serving.upstream_url, serving.upstream_api_key, serving.timeout_s, serving.retries,
+                             serving.retry_backoff_s, serving.max_new_tokens)
+    return LocalServing(serving.device, serving.threads, serving.max_new_tokens, serving.merge_adapters_max_params)
