@@ -7,7 +7,7 @@ STAMP := $(VENV)/.kaizen-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup browsers test test-slow test-all demo demo-short bench lint clean
+.PHONY: setup browsers test test-unit test-slow test-all screenshots demo demo-short bench lint clean
 
 setup: $(STAMP)
 
@@ -32,11 +32,22 @@ browsers:
 test: setup browsers
 	$(PY) -m pytest -m "not slow" -q
 
+# Unit tests only: no process, broker, browser or model training; under a minute on 2 cores.
+# tests/unit_guard.py fails any selected test that starts a process (mark its module
+# `pytestmark = pytest.mark.integration`).
+test-unit: setup
+	$(PY) -m pytest -p tests.unit_guard -m "not integration and not slow" -q
+
 # Long checks (training to a learning margin, the short demo end to end).
 test-slow: setup browsers
 	$(PY) -m pytest -m slow -q || test $$? -eq 5
 
 test-all: test test-slow
+
+# Regenerate docs/screenshots/ (the dashboard in headless Chromium over a seeded stack); a plain
+# `make test` writes its screenshots only into pytest's tmp dir.
+screenshots: setup browsers
+	KAIZEN_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(PY) -m pytest -q tests/test_dashboard_browser.py
 
 demo: setup
 	$(VENV)/bin/kaizen demo

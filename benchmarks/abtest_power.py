@@ -3,7 +3,7 @@
 Simulates thousands of experiments per scenario (no effect; true effects of 0.5x, 1x and
 2x the minimum detectable effect; and a challenger worse by the MDE), looks at every batch
 of traffic the way the controller looks every few minutes, and compares the sequential test
-of `kaizenlm.abtest.stats` (with the `[ab]` defaults: alpha, improvement weight, futility
+of `kaizenlm.abtest.sequential` (with the `[ab]` defaults: alpha, improvement weight, futility
 stop, minimum samples per arm) against
 
 - a naive Welch t-test checked at every look (the false-positive rate peeking inflates), and
@@ -37,14 +37,9 @@ import time
 
 import numpy as np
 
-from kaizenlm.abtest.stats import (
-    ArmStats,
-    fixed_horizon_power,
-    fixed_horizon_sample_size,
-    sequential_test,
-    srm_p_value,
-    welch_t_test,
-)
+from kaizenlm.abtest.arms import ArmStats
+from kaizenlm.abtest.guardrails import srm_p_value
+from kaizenlm.abtest.sequential import fixed_horizon_power, fixed_horizon_sample_size, sequential_test, welch_t_test
 from kaizenlm.config import ABConfig
 
 GOAL_RATIO = 0.63  # "at least 37% fewer samples than fixed-horizon"

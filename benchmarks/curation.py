@@ -53,11 +53,22 @@ from kaizenlm.datasets import (
     pairs,  # noqa: E402
 )
 from kaizenlm.datasets import snapshots as datasets
-from kaizenlm.datasets.curation import Funnel, near_duplicate_groups, normalize  # noqa: E402
+from kaizenlm.datasets.curation import Funnel  # noqa: E402
+from kaizenlm.datasets.near_dup import SHINGLE, near_duplicate_groups  # noqa: E402
+from kaizenlm.datasets.text import normalize  # noqa: E402
+from kaizenlm.demo.general import general_skills  # noqa: E402
 from kaizenlm.feedback.rewards import Window  # noqa: E402
 from kaizenlm.ingest import store  # noqa: E402
 
 GOAL_TURNS_PER_S = 20_000
+DEMO_REPLAY = "kaizenlm.demo.general (seed 0)"
+
+
+def demo_replay() -> tuple[list[dict], list[str]]:
+    """(replay rows as curation.replay_path would give them, held-out prompts never to replay)."""
+    train, heldout = general_skills(0)
+    rows = [{"messages": [{"role": "user", "content": r["prompt"]}], "response": r["response"]} for r in train]
+    return rows, [r["prompt"] for r in heldout]
 
 # ---------------------------------------------------------------------------------------------
 # A support world with known answer quality
@@ -223,7 +234,7 @@ def dup_set(n_texts: int, rng: random.Random) -> tuple[list[str], list[int]]:
     return texts[:n_texts], origin[:n_texts]
 
 
-def _shingles(text: str, k: int = curation.SHINGLE) -> set[str]:
+def _shingles(text: str, k: int = SHINGLE) -> set[str]:
     t = text.ljust(k)
     return {t[i:i + k] for i in range(len(t) - k + 1)}
 
@@ -327,11 +338,16 @@ def main(argv: list[str] | None = None) -> int:
 
         read_s = read_baseline(con)
         t0, c0, w0 = time.perf_counter(), time.process_time(), _children_cpu()
-        tables, funnel = datasets.curate(con, cfg, window, holdout=world.exam)
+        # The replay source the retrain's curation mixes in: the demo's general-skills rows (a
+        # deployment configures its own file in curation.replay_path), held-out rows excluded.
+        replay, replay_holdout = demo_replay()
+        tables, funnel = datasets.curate(con, cfg, window, holdout=world.exam, replay=replay,
+                                         replay_holdout=replay_holdout, replay_source=DEMO_REPLAY)
         curate_s, curate_cpu = time.perf_counter() - t0, time.process_time() - c0
         worker_cpu = _children_cpu() - w0
         t0, c0 = time.perf_counter(), time.process_time()
-        snap = datasets.build_snapshot(con, cfg, window, holdout=world.exam)
+        snap = datasets.build_snapshot(con, cfg, window, holdout=world.exam, replay=replay,
+                                      replay_holdout=replay_holdout, replay_source=DEMO_REPLAY)
         build_s, build_cpu = time.perf_counter() - t0, time.process_time() - c0
 
         # the steps one by one (the same work as curate, timed apart)

@@ -3,7 +3,7 @@
     python benchmarks/gateway.py [--rate 1000] [--seconds 10] [--no-litellm] [--workers 1] [--no-turn-shipper]
 
 Setup, all on this machine: the embedded Kafka broker (turns are really produced), an
-upstream that answers at once (tests.echo_upstream), a routing state published
+upstream that answers at once (tests/echo_upstream.py), a routing state published
 on the control topic with an experiment running on `champion` (so every request is
 assigned to an arm), and one gateway process with the openai backend pointed at the
 upstream. An open-loop load generator (a request every 1/rate s on keep-alive
@@ -50,6 +50,8 @@ from kaizenlm import config as config_mod
 from kaizenlm.abtest.routing import ExperimentRoute, RoutingPublisher, RoutingState, Target
 from kaizenlm.ingest import broker
 from kaizenlm.ports import free_port
+
+ECHO_UPSTREAM = Path(__file__).resolve().parent.parent / "tests" / "echo_upstream.py"  # a test fake, started by path
 
 LITELLM_BIN = "/tmp/litellm-venv/bin/litellm"  # installed apart: its dependencies are not kaizenlm's
 
@@ -223,7 +225,7 @@ def main() -> None:
         broker.ensure_topics(cfg.kafka)
         up_port = free_port()
         upstream_url = f"http://127.0.0.1:{up_port}/v1"
-        procs.append(start([sys.executable, "-m", "tests.echo_upstream", "--port", str(up_port)],
+        procs.append(start([sys.executable, str(ECHO_UPSTREAM), "--port", str(up_port)],
                            work / "upstream.log"))
         wait_http(upstream_url + "/models")
         # Routing: champion with an experiment, so every request goes through arm assignment.

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kaizenlm.config import BaseModelConfig, EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
 from kaizenlm.demo.domain import Domain, build_domain  # noqa: E402
-from kaizenlm.demo.general import EMBEDDED_REPLAY, general_skills, replay_rows  # noqa: E402
+from kaizenlm.demo.general import general_skills, replay_rows, write_general_jsonl  # noqa: E402
+from kaizenlm.demo.inputs import demo_suite  # noqa: E402
 from kaizenlm.demo.tiny_base import build_base  # noqa: E402
 from kaizenlm.eval import evaluate as ev  # noqa: E402
 from kaizenlm.retrain import anchor  # noqa: E402
@@ -59,9 +60,9 @@ def dpo_pairs(domain: Domain, seed: int, exam: bool) -> list[dict]:
             for f in domain.facts for q in (f.exam_paraphrases if exam else [f.question, *f.paraphrases])]
 
 
-def evaluate_with_margin(spec, domain, heldout, pairs, cfg) -> dict:
+def evaluate_with_margin(spec, suite, pairs, cfg) -> dict:
     loaded = ev.load_for_eval(spec)
-    metrics = ev.evaluate(spec, domain, heldout, cfg, loaded=loaded)
+    metrics = ev.evaluate(spec, suite, cfg, loaded=loaded)
     metrics["dpo_margin"] = ev.preference_margin(*loaded, pairs)
     return metrics
 
@@ -78,7 +79,8 @@ def main() -> int:
     run_cfg = RetrainConfig(seed=args.seed, cpu_threads=args.threads)
     eval_cfg = EvalConfig(pairwise_sample=48)
     domain = build_domain(args.seed)
-    _, heldout = general_skills(args.seed, domain=domain)
+    suite = demo_suite(args.seed, domain)
+    replay_file = write_general_jsonl(out / "replay.jsonl", general_skills(args.seed, domain=domain)[0])
     heldout_pairs = dpo_pairs(domain, args.seed, exam=True)
     timings = {}
 
@@ -89,7 +91,7 @@ def main() -> int:
     timings["base_build_s"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
-    before = evaluate_with_margin(str(base_dir), domain, heldout, heldout_pairs, eval_cfg)
+    before = evaluate_with_margin(str(base_dir), suite, heldout_pairs, eval_cfg)
     timings["eval_s"] = round(time.perf_counter() - t, 1)
 
     for name in ("sft_replay", "dpo", "sft_no_replay", "sft_replay_no_anchor", "sft_replay_high"):
@@ -98,32 +100,31 @@ def main() -> int:
         shutil.rmtree(out / name, ignore_errors=True)  # a benchmark measures fresh runs, never resumes
     t = time.perf_counter()
     rows = sft_rows(domain, args.seed, REPLAY_RATIO)
-    anchor_rows = anchor.rows_for(EMBEDDED_REPLAY, args.seed, rows, LoraSFTConfig())
+    anchor_rows = anchor.rows_for(str(replay_file), args.seed, rows, LoraSFTConfig(), suite.prompts())
     sft = train_sft(base_dir, rows, out / "sft_replay", LoraSFTConfig(), run_cfg, anchor_rows=anchor_rows)
     timings["sft_s"] = round(time.perf_counter() - t, 1)
-    after_sft = evaluate_with_margin((str(base_dir), str(out / "sft_replay" / "adapter")), domain, heldout,
-                                     heldout_pairs, eval_cfg)
+    after_sft = evaluate_with_margin((str(base_dir), str(out / "sft_replay" / "adapter")), suite, heldout_pairs, eval_cfg)
     t = time.perf_counter()
     dpo = train_dpo(base_dir, out / "sft_replay" / "adapter", dpo_pairs(domain, args.seed, exam=False),
                     out / "dpo", LoraDPOConfig(), run_cfg, anchor_rows=anchor_rows)
     timings["dpo_s"] = round(time.perf_counter() - t, 1)
-    after = evaluate_with_margin((str(base_dir), str(out / "dpo" / "adapter")), domain, heldout, heldout_pairs,
+    after = evaluate_with_margin((str(base_dir), str(out / "dpo" / "adapter")), suite, heldout_pairs,
                                  eval_cfg)
-    after_pairwise = ev.evaluate((str(base_dir), str(out / "dpo" / "adapter")), domain, heldout, eval_cfg,
+    after_pairwise = ev.evaluate((str(base_dir), str(out / "dpo" / "adapter")), suite, eval_cfg,
                                  champion=before)
 
     t = time.perf_counter()
     train_sft(base_dir, sft_rows(domain, args.seed, 0.0), out / "sft_no_replay", LoraSFTConfig(), run_cfg)
     timings["sft_no_replay_s"] = round(time.perf_counter() - t, 1)
-    no_replay = ev.evaluate((str(base_dir), str(out / "sft_no_replay" / "adapter")), domain, heldout, eval_cfg)
+    no_replay = ev.evaluate((str(base_dir), str(out / "sft_no_replay" / "adapter")), suite, eval_cfg)
     t = time.perf_counter()
     train_sft(base_dir, rows, out / "sft_replay_no_anchor", LoraSFTConfig(), run_cfg)
     timings["sft_replay_no_anchor_s"] = round(time.perf_counter() - t, 1)
-    no_anchor = ev.evaluate((str(base_dir), str(out / "sft_replay_no_anchor" / "adapter")), domain, heldout, eval_cfg)
+    no_anchor = ev.evaluate((str(base_dir), str(out / "sft_replay_no_anchor" / "adapter")), suite, eval_cfg)
     t = time.perf_counter()
     train_sft(base_dir, sft_rows(domain, args.seed, HIGH_REPLAY_RATIO), out / "sft_replay_high", LoraSFTConfig(), run_cfg)
     timings["sft_replay_high_s"] = round(time.perf_counter() - t, 1)
-    high_replay = ev.evaluate((str(base_dir), str(out / "sft_replay_high" / "adapter")), domain, heldout, eval_cfg)
+    high_replay = ev.evaluate((str(base_dir), str(out / "sft_replay_high" / "adapter")), suite, eval_cfg)
     passed, reasons = ev.gate(after, before, eval_cfg)
 
     result = {

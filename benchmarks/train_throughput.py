@@ -115,7 +115,7 @@ def run_setting(name: str, overrides: dict, shape: dict, data, tokenizer, steps:
     from trl import SFTConfig, SFTTrainer
 
     from kaizenlm.config import LoraSFTConfig
-    from kaizenlm.retrain.lora_sft import _setup_lora
+    from kaizenlm.retrain.training import lora_config
 
     dtype = torch.bfloat16 if cuda else torch.float32
     model = make_model(shape, dtype, "cuda" if cuda else "cpu")
@@ -129,7 +129,7 @@ def run_setting(name: str, overrides: dict, shape: dict, data, tokenizer, steps:
     )
     timer = StepTimer()
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                         peft_config=_setup_lora(LoraSFTConfig()), callbacks=[timer])
+                         peft_config=lora_config(LoraSFTConfig()), callbacks=[timer])
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()

@@ -17,6 +17,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 INGEST, ADMIN = "ingest", "admin"
+# Which configured key carries a scope: named in the 401/403 answers, so the caller knows what to send.
+KEY_FOR_SCOPE = {INGEST: "auth.ingest_key (or KAIZEN_INGEST_KEY)", ADMIN: "auth.admin_key (or KAIZEN_ADMIN_KEY)"}
 
 
 class AuthError(Exception):
@@ -50,13 +52,14 @@ def scopes_of(auth_cfg, key: str) -> frozenset[str] | None:
 def check(auth_cfg, authorization: str, scope: str) -> None:
     """Raise AuthError unless the header names a key with `scope`."""
     key = bearer_key(authorization)
+    wanted = KEY_FOR_SCOPE.get(scope, f"a key with the '{scope}' scope")
     if not key:
-        raise AuthError(401, "missing API key: send 'Authorization: Bearer <key>'")
+        raise AuthError(401, f"missing API key: send 'Authorization: Bearer <key>' with {wanted}")
     scopes = scopes_of(auth_cfg, key)
     if scopes is None:
-        raise AuthError(401, "unknown API key: send a key from the [auth] section of kaizen.toml")
+        raise AuthError(401, f"unknown API key: this route needs {wanted}")
     if scope not in scopes:
-        raise AuthError(403, f"this key lacks the '{scope}' scope")
+        raise AuthError(403, f"this key lacks the '{scope}' scope: this route needs {wanted}")
 
 
 def require(scope: str):

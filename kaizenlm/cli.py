@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "retrain": "kaizenlm.retrain.cli:RETRAIN",
     "eval": "kaizenlm.eval.cli:EVAL",
     "review": "kaizenlm.review.cli:REVIEW",
+    "annotate": "kaizenlm.annotate.cli:ANNOTATE",
     "demo": "kaizenlm.demo.cli:DEMO",
     "base": "kaizenlm.demo.cli:BASE",
     "dashboard": "kaizenlm.dashboard.cli:DASHBOARD",

@@ -1,7 +1,7 @@
 """A minimal OpenAI-compatible server that answers at once: the upstream of benchmarks,
 tests and offline demos of the `openai` backend.
 
-    python -m tests.echo_upstream --port 8500
+    python tests/echo_upstream.py --port 8500
 
 POST /v1/chat/completions answers "[<model>] <last user message>" (streamed as SSE when
 asked); GET /v1/models lists nothing in particular; GET /stats counts requests per model.

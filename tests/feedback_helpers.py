@@ -67,7 +67,17 @@ class EventLog:
 
 
 def make_config(home: Path, **curation) -> Config:
+    """A config in `home` whose curation replays the demo's general rows (unless replay_path is given)."""
+    if "replay_path" not in curation:
+        curation["replay_path"] = str(demo_replay_file(Path(home).parent / "replay.jsonl"))
     return Config(paths=PathsConfig(home=str(home)), curation=CurationConfig(**curation))
+
+
+def demo_replay_file(path: Path) -> Path:
+    """The demo's general-skills training rows as a replay file (what `kaizen demo` configures)."""
+    from kaizenlm.demo.general import general_skills, write_general_jsonl
+
+    return write_general_jsonl(path, general_skills(0)[0])
 
 
 def open_store(cfg: Config):

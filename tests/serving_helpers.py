@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+ECHO_UPSTREAM = Path(__file__).resolve().parent / "echo_upstream.py"
+
 CORPUS = [
     "hello how are you today", "the quick brown fox jumps over the lazy dog", "what is the price of the plan",
     "reset my password please", "thank you very much", "red blue green cat dog bird apple pear plum",
@@ -73,13 +75,13 @@ def reference_answer(base_dir: Path, adapter_dir: Path | None, messages: list[di
 
 
 class EchoUpstream:
-    """tests.echo_upstream in its own process."""
+    """tests/echo_upstream.py in its own process (started by path: any working directory works)."""
 
     def __init__(self, port: int, log_path: Path):
         self.port = port
         self.url = f"http://127.0.0.1:{port}/v1"
         log = open(log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.echo_upstream", "--port", str(port)],
+        self.proc = subprocess.Popen([sys.executable, str(ECHO_UPSTREAM), "--port", str(port)],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from kaizenlm.abtest import stats as S
+from kaizenlm.abtest.arms import ArmStats, LatencyStats
 from kaizenlm.abtest.decisions import ACTIONS, Decision, decide
 from kaizenlm.config import ABConfig
 
@@ -18,17 +19,17 @@ START = datetime(2025, 3, 1, tzinfo=UTC)
 SETTINGS = ABConfig()  # alpha 0.05, mde 0.1, 168 h, 100 per arm
 
 
-def arm(n: int, mean: float, sd: float, binary: bool = False) -> S.ArmStats:
-    return S.ArmStats(n, n * mean, (n - 1) * sd * sd + n * mean * mean, binary)
+def arm(n: int, mean: float, sd: float, binary: bool = False) -> ArmStats:
+    return ArmStats(n, n * mean, (n - 1) * sd * sd + n * mean * mean, binary)
 
 
-def rate(n: int, p: float) -> S.ArmStats:
+def rate(n: int, p: float) -> ArmStats:
     return arm(n, p, math.sqrt(p * (1 - p)), binary=True)
 
 
 _RNG = np.random.default_rng(1)
-LATENCY = S.LatencyStats.from_values(_RNG.lognormal(6.0, 0.3, 200_000))
-SLOW = S.LatencyStats(LATENCY.n, LATENCY.q_lo * 1.5, LATENCY.q * 1.5, LATENCY.q_hi * 1.5)
+LATENCY = LatencyStats.from_values(_RNG.lognormal(6.0, 0.3, 200_000))
+SLOW = LatencyStats(LATENCY.n, LATENCY.q_lo * 1.5, LATENCY.q * 1.5, LATENCY.q_hi * 1.5)
 
 
 def look(n=20_000, effect=0.0, *, challenger_n=None, errors=(0.01, 0.01), latency=(LATENCY, LATENCY),

@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from kaizenlm.config import LoraSFTConfig
-from kaizenlm.demo.general import EMBEDDED_REPLAY, general_skills
+from kaizenlm.demo.general import general_skills, write_general_jsonl
+from kaizenlm.demo.inputs import demo_suite
 from kaizenlm.retrain import anchor
 
 
@@ -38,32 +39,34 @@ def test_select_caps_the_pool_and_leaves_rows_without_skills_unbalanced():
     assert rows == anchor.select(pool, set(), cfg, seed=1)  # seeded
 
 
-def test_rows_for_the_embedded_set_leaves_out_sft_and_held_out_prompts():
+def test_rows_for_a_replay_file_leave_out_sft_and_evaluation_prompts(tmp_path):
     train, heldout = general_skills(0)
+    source = write_general_jsonl(tmp_path / "replay.jsonl", train + heldout)  # held-out rows in the file too
     sft_rows = [{"prompt": json.dumps([{"role": "user", "content": r["prompt"]}]), "response": r["response"]}
                 for r in train[:30]]  # the snapshot's shape: prompt = JSON messages
-    rows = anchor.rows_for(EMBEDDED_REPLAY, 0, sft_rows, LoraSFTConfig(anchor_weight=5.0))
+    suite = demo_suite(0)
+    rows = anchor.rows_for(str(source), 0, sft_rows, LoraSFTConfig(anchor_weight=5.0), suite.prompts())
     texts = {anchor.prompt_key(r["messages"]) for r in rows}
-    assert not texts & {r["prompt"] for r in train[:30]}
-    assert not texts & {r["prompt"] for r in heldout}
-    assert not texts & set(anchor.evaluation_prompts(0))  # no exam or out-of-scope exam question either
-    assert len(anchor.evaluation_prompts(0)) == 144 + 72 + len(heldout)
+    assert rows and not texts & {r["prompt"] for r in train[:30]}
+    assert not texts & {r["prompt"] for r in heldout}  # the suite's general rows
+    assert not texts & set(suite.prompts())  # no exam or out-of-scope exam question either
+    assert len(suite.prompts()) == 144 + 72 + len(heldout)
     assert {r["skill"] for r in rows if r["response"] is not None} >= {"repeat", "add", "refusal", "recall"}
 
 
 def test_a_replay_file_is_an_anchor_source_and_a_missing_one_is_a_clear_error(tmp_path):
     path = tmp_path / "general.jsonl"
     path.write_text("\n".join(json.dumps({"prompt": f"Say {w}.", "response": w}) for w in ["a", "b", "c"]) + "\n")
-    pool = anchor.pool_from_source(str(path), 0)
+    pool = anchor.pool_from_source(str(path))
     assert [r["response"] for r in pool] == ["a", "b", "c"] and all(r["skill"] is None for r in pool)
     with pytest.raises(ValueError, match="does not exist"):
-        anchor.pool_from_source(str(tmp_path / "gone.jsonl"), 0)
+        anchor.pool_from_source(str(tmp_path / "gone.jsonl"))
 
 
 def test_snapshot_source_reads_the_manifest(tmp_path):
     assert anchor.snapshot_source(tmp_path) is None
-    (tmp_path / "manifest.json").write_text(json.dumps({"mix_ratio": {"source": EMBEDDED_REPLAY}}))
-    assert anchor.snapshot_source(tmp_path) == EMBEDDED_REPLAY
+    (tmp_path / "manifest.json").write_text(json.dumps({"mix_ratio": {"source": "/data/general.jsonl"}}))
+    assert anchor.snapshot_source(tmp_path) == "/data/general.jsonl"
 
 
 @pytest.mark.parametrize("field,value", [("anchor_weight", -1.0), ("anchor_batch_size", 0),

@@ -13,6 +13,8 @@ from kaizenlm.demo.domain import build_domain
 from kaizenlm.demo.tiny_base import base_training_rows, encode_chat
 from kaizenlm.retrain.training import is_embedded_base
 
+pytestmark = pytest.mark.integration  # trains the tiny base model
+
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):

@@ -30,6 +30,8 @@ from kaizenlm.abtest.routing import Target, assign_arm
 from kaizenlm.cli import main
 from kaizenlm.serving.backends import BackendError, ChatParams, LocalBackend, LocalServing, OpenAIBackend
 
+pytestmark = pytest.mark.integration  # starts echo upstreams and a real stack
+
 GREEDY = ChatParams(max_tokens=8, temperature=0.0)
 QUESTIONS = [[{"role": "user", "content": q}] for q in ("hello how are you", "reset my password please",
                                                          "what is the price of the plan")]

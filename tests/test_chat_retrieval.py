@@ -20,6 +20,8 @@ from kaizenlm.knowledge.index import refresh_knowledge
 from kaizenlm.knowledge.retrieval import NO_CONTEXT
 from kaizenlm.serving.retrieval import KnowledgeServing
 
+pytestmark = pytest.mark.integration  # a real stack with an echo upstream
+
 openai_stack = serving_helpers.openai_stack  # a fixture: a stack serving through an echo upstream
 
 DOCS = {

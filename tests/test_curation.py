@@ -15,18 +15,11 @@ from pii_cases import NEGATIVES, POSITIVES
 
 from kaizenlm.config import ConfigError, CurationConfig
 from kaizenlm.datasets import curation
-from kaizenlm.datasets.curation import (
-    Funnel,
-    avg_sentence_words,
-    contaminated,
-    is_truncated,
-    load_holdout,
-    near_duplicate_groups,
-    normalize,
-    repetition,
-    scrub_pii,
-    text_issue,
-)
+from kaizenlm.datasets.curation import Funnel, scrub_pii
+from kaizenlm.datasets.decontam import contaminated, load_holdout
+from kaizenlm.datasets.near_dup import cluster_labels, near_duplicate_groups
+from kaizenlm.datasets.quality import avg_sentence_words, is_truncated, repetition, text_issue
+from kaizenlm.datasets.text import normalize
 from kaizenlm.feedback.rewards import Window
 
 # ---------------------------------------------------------------------------------------------
@@ -237,11 +230,11 @@ def test_cluster_labels_do_not_depend_on_row_order():
     keys = ["k3", "k1", "k2", "k1"]
     texts = ["reset my password please", "reset my password please!", "where is my invoice", "reset my password please!"]
     texts = [normalize(t) for t in texts]
-    labels = curation.cluster_labels(keys, texts, 0.8)
+    labels = cluster_labels(keys, texts, 0.8)
     assert labels[0] == labels[1] == labels[3] == "k1"
     assert labels[2] == "k2"
     order = [2, 0, 3, 1]
-    assert curation.cluster_labels([keys[i] for i in order], [texts[i] for i in order], 0.8) == [labels[i] for i in order]
+    assert cluster_labels([keys[i] for i in order], [texts[i] for i in order], 0.8) == [labels[i] for i in order]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from test_datasets import populate
 from kaizenlm import config as config_mod
 from kaizenlm.cli import main
 
+pytestmark = pytest.mark.integration  # a second process holds the DuckDB file
+
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):

@@ -69,7 +69,7 @@ def test_build_writes_a_verified_snapshot(con, cfg):
     mix = snap.manifest["mix_ratio"]
     assert snap.counts["sft_train"] + snap.counts["sft_eval"] - mix["replay_rows"] == 3 * len(TOPICS)
     assert snap.counts["dpo_train"] + snap.counts["dpo_eval"] == 2 * len(TOPICS)
-    assert mix["source"] == datasets.EMBEDDED_REPLAY and mix["replay_rows"] > 0  # the embedded default
+    assert mix["source"] == cfg.curation.replay_path and mix["replay_rows"] > 0  # the configured file
     assert tables["sft_train"].schema == datasets.SFT_SCHEMA and tables["dpo_eval"].schema == datasets.DPO_SCHEMA
     manifest = json.loads((snap.path / "manifest.json").read_text())
     assert manifest["counts"] == snap.counts and manifest["window"]["as_of"]
@@ -222,11 +222,12 @@ def test_small_replay_pool_is_repeated_to_hold_the_ratio(con, cfg):
     assert len({r["example_id"] for r in rows}) == len(rows)
 
 
-def test_embedded_replay_never_mixes_in_its_held_out_split(con, cfg):
-    from kaizenlm.demo.general import general_skills
+def test_replay_never_mixes_in_a_held_out_text(con, cfg, tmp_path):
+    from kaizenlm.demo.general import general_skills, write_general_jsonl
 
     train, heldout = general_skills(0)
-    snap = build_snapshot(con, cfg, Window())
+    write_general_jsonl(cfg.curation.replay_path, train + heldout)  # the file holds both; holdout keeps one out
+    snap = build_snapshot(con, cfg, Window(), holdout=[r["prompt"] for r in heldout])
     rows = [r for r in datasets.open_snapshot(snap.path)["sft_train"].to_pylist() if r["source"] == "replay"]
     prompts = {r["prompt"][-1]["content"] for r in rows}
     assert prompts and prompts <= {r["prompt"] for r in train}
@@ -347,7 +348,7 @@ def test_load_replay(tmp_path):
                     '{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Hi"}], '
                     '"answer": "Hello!"}\n')
     assert datasets.load_replay(path) == [
-        {"messages": [{"role": "user", "content": "Add 2 and 3."}], "response": "5"},
+        {"messages": [{"role": "user", "content": "Add 2 and 3."}], "response": "5", "skill": "add"},  # skill kept
         {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "Hi"}], "response": "Hello!"},
     ]
     (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n')

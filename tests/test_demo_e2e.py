@@ -1,7 +1,8 @@
 """`kaizen demo --short --no-dashboard` end to end, then its DuckDB file read back: traffic
 landed, a dataset snapshot and a knowledge version were made, the retrain produced a
-candidate that learned the domain, the A/B test reached a decision, the deliberately bad
-candidate was rejected by the gates, and the quarterly review was written. Slow (the whole
+candidate that learned the domain, the A/B test promoted it and `kaizen rollback` undid the
+promotion, the deliberately bad candidate was rejected by the gates, and the quarterly review
+was written. Slow (the whole
 loop, base build included): CI runs it in the `make test-slow` step."""
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
+
+pytestmark = pytest.mark.integration  # runs `kaizen demo`, which starts the whole stack
 
 
 def run_demo(out: Path, timeout: float) -> subprocess.Popen:
@@ -71,16 +74,18 @@ def test_short_demo_runs_the_whole_loop(kaizen_env, tmp_path):
     assert bad and versions[bad[0]][1] == "rejected", versions.get(bad[0] if bad else None)
     assert versions[bad[0]][2]["gate"]["passed"] is False
 
-    # The A/B test ended with a decision, and the champion's history says what happened.
-    [(experiment, status)] = q("SELECT experiment_id, status FROM experiments")
-    assert status != "running"
-    actions = {a for (a,) in q(f"SELECT action FROM experiment_decisions WHERE experiment_id = '{experiment}'")}
-    assert actions & {"promote", "rollback", "keep_champion"}, actions
-    history = q("SELECT action, to_version FROM alias_history WHERE alias = 'champion' ORDER BY seq")
-    if "promote" in actions:  # the demo then rolls the promotion back with `kaizen rollback`
-        assert [a for a, _ in history][-1] == "rollback" and history[-1][1] == base
+    # The A/B test promoted the retrained candidate (the demo is built so that the better model
+    # wins), then the rollback stage moved champion back with `kaizen rollback`.
+    [(experiment, status, champion, challenger)] = q("SELECT experiment_id, status, champion, challenger FROM experiments")
+    actions = [a for (a,) in q(f"SELECT action FROM experiment_decisions WHERE experiment_id = '{experiment}' "
+                                "AND action != 'continue' ORDER BY ts")]
+    assert (status, actions) == ("promoted", ["promote"]), (status, actions)
+    assert challenger in retrained and versions[challenger][1] == "promoted", versions[challenger]
+    history = q("SELECT action, from_version, to_version FROM alias_history WHERE alias = 'champion' ORDER BY seq")
+    assert history[-2:] == [("set", champion, challenger), ("rollback", challenger, champion)], history
+    assert aliases["champion"] == champion
     con.close()
 
     reports = list((home / "reviews").rglob("report.md"))
     assert reports and list((home / "reviews").rglob("*.png"))
-    assert "kaizen demo: summary" in text
+    assert "kaizen demo: summary" in text and "rollback skipped" not in text

@@ -10,14 +10,20 @@ from serving_helpers import build_adapter, build_tiny_model
 
 from kaizenlm import config as config_mod
 from kaizenlm.cli import main
+from kaizenlm.demo.inputs import demo_suite
+from kaizenlm.eval.suite import write_suite
 from kaizenlm.registry.client import RegistryClient
+
+pytestmark = pytest.mark.integration  # evaluates real (tiny) models: tens of seconds
 
 
 @pytest.fixture
 def registered(kaizen_env, tmp_path):
     """A tiny random base as champion and a LoRA adapter on it, in the registry."""
     # Short answers keep the three evaluations quick; the metrics are the same code path.
-    (tmp_path / "kaizen.toml").write_text("[eval]\nmax_new_tokens = 6\npairwise_sample = 8\n", encoding="utf-8")
+    suite = write_suite(tmp_path / "suite.jsonl", demo_suite(0))
+    (tmp_path / "kaizen.toml").write_text(f"[eval]\nmax_new_tokens = 6\npairwise_sample = 8\nsuite_path = '{suite}'\n",
+                                          encoding="utf-8")
     base_dir = build_tiny_model(tmp_path / "base")
     adapter_dir = build_adapter(base_dir, tmp_path / "adapter", seed=3)
     client = RegistryClient(config_mod.load())
@@ -65,3 +71,19 @@ def test_eval_bad_input_exits_2_with_a_message(registered, capsys):
         main(["eval"])
     assert e.value.code == 2 and "the following arguments are required: version" in capsys.readouterr().err
     assert registered["client"].show(registered["adapter"])["status"] == "candidate"  # nothing changed
+
+
+def test_eval_without_a_suite_says_what_is_missing(registered, tmp_path, capsys):
+    (tmp_path / "kaizen.toml").write_text("[eval]\nmax_new_tokens = 6\n", encoding="utf-8")
+    assert main(["eval", registered["adapter"]]) == 2
+    err = capsys.readouterr().err
+    assert "no evaluation suite" in err and "[eval] suite_path" in err
+    assert "domain_score" not in registered["client"].show(registered["adapter"])["metrics"]
+
+
+def test_a_malformed_suite_row_names_the_line_and_field(registered, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"kind": "domain", "prompt": "Q?", "reference": "A."}\n{"kind": "domain", "prompt": ""}\n')
+    (tmp_path / "kaizen.toml").write_text(f"[eval]\nsuite_path = '{bad}'\n", encoding="utf-8")
+    assert main(["eval", registered["adapter"]]) == 2
+    assert f"{bad}:2: field 'prompt' must be a non-empty string" in capsys.readouterr().err

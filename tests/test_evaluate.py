@@ -7,8 +7,11 @@ from retrain_helpers import build_tiny_base
 
 from kaizenlm.config import EvalConfig
 from kaizenlm.demo.domain import Domain, build_domain
-from kaizenlm.demo.general import general_skills
+from kaizenlm.demo.inputs import demo_suite
 from kaizenlm.eval import evaluate as ev
+from kaizenlm.eval.suite import Suite
+
+pytestmark = pytest.mark.integration  # trains and evaluates the tiny base model
 
 
 def test_exact_match_normalizes_case_space_and_punctuation():
@@ -92,14 +95,15 @@ def test_evaluate_a_real_model(tmp_path):
     base = build_tiny_base(tmp_path / "base")
     full = build_domain(0)
     d = Domain(full.name, full.refusal, full.facts[:8], full.docs, full.out_of_scope, full.out_of_scope_exam[:6])
-    _, heldout = general_skills(0, domain=full)
+    whole = demo_suite(0, d)
+    suite = Suite(domain=whole.domain, general=whole.general[:12], refusal=whole.refusal, source="test")
     cfg = EvalConfig(max_new_tokens=8, pairwise_sample=10)
-    champ = ev.evaluate(str(base), d, heldout[:12], cfg)
+    champ = ev.evaluate(str(base), suite, cfg)
     assert champ["n_exam"] == 24 and champ["n_general"] == 12 and champ["n_refusal"] == 6
     for key in ("domain_exact_match", "domain_token_f1", "domain_rouge_l", "general_score", "refusal_rate"):
         assert 0.0 <= champ[key] <= 1.0
     assert champ["val_perplexity"] > 1.0 and len(champ["answers"]) == 24
-    again = ev.evaluate(str(base), d, heldout[:12], cfg, champion=champ)
+    again = ev.evaluate(str(base), suite, cfg, champion=champ)
     assert again["pairwise_n"] == 10 and again["pairwise_win_rate"] == 0.5  # same model, greedy: all ties
     model, tok = ev.load_for_eval(str(base))
     pairs = [{"prompt": "Hello!", "chosen": "Hi.", "rejected": "Hi."}]

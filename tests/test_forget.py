@@ -197,7 +197,13 @@ def test_cli_goes_through_a_running_controller(home, controller, capsys):
     code, out, _ = run(capsys, "dataset", "show", built["snapshot_id"][:8])
     assert code == 0 and f"snapshot {built['snapshot_id']}" in out and "pairs    correction" in out
     code, out, _ = run(capsys, "dataset", "rewards", "--json")
-    assert code == 0 and json.loads(out)["calibration"]["turns_with_both"] >= 0
+    # 13 turns, each with explicit feedback and a signal; bob's first (thumbs up +0.6, alice's
+    # correction -0.6) nets an explicit reward of 0 and is left out; alice's corrected and
+    # regenerated answer is the one negative, and its implicit reward agrees.
+    calibration = json.loads(out)["calibration"]
+    assert code == 0 and calibration["turns_with_both"] == 12
+    assert (calibration["explicit_positive"], calibration["explicit_negative"]) == (11, 1)
+    assert calibration["agreement"] == 1.0 and calibration["implicit_only_turns"] == 0
     code, out, err = run(capsys, "forget", "--user", "bob", "--json")
     assert code == 0, err
     report = json.loads(out)
@@ -211,7 +217,9 @@ def test_admin_api_needs_the_admin_key_and_checks_input(home, controller):
     with TestClient(controller) as client:
         assert client.get("/admin/v1/datasets").status_code == 401
         assert client.post("/admin/v1/forget", json={"user_id": "bob"},
-                           headers={"Authorization": "Bearer wrong"}).status_code == 403
+                           headers={"Authorization": "Bearer wrong"}).status_code == 401  # unknown key
+        assert client.get("/admin/v1/datasets",
+                          headers={"Authorization": f"Bearer {home.auth.ingest_key}"}).status_code == 403
         auth = {"Authorization": f"Bearer {home.auth.admin_key}"}
         r = client.post("/admin/v1/datasets/build", json={"since": "whenever"}, headers=auth)
         assert r.status_code == 400 and "not a date" in r.json()["detail"]

@@ -12,6 +12,8 @@ import httpx
 import pytest
 from conftest import Stack
 
+pytestmark = pytest.mark.integration  # gateway worker processes
+
 
 def _pids(stack: Stack, tries: int = 300) -> set[int]:
     seen = set()

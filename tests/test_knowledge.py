@@ -30,6 +30,8 @@ from kaizenlm.knowledge.refresh import KNOWLEDGE_ALIAS, refresh
 from kaizenlm.knowledge.retrieval import NO_CONTEXT, Hit, Retriever, build_prompt, doc_ids_of
 from kaizenlm.registry import service
 
+pytestmark = pytest.mark.integration  # the refresh job runs in a child process
+
 KCFG = KnowledgeConfig(chunk_words=40, chunk_overlap=10)
 HANDBOOK_WORDS = [f"w{i}" for i in range(100)]  # 100 words -> windows [0:40] [30:70] [60:100]
 

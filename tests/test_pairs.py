@@ -8,6 +8,7 @@ from feedback_helpers import EventLog, make_config, open_store
 
 from kaizenlm.datasets import curation, pairs
 from kaizenlm.datasets.curation import Funnel
+from kaizenlm.datasets.text import digest
 from kaizenlm.feedback.rewards import Window
 
 GOOD = "Open Settings, then Billing, and choose Change plan. The new price applies from the next invoice."
@@ -225,4 +226,4 @@ def test_pair_ids_are_stable(build):
     t = log.turn("What is the refund window?", "Seven days after purchase.", turn_id="fixed")
     log.feedback(t, correction="Thirty days after purchase, for every plan.")
     first, _ = build(log)
-    assert first["pair_id"].tolist() == [curation.digest("correction", "fixed", "fixed")]
+    assert first["pair_id"].tolist() == [digest("correction", "fixed", "fixed")]

@@ -17,6 +17,8 @@ from kaizenlm.demo.domain import build_domain
 from kaizenlm.retrain import lora_dpo, lora_sft
 from kaizenlm.retrain.monitoring import HealthMonitor, NonFiniteLossError
 
+pytestmark = pytest.mark.integration  # trains LoRA adapters on a tiny base (seconds each)
+
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
@@ -83,26 +85,36 @@ def test_kl_anchor_trains_towards_the_base_and_logs_its_kl_apart(base_dir, domai
     assert_run_artifacts(tmp_path / "sft")
     assert 0 < metrics["anchor_rows"] <= len(rows)
     assert metrics["anchor_kl_last"] > 0  # the adapter moved the model away from the base on general prompts
+    weights = load_file(tmp_path / "sft" / "adapter" / "adapter_model.safetensors")
+    assert all(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # training moved the adapter
     state = json.loads(max((tmp_path / "sft" / "checkpoints").glob("checkpoint-*/trainer_state.json"),
                            key=lambda p: int(p.parent.name.split("-")[1])).read_text())
     train_logs = [e for e in state["log_history"] if "loss" in e]
-    assert train_logs and all(e["anchor_kl"] >= 0 for e in train_logs)
+    assert train_logs and all("anchor_kl" in e for e in train_logs)
+    assert train_logs[-1]["anchor_kl"] > 0  # logged apart, and non-zero once the adapter moved (LoRA B starts at 0)
+    assert not any("anchor_kl" in e for e in state["log_history"] if "eval_loss" in e)  # a training metric only
 
 
 def test_the_logged_train_loss_leaves_out_the_anchor_term():
+    from kaizenlm.retrain.anchor import AnchorLoss
+
     class Logged:
         def log(self, logs, start_time=None):
             self.logs = logs
 
-    class Trainer(lora_sft.AnchorLoss, Logged):
-        pass
+    class Trainer(AnchorLoss, Logged):
+        model = torch.nn.Linear(1, 1)  # in train mode, as while training
 
     trainer = Trainer()
+    trainer._anchor_kls = [0.1, 0.06]  # KL of the two steps since the last log
     trainer._anchor_terms = [0.5, 0.3]  # weight x KL of the two steps since the last log
     trainer.log({"loss": 1.0, "grad_norm": 0.4})
     assert trainer.logs["loss"] == pytest.approx(0.6) and trainer._anchor_terms == []
+    assert trainer.logs["anchor_kl"] == pytest.approx(0.08) and trainer._anchor_kls == []
+    trainer.model.eval()
+    trainer._anchor_kls = [0.2]  # an evaluation's log leaves the KL for the next training log
     trainer.log({"eval_loss": 2.0})
-    assert trainer.logs == {"eval_loss": 2.0}
+    assert trainer.logs == {"eval_loss": 2.0} and trainer._anchor_kls == [0.2]
 
 
 @pytest.mark.slow  # two training runs: ~10 s alone, 15-45 s on the shared 2-core machine

@@ -294,7 +294,9 @@ def test_api_requires_the_admin_key(con, tmp_path):
     client = TestClient(app)
     assert client.get("/admin/v1/registry/versions").status_code == 401
     wrong = client.get("/admin/v1/registry/versions", headers={"Authorization": "Bearer kz-ingest-dev"})
-    assert wrong.status_code == 401 and "auth.admin_key" in wrong.json()["detail"]
+    assert wrong.status_code == 403 and "auth.admin_key" in wrong.json()["detail"]  # a key without 'admin'
+    unknown = client.get("/admin/v1/registry/versions", headers={"Authorization": "Bearer not-a-key"})
+    assert unknown.status_code == 401 and "auth.admin_key" in unknown.json()["detail"]
     ok = client.get("/admin/v1/registry/versions", headers={"Authorization": "Bearer kz-admin-dev"})
     assert ok.status_code == 200 and ok.json() == {"versions": []}
 

@@ -15,7 +15,8 @@ from kaizenlm import config as config_mod
 from kaizenlm.cli import main
 from kaizenlm.ingest.store import connect
 from kaizenlm.jobs import history
-from kaizenlm.review.report import last_quarter, metric, resolve_window, write_review
+from kaizenlm.review.collect import metric
+from kaizenlm.review.report import last_quarter, resolve_window, write_review
 
 SINCE, UNTIL = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 4, 1, tzinfo=UTC)
 

@@ -27,6 +27,8 @@ from kaizenlm.abtest.routing import (
 )
 from kaizenlm.ingest import broker
 
+pytestmark = pytest.mark.integration  # a real broker and stack
+
 # --------------------------------------------------------------------------------------
 # assignment and routing decisions (pure)
 # --------------------------------------------------------------------------------------

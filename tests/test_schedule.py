@@ -400,7 +400,7 @@ def test_admin_api_lists_runs_and_refuses_a_second_run(cfg, db):
     client = TestClient(app)
     headers = {"Authorization": f"Bearer {cfg.auth.admin_key}"}
     assert client.get("/admin/v1/jobs").status_code == 401
-    assert client.get("/admin/v1/jobs", headers={"Authorization": "Bearer wrong-key-123"}).status_code == 403
+    assert client.get("/admin/v1/jobs", headers={"Authorization": "Bearer wrong-key-123"}).status_code == 401
     started = client.post("/admin/v1/jobs/weekly/run", headers=headers)
     assert started.status_code == 202 and started.json()["status"] == "running"
     assert weekly.entered.wait(10)

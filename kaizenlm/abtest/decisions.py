@@ -33,7 +33,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
-from kaizenlm.abtest.stats import BREACH, NON_INFERIOR, Analysis, GuardrailResult, jsonable
+from kaizenlm.abtest.arms import jsonable
+from kaizenlm.abtest.guardrails import BREACH, NON_INFERIOR, GuardrailResult
+from kaizenlm.abtest.stats import Analysis
 
 PROMOTE = "promote"
 ROLLBACK = "rollback"

@@ -34,6 +34,7 @@ import duckdb
 
 from kaizenlm.abtest import decisions as decisions_mod
 from kaizenlm.abtest import stats
+from kaizenlm.abtest.arms import LatencyStats, RatioArmStats
 from kaizenlm.abtest.routing import (
     CHALLENGER,
     CHAMPION,
@@ -43,6 +44,7 @@ from kaizenlm.abtest.routing import (
     RoutingState,
     target_for,
 )
+from kaizenlm.abtest.sequential import SequentialResult
 from kaizenlm.config import ABConfig, Config, ConfigError
 from kaizenlm.registry import aliases as alias_ops
 from kaizenlm.registry import versions as version_ops
@@ -249,27 +251,27 @@ def arm_data(con: duckdb.DuckDBPyConnection, cfg: Config, exp: Experiment) -> tu
 
 def _arm(r: dict | None) -> stats.ArmData:
     if r is None:
-        empty = stats.RatioArmStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        empty = RatioArmStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
         return stats.ArmData(empty, dataclasses.replace(empty, binary=True), dataclasses.replace(empty, binary=True),
-                             stats.LatencyStats.from_values([]), 0)
+                             LatencyStats.from_values([]), 0)
     n, n2 = float(r["turns"]), float(r["n2"])
-    primary = stats.RatioArmStats(int(r["units"]), float(r["y"]), n, float(r["y2"]), n2, float(r["yn"]))
-    errors = stats.RatioArmStats(int(r["units"]), float(r["e"]), n, float(r["e2"]), n2, float(r["en"]), binary=True)
-    regens = stats.RatioArmStats(int(r["units"]), float(r["g"]), n, float(r["g2"]), n2, float(r["gn"]), binary=True)
+    primary = RatioArmStats(int(r["units"]), float(r["y"]), n, float(r["y2"]), n2, float(r["yn"]))
+    errors = RatioArmStats(int(r["units"]), float(r["e"]), n, float(r["e2"]), n2, float(r["en"]), binary=True)
+    regens = RatioArmStats(int(r["units"]), float(r["g"]), n, float(r["g2"]), n2, float(r["gn"]), binary=True)
     q = r["lat_q"]
-    latency = (stats.LatencyStats(int(r["lat_n"]), float(q[0]), float(q[1]), float(q[2])) if q
-               else stats.LatencyStats.from_values([]))
+    latency = (LatencyStats(int(r["lat_n"]), float(q[0]), float(q[1]), float(q[2])) if q
+               else LatencyStats.from_values([]))
     return stats.ArmData(primary, errors, regens, latency, int(r["units"]))
 
 
-def _prior(con: duckdb.DuckDBPyConnection, experiment_id: str) -> stats.SequentialResult | None:
+def _prior(con: duckdb.DuckDBPyConnection, experiment_id: str) -> SequentialResult | None:
     """The previous look's primary result: the test keeps its running minimum p-value and interval."""
     row = con.execute("SELECT numbers FROM experiment_decisions WHERE experiment_id = ? AND action = 'continue' "
                       "ORDER BY seq DESC LIMIT 1", [experiment_id]).fetchone()
     if row is None:
         return None
     try:
-        return stats.SequentialResult.from_dict(json.loads(row[0])["primary"])
+        return SequentialResult.from_dict(json.loads(row[0])["primary"])
     except (KeyError, TypeError, ValueError):
         return None
 

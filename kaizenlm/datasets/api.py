@@ -56,7 +56,7 @@ class BuildBody(BaseModel):
     as_of: str | None = Field(None, description="use only events ingested by then (default: now)")
     all: bool = Field(False, description="ignore curation.window_days")
     holdout: list[str] = Field(default_factory=list, description="files of held-out texts, on the controller's machine")
-    replay: str | None = Field(None, description="JSONL of general examples (default: curation.replay_path, else embedded)")
+    replay: str | None = Field(None, description="JSONL of general examples (default: curation.replay_path; none: no replay rows)")
     dry_run: bool = False
     curation: dict = Field(default_factory=dict, description="[curation] keys to override for this build")
 

@@ -28,7 +28,7 @@ def add_arguments(p) -> None:
     b.add_argument("--holdout", action="append", default=[], metavar="FILE",
                    help="held-out texts that training data must not contain (repeatable; adds to curation.holdout_path)")
     b.add_argument("--replay", metavar="FILE",
-                   help="JSONL of general examples to mix in (default: curation.replay_path, else the embedded set)")
+                   help="JSONL of general examples to mix in (default: curation.replay_path; none: no replay rows)")
     b.add_argument("--dry-run", action="store_true", help="curate and report, write nothing")
     b.add_argument("--json", action="store_true", help="print the manifest as JSON")
 

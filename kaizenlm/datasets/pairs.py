@@ -32,16 +32,8 @@ import numpy as np
 import pandas as pd
 
 from kaizenlm.config import CurationConfig
-from kaizenlm.datasets.curation import (
-    GOLD_REWARD,
-    Funnel,
-    balance_topics,
-    capped,
-    digest,
-    drop_contaminated,
-    examples_of,
-    normalize_all,
-)
+from kaizenlm.datasets.curation import GOLD_REWARD, Funnel, balance_topics, capped, drop_contaminated, examples_of
+from kaizenlm.datasets.text import digest, normalize_all
 
 PAIR_SOURCES = ("correction", "regenerate", "ab_variant", "rating")  # also the dedup priority
 PAIR_COLUMNS = ["pair_id", "source", "cluster", "context_key", "conversation_id", "rejected_conversation_id",

@@ -15,8 +15,8 @@ import duckdb
 import orjson
 
 from kaizenlm.config import Config, ConfigError, CurationConfig
-from kaizenlm.datasets import curation
 from kaizenlm.datasets import snapshots as datasets
+from kaizenlm.datasets.decontam import load_holdout
 from kaizenlm.feedback import rewards
 from kaizenlm.registry import versions as version_ops
 from kaizenlm.registry.transaction import transaction
@@ -45,16 +45,16 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, *, since: str | None = No
           replay: str | None = None, dry_run: bool = False, curation_overrides: dict | None = None) -> dict:
     """Curate a window and write (or reuse) its snapshot. ``holdout``: files of held-out texts
     (added to curation.holdout_path); ``replay``: a JSONL file of general examples (default:
-    curation.replay_path, else the embedded general-skills set). Paths are on this machine.
+    curation.replay_path; with neither, no replay rows). Paths are on this machine.
     Returns the manifest plus ``path``, ``reused`` and ``dry_run``."""
     cfg = _curation_with(cfg, curation_overrides)
     window = datasets.default_window(cfg.curation, since=since, until=until, as_of=as_of, all_data=all_data)
     holdout_files = ([cfg.curation.holdout_path] if cfg.curation.holdout_path else []) + list(holdout or [])
     replay_file = replay or cfg.curation.replay_path or None
-    texts = [text for f in holdout_files for text in curation.load_holdout(f)]
+    texts = [text for f in holdout_files for text in load_holdout(f)]
     replay_rows = datasets.load_replay(replay_file) if replay_file else None
     sources = {"holdout_files": [str(Path(f).expanduser()) for f in holdout_files], "holdout_texts": len(texts),
-               "replay_file": str(Path(replay_file).expanduser()) if replay_file else datasets.EMBEDDED_REPLAY}
+               "replay_file": str(Path(replay_file).expanduser()) if replay_file else ""}
     snap = datasets.build_snapshot(con, cfg, window, holdout=texts, replay=replay_rows,
                                    replay_source=sources["replay_file"], dry_run=dry_run, sources=sources)
     return {**snap.manifest, "path": str(snap.path), "reused": snap.reused, "dry_run": dry_run}

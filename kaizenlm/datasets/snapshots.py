@@ -18,9 +18,9 @@ A snapshot is a directory ``<home>/snapshots/<snapshot_id>/``::
   hash: no conversation, and no paraphrase of an eval prompt, is on both sides.
 - Replay: general examples make up ``replay_fraction`` of sft_train (``source = 'replay'``),
   as exactly as whole rows allow: R replay rows among T train rows with R = round(fraction * T).
-  They come from ``replay_path`` (JSONL) or, by default, the embedded general-skills set of
-  `kaizenlm.demo.general`, whose held-out split is never mixed in (it measures forgetting).
-  Replay rows are scrubbed like everything else and must not contain a held-out text.
+  They come from ``curation.replay_path`` (JSONL), or rows the caller passes; with neither,
+  the snapshot has no replay rows and its manifest warns. Replay rows are scrubbed like everything
+  else and must not contain a held-out text (the evaluation suite's prompts among them).
 - Two processes (``[curation] workers``): PII scrubbing, near-duplicate clustering and pair
   mining share their work with a forked child (`kaizenlm.datasets.parallel`; it never touches
   DuckDB); the snapshot is byte for byte the same as with one process.
@@ -65,7 +65,6 @@ from kaizenlm.config import Config, CurationConfig
 from kaizenlm.datasets import curation, pairs
 from kaizenlm.datasets.curation import Funnel, contaminated, digest, scrub_pii
 from kaizenlm.datasets.parallel import beside
-from kaizenlm.demo.general import EMBEDDED_REPLAY
 from kaizenlm.feedback import rewards
 from kaizenlm.feedback.rewards import Window
 
@@ -188,18 +187,11 @@ def load_replay(path: str | Path) -> list[dict]:
                 raise ValueError(f"{where}: needs messages or one of the fields {', '.join(REPLAY_PROMPT_FIELDS)}")
             messages = [{"role": "user", "content": prompt}]
         messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
-        out.append({"messages": messages, "response": response})
+        row = {"messages": messages, "response": response}
+        if isinstance(rec.get("skill"), str):  # kept for the KL anchor's per-skill balance
+            row["skill"] = rec["skill"]
+        out.append(row)
     return out
-
-
-def embedded_replay(seed: int = 0) -> tuple[list[dict], list[str]]:
-    """The embedded default: (replay rows, held-out prompts) of the generated general-skills
-    set. The held-out rows are never replayed; the retrain's forgetting check scores them."""
-    from kaizenlm.demo.general import general_skills  # imported here: the demo is not needed otherwise
-
-    train, heldout = general_skills(seed)
-    rows = [{"messages": [{"role": "user", "content": r["prompt"]}], "response": r["response"]} for r in train]
-    return rows, [r["prompt"] for r in heldout]
 
 
 def replay_count(n_train: int, fraction: float) -> int:
@@ -326,8 +318,8 @@ def curate(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, holdout:
            replay_source: str = "given") -> tuple[dict[str, pa.Table], Funnel]:
     """Run the whole curation for a window: the four tables of a snapshot and the funnel.
 
-    ``replay`` None means the embedded general-skills set (and its held-out prompts);
-    ``replay_holdout`` are further texts replay rows must not contain."""
+    ``replay`` None means the file ``curation.replay_path`` names (no replay rows when it is
+    empty); ``replay_holdout`` are further texts replay rows must not contain."""
     with _gc_paused():
         return _curate(con, cfg, window, holdout, replay, replay_holdout, replay_source)
 
@@ -351,9 +343,9 @@ def _curate(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, holdout
             replay: Sequence[dict] | None, replay_holdout: Sequence[str],
             replay_source: str) -> tuple[dict[str, pa.Table], Funnel]:
     ccfg = cfg.curation
-    if replay is None:
-        replay, replay_holdout = embedded_replay()
-        replay_source = EMBEDDED_REPLAY
+    if replay is None:  # the configured file, or none
+        replay_source = str(Path(ccfg.replay_path).expanduser()) if ccfg.replay_path else ""
+        replay = load_replay(replay_source) if replay_source else []
     funnel = Funnel()
     frame = curation.load_candidates(con, window, cfg.rewards)
     ingested = curation.count_turns(con, window)
@@ -410,14 +402,15 @@ def code_version() -> dict:
 
 
 def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, *, holdout: Sequence[str] = (),
-                   replay: Sequence[dict] | None = None, replay_source: str = "given", root: Path | None = None,
+                   replay: Sequence[dict] | None = None, replay_source: str = "given",
+                   replay_holdout: Sequence[str] = (), root: Path | None = None,
                    dry_run: bool = False, sources: dict | None = None) -> Snapshot:
     """Curate the window and write (or reuse) its snapshot under ``root`` (default:
-    cfg.snapshots_dir). ``replay`` None: the embedded general-skills set. With dry_run nothing
+    cfg.snapshots_dir). ``replay`` None: curation.replay_path's rows, if any. With dry_run nothing
     is written; the Snapshot's path does not exist."""
     if window.as_of is None:
         window = Window(window.since, window.until, datetime.now(UTC))
-    tables, funnel = curate(con, cfg, window, holdout, replay, replay_source=replay_source)
+    tables, funnel = curate(con, cfg, window, holdout, replay, replay_holdout, replay_source)
     hashes = {name: table_hash(t) for name, t in tables.items()}
     chash = content_hash(hashes)
     snapshot_id = f"ds-{chash[:16]}"

@@ -21,6 +21,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from kaizenlm.demo.domain import Domain, build_domain
+from kaizenlm.demo.inputs import write_demo_inputs
 from kaizenlm.demo.stages import (
     stage_ab,
     stage_bad_candidate,
@@ -151,6 +152,12 @@ STAGES = [stage_traffic, stage_dataset, stage_knowledge, stage_retrain, stage_ab
 DEMO_TOML = """# Written by `kaizen demo` for the embedded tiny model; see docs/TRAINING.md.
 [curation]
 window_days = 0
+# The demo's general-skills rows: replay against forgetting and the KL anchor's prompts.
+replay_path = "{replay_path}"
+
+[eval]
+# The demo's evaluation suite: its domain exam, held-out general skills and refusal exam.
+suite_path = "{suite_path}"
 
 [ab]
 # A few hundred simulated users cannot show the latency guardrail non-inferior within 10%
@@ -164,21 +171,22 @@ chat_retrieval = false
 """
 
 
-def _demo_config(cfg, path_given: bool):
-    """Write the demo's kaizen.toml into $KAIZEN_HOME (if none) so every process reads it."""
+def _demo_config(cfg, path_given: bool, seed: int, domain: Domain):
+    """Write the demo's inputs and its kaizen.toml into $KAIZEN_HOME (if none) so every process reads it."""
     from kaizenlm import config as config_mod
 
+    suite_path, replay_path = write_demo_inputs(cfg.home / "demo", seed, domain)
     target = cfg.home / "kaizen.toml"
     if path_given or target.exists() or Path("kaizen.toml").exists():
         return cfg
     cfg.home.mkdir(parents=True, exist_ok=True)
-    target.write_text(DEMO_TOML, encoding="utf-8")
+    target.write_text(DEMO_TOML.format(suite_path=suite_path, replay_path=replay_path), encoding="utf-8")
     return config_mod.load(target)
 
 
 def run(args, cfg) -> int:
-    cfg = _demo_config(cfg, bool(args.config))
     domain = build_domain(args.seed)
+    cfg = _demo_config(cfg, bool(args.config), args.seed, domain)
     conversations = args.conversations or (1500 if args.short else 4000)
     ctx = DemoContext(cfg, domain, args.short, args.seed, args.days, conversations)
     stack = UpProcess(cfg, args.config, with_dashboard=not args.no_dashboard)

@@ -1,6 +1,7 @@
 """`kaizen eval VERSION`: evaluate a registered model version against the champion.
 
-The same evaluation the monthly retrain runs (kaizenlm.eval.evaluate): domain exam
+The same evaluation the monthly retrain runs (kaizenlm.eval.evaluate) on the suite that
+`[eval] suite_path` names (kaizenlm.eval.suite; no suite configured -> exit 2 saying so): domain exam
 (exact match, token F1, ROUGE-L), general-skill score with retention and forgetting against
 the version compared with, out-of-scope refusal, validation perplexity and the blind
 pairwise comparison (reference judge, or the OpenAI-compatible judge at --judge-url /
@@ -59,20 +60,21 @@ def model_spec(client: RegistryClient, version: dict) -> str | tuple[str, str]:
 def evaluate_version(cfg: Config, client: RegistryClient, name: str, against: str | None = "champion",
                      apply_gate: bool = False, store: bool = True) -> dict:
     """Evaluate `name` (and `against`, when given) and return the result; see the module docstring."""
-    from kaizenlm.demo.domain import build_domain
-    from kaizenlm.demo.general import general_skills
     from kaizenlm.eval.evaluate import evaluate, gate, retention
+    from kaizenlm.eval.suite import SuiteError, configured_suite
 
+    try:
+        suite = configured_suite(cfg.eval)
+    except SuiteError as e:
+        raise UsageError(str(e)) from None
     version = _resolve(client, name)
-    domain = build_domain(cfg.retrain.seed)
-    _, heldout = general_skills(cfg.retrain.seed, domain=domain)
     baseline = None
     if against and against.lower() != "none":
         baseline_version = _resolve(client, against)
         if baseline_version["version_id"] != version["version_id"]:
-            baseline = evaluate(model_spec(client, baseline_version), domain, heldout, cfg.eval)
+            baseline = evaluate(model_spec(client, baseline_version), suite, cfg.eval)
             baseline["version_id"] = baseline_version["version_id"]
-    metrics = evaluate(model_spec(client, version), domain, heldout, cfg.eval, champion=baseline)
+    metrics = evaluate(model_spec(client, version), suite, cfg.eval, champion=baseline)
     metrics.pop("answers", None)
     result = {"version_id": version["version_id"], "metrics": metrics, "against": None, "gate": None}
     if baseline is not None:

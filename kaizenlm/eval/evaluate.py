@@ -1,14 +1,14 @@
 """Evaluation of a model (base, or base + LoRA adapter) and the gates a candidate must pass.
 
-    evaluate(model, domain, general_heldout, ...) -> metrics
+    evaluate(model, suite, ...) -> metrics          (suite: kaizenlm.eval.suite, data the caller gives)
     gate(candidate_metrics, champion_metrics, cfg) -> (passed, reasons)
 
 Metrics (all in [0, 1] unless said otherwise; greedy decoding, short answers):
-  domain_exact_match / domain_token_f1 / domain_rouge_l   held-out FAQ phrasings vs references
+  domain_exact_match / domain_token_f1 / domain_rouge_l   the suite's domain rows vs their references
   domain_score          = domain_exact_match (what the gate compares)
-  general_score         exact match on the held-out general skills; general_by_skill per skill
-  refusal_rate          share of held-out out-of-scope questions answered with the refusal
-  false_refusal_rate    share of domain exam questions wrongly refused
+  general_score         exact match on the suite's general rows; general_by_skill per skill
+  refusal_rate          share of the suite's refusal rows answered with their refusal
+  false_refusal_rate    share of domain questions wrongly refused
   val_perplexity        exp(mean token NLL) of the reference answers (or the given val_rows)
   pairwise_win_rate     blind comparison with the champion's answers on a sample (ties count half)
 Forgetting is the caller's subtraction: champion general_score minus candidate general_score.
@@ -16,7 +16,6 @@ Forgetting is the caller's subtraction: champion general_score minus candidate g
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kaizenlm.config import EvalConfig  # noqa: E402
-from kaizenlm.demo.domain import Domain  # noqa: E402
+from kaizenlm.eval.suite import Suite  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -244,45 +243,46 @@ def pairwise(questions: list[str], candidate: list[str], champion: list[str], re
 
 def evaluate(
     model: ModelSpec,
-    domain: Domain,
-    general_heldout: list[dict],
+    suite: Suite,
     cfg: EvalConfig | None = None,
     champion: ModelSpec | dict | None = None,
     val_rows: list[dict] | None = None,
     seed: int = 0,
     loaded=None,
 ) -> dict:
-    """Evaluate a model; see the module docstring for the metrics.
+    """Evaluate a model on a suite; see the module docstring for the metrics.
 
     model: a directory or (base, adapter). champion: the champion's metrics dict from an
     earlier evaluate() (its `answers` are reused) or a model spec; None skips the pairwise
-    comparison. val_rows: {prompt, response} rows for perplexity (default: the exam
+    comparison. val_rows: {prompt, response} rows for perplexity (default: the domain
     references). loaded: an already loaded (model, tokenizer) to skip loading.
     """
     cfg = cfg or EvalConfig()
     started = time.perf_counter()
     net, tokenizer = loaded or load_for_eval(model)
-    exam = domain.exam_rows()
+    exam = suite.domain
+    refusals = suite.refusals()
     answers = generate_answers(net, tokenizer, [r["prompt"] for r in exam], cfg.max_new_tokens)
     metrics: dict = {
         "domain_exact_match": _mean(exact_match(a, r["reference"]) for a, r in zip(answers, exam, strict=True)),
         "domain_token_f1": _mean(token_f1(a, r["reference"]) for a, r in zip(answers, exam, strict=True)),
         "domain_rouge_l": _mean(rouge_l(a, r["reference"]) for a, r in zip(answers, exam, strict=True)),
-        "false_refusal_rate": _mean(is_refusal(a, domain.refusal) for a in answers),
+        "false_refusal_rate": _mean(any(is_refusal(a, text) for text in refusals) for a in answers),
         "n_exam": len(exam),
     }
     metrics["domain_score"] = metrics["domain_exact_match"]
 
-    general_answers = generate_answers(net, tokenizer, [r["prompt"] for r in general_heldout], cfg.max_new_tokens)
+    general_answers = generate_answers(net, tokenizer, [r["prompt"] for r in suite.general], cfg.max_new_tokens)
     by_skill: dict[str, list[float]] = defaultdict(list)
-    for a, r in zip(general_answers, general_heldout, strict=True):
-        by_skill[r.get("skill", "general")].append(exact_match(a, r["response"]))
+    for a, r in zip(general_answers, suite.general, strict=True):
+        by_skill[r.get("skill", "general")].append(exact_match(a, r["reference"]))
     metrics["general_score"] = _mean(s for scores in by_skill.values() for s in scores)
     metrics["general_by_skill"] = {k: _mean(v) for k, v in sorted(by_skill.items())}
-    metrics["n_general"] = len(general_heldout)
+    metrics["n_general"] = len(suite.general)
 
-    oos_answers = generate_answers(net, tokenizer, domain.out_of_scope_exam, cfg.max_new_tokens)
-    metrics["refusal_rate"] = _mean(is_refusal(a, domain.refusal) for a in oos_answers)
+    oos_answers = generate_answers(net, tokenizer, [r["prompt"] for r in suite.refusal], cfg.max_new_tokens)
+    metrics["refusal_rate"] = _mean(is_refusal(a, r["reference"]) for a, r in zip(oos_answers, suite.refusal,
+                                                                                  strict=True))
     metrics["n_refusal"] = len(oos_answers)
 
     ppl_rows = val_rows or [{"prompt": r["prompt"], "response": r["reference"]} for r in exam]
@@ -291,6 +291,7 @@ def evaluate(
     metrics["answers"] = dict(zip([r["prompt"] for r in exam], answers, strict=True))
     if champion is not None and cfg.pairwise_sample > 0:
         metrics.update(_compare_with_champion(champion, exam, answers, cfg, seed))
+    metrics["suite"] = suite.source
     metrics["eval_seconds"] = round(time.perf_counter() - started, 1)
     return metrics
 
@@ -324,9 +325,9 @@ def gate(candidate: dict, champion: dict | None, cfg: EvalConfig | None = None) 
     reasons.append(f"{'pass' if ok_domain else 'fail'}: domain score {cand_d:.3f} vs champion {champ_d:.3f} "
                    f"(must exceed it by more than {cfg.min_domain_gain:.3f})")
     cand_g, champ_g = candidate["general_score"], champion["general_score"]
-    retention = cand_g / champ_g if champ_g > 0 else 1.0
-    ok_general = retention >= cfg.min_retention
-    reasons.append(f"{'pass' if ok_general else 'fail'}: general-skill retention {retention:.3f} "
+    kept = retention(candidate, champion)
+    ok_general = kept >= cfg.min_retention
+    reasons.append(f"{'pass' if ok_general else 'fail'}: general-skill retention {kept:.3f} "
                    f"({cand_g:.3f} vs {champ_g:.3f}; must be >= {cfg.min_retention:.3f})")
     cand_r, champ_r = candidate["refusal_rate"], champion["refusal_rate"]
     ok_refusal = cand_r >= champ_r - cfg.max_refusal_drop - 1e-12
@@ -338,12 +339,6 @@ def gate(candidate: dict, champion: dict | None, cfg: EvalConfig | None = None) 
 def retention(candidate: dict, champion: dict) -> float:
     """Candidate general score as a fraction of the champion's (1.0 = nothing forgotten)."""
     return candidate["general_score"] / champion["general_score"] if champion["general_score"] > 0 else 1.0
-
-
-def write_metrics(path: str | Path, metrics: dict) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
-    return path
 
 
 def _mean(values) -> float:

@@ -196,6 +196,53 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        7,
+        "annotate: review_items, review_assignments, review_labels",
+        # The human review queue (kaizenlm/annotate, docs/ANNOTATION.md). Kinds and verdicts are
+        # checked in kaizenlm.annotate.settings, not by CHECK constraints. version_a/version_b of a
+        # blind pair never leave the server. review_labels is append-only: the latest row of an
+        # (item, reviewer) counts, so a reviewer may change their mind and the history stays.
+        """
+        CREATE TABLE review_items (
+            item_id VARCHAR PRIMARY KEY,
+            kind VARCHAR NOT NULL,
+            turn_id VARCHAR,
+            user_id VARCHAR,
+            prompt VARCHAR NOT NULL,
+            answer VARCHAR,
+            correction VARCHAR,
+            answer_a VARCHAR,
+            answer_b VARCHAR,
+            version_a VARCHAR,
+            version_b VARCHAR,
+            source JSON NOT NULL,
+            batch VARCHAR,
+            created_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE review_assignments (
+            item_id VARCHAR NOT NULL,
+            reviewer VARCHAR NOT NULL,
+            assigned_at TIMESTAMPTZ NOT NULL,
+            overlap BOOLEAN NOT NULL,
+            PRIMARY KEY (item_id, reviewer)
+        );
+        CREATE SEQUENCE review_labels_seq START 1;
+        CREATE TABLE review_labels (
+            seq BIGINT PRIMARY KEY DEFAULT nextval('review_labels_seq'),
+            item_id VARCHAR NOT NULL,
+            reviewer VARCHAR NOT NULL,
+            verdict VARCHAR NOT NULL,
+            label VARCHAR,
+            schema_id VARCHAR NOT NULL,
+            gold_answer VARCHAR,
+            preferred_version VARCHAR,
+            note VARCHAR,
+            source VARCHAR NOT NULL,
+            ts TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
 ]
 
 # Column order of each event table, as built by `rows_for` (ingested_at takes its default).

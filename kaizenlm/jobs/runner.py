@@ -11,7 +11,7 @@ Parent side (the controller, or `kaizen retrain` when no controller runs):
 Child side (the job module):
 
     paths = job_paths()                   # output_dir, checkpoint_dir, job_id from the environment
-    resume = latest_checkpoint(paths.checkpoint_dir)   # -> Trainer(resume_from_checkpoint=resume)
+    ... checkpoints into paths.checkpoint_dir; a rerun of the same job finds them and resumes ...
     report_progress(0.3, "sft epoch 1/3")
     ... write the artifacts into paths.output_dir ...
     report_result(metrics={"exam": 0.81})
@@ -96,15 +96,6 @@ def report_progress(fraction: float | None, message: str = "", **data) -> None:
 def report_result(**data) -> None:
     """The job's outcome for the parent; `metrics` (a dict) is recorded on the version."""
     _send({"event": "result", "data": data})
-
-
-def latest_checkpoint(directory: Path | None) -> Path | None:
-    """The newest `checkpoint-<step>` directory (Hugging Face Trainer naming), or None."""
-    if directory is None or not directory.is_dir():
-        return None
-    steps = [(int(p.name.split("-", 1)[1]), p) for p in directory.glob("checkpoint-*")
-             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
-    return max(steps)[1] if steps else None
 
 
 # ---------------------------------------------------------------- parent side
@@ -332,16 +323,6 @@ def _error_text(status: str, returncode: int, log_path: Path) -> str:
 def start_job(spec: JobSpec, home: Path) -> RunningJob:
     """Start the child now; raises JobBusy if the same resumable job is already running."""
     return RunningJob(spec, home)
-
-
-def run_job(spec: JobSpec, home: Path, on_progress: Callable[[Progress], None] | None = None,
-            timeout_s: float | None = None) -> JobResult:
-    """Run a job that registers nothing (evaluation, review); output_dir is kept for the caller."""
-    job = start_job(spec, home)
-    try:
-        return job.wait(on_progress, timeout_s)
-    finally:
-        job.release()
 
 
 def _register(registry: duckdb.DuckDBPyConnection | RegistryClient, home: Path, new: NewVersion,

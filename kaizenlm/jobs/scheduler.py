@@ -20,7 +20,7 @@ Rules (docs/SCHEDULE.md):
   logged (the run in progress covers it).
 * **Retries** of a failed scheduled, catch-up or retry run: after `retry_backoff_s`, then
   twice that, ... up to `max_retries`; a new run of the tier supersedes a pending retry.
-  Manual runs are not retried (the operator sees the failure), nor NotImplementedError.
+  Manual runs are not retried (the operator sees the failure).
 * **Tiers never block each other**: every run has a thread of its own, and a retry
   waits as a timer, not in a thread.
 * **Every run is recorded** in `job_runs` (kaizenlm/jobs/history.py) and writes its
@@ -357,9 +357,6 @@ class Scheduler:
         try:
             value = self.tiers[run.tier](ctx)
             result = value if isinstance(value, dict) else {"value": value}
-        except NotImplementedError as e:
-            error, retryable = f"not implemented: {e}", False
-            job_log.error("%s", error)
         except Exception as e:
             error = f"{type(e).__name__}: {e}"
             job_log.error("failed: %s\n%s", error, traceback.format_exc())

@@ -29,8 +29,8 @@ def add_arguments(p) -> None:
     search.add_argument("--min-score", type=float, default=None, help="least cosine similarity (default: knowledge.min_score)")
     cov = sub.add_parser("coverage", help="share of recent questions the knowledge covers; clusters of uncovered ones")
     cov.add_argument("--days", type=int, default=None, help="look-back in days (default: knowledge.coverage_days)")
-    recall = sub.add_parser("recall", help="recall@k on labeled questions (default: the demo domain's)")
-    recall.add_argument("--labeled", help="JSONL of {\"question\": ..., \"doc_id\": ...} (default: the demo domain)")
+    recall = sub.add_parser("recall", help="recall@k on labeled questions")
+    recall.add_argument("--labeled", required=True, help="JSONL of {\"question\": ..., \"doc_id\": ...}")
     recall.add_argument("--k", type=int, default=5, help="documents retrieved per question (default: 5)")
     for sp in (refresh, search, cov, recall):
         sp.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -140,12 +140,7 @@ def _coverage(args, cfg) -> dict:
             "source": f"questions of the last {days} days in {cfg.duckdb_path}"}
 
 
-def _labeled_questions(path: str | None) -> list[tuple[str, str]]:
-    if path is None:
-        from kaizenlm.demo.domain import build_domain
-
-        domain = build_domain(0)
-        return [(q, f.doc_id) for f in domain.facts for q in [f.question, *f.paraphrases, *f.exam_paraphrases]]
+def _labeled_questions(path: str) -> list[tuple[str, str]]:
     pairs = []
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -170,7 +165,7 @@ def _recall(args, cfg) -> dict:
     labeled = _labeled_questions(args.labeled)
     retriever = _serving_retriever(cfg)
     return {"k": args.k, "n": len(labeled), f"recall_at_{args.k}": recall_at_k(retriever, labeled, args.k),
-            "labeled": args.labeled or "demo domain (seed 0)", "artifact_dir": str(retriever.artifact_dir)}
+            "labeled": args.labeled, "artifact_dir": str(retriever.artifact_dir)}
 
 
 def _text_refresh(r: dict) -> str:

@@ -1,6 +1,7 @@
-"""The KL anchor's rows: general prompts on which a retrain keeps the model's next-token
-distributions close to the base model's (lora_sft.AnchorLoss adds the term to the SFT and
-DPO losses).
+"""The KL anchor: general prompts on which a retrain keeps the model's next-token
+distributions close to the base model's. The top of this module chooses the rows; the
+bottom tokenizes them (setup_anchor) and adds the KL term to the SFT and DPO losses
+(AnchorLoss, mixed into both recipes' trainers).
 
 Why: replay at 5-10% of the SFT rows cannot hold a small model's general skills while it
 learns new facts (docs/TRAINING.md "Forgetting countermeasures"); a KL term towards the
@@ -10,9 +11,11 @@ rows: they are never trained towards a reference answer, only towards the base's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from kaizenlm.config import LoraSFTConfig
@@ -26,17 +29,12 @@ def prompt_key(prompt: str | list[dict]) -> str:
     return " ".join((users[-1] if users else "").split())
 
 
-def pool_from_source(source: str, seed: int) -> list[dict]:
-    """General rows {messages, response, skill} of a replay source: a file (as
-    curation.replay_path reads it) or the embedded general-skills set's training rows."""
-    from kaizenlm.demo.general import EMBEDDED_REPLAY, general_skills
-
-    if source == EMBEDDED_REPLAY:
-        return [{"messages": [{"role": "user", "content": r["prompt"]}], "response": r["response"],
-                 "skill": r["skill"]} for r in general_skills(seed)[0]]
+def pool_from_source(source: str) -> list[dict]:
+    """General rows {messages, response, skill} of a replay file (as curation.replay_path reads it;
+    `skill` when the file's records carry one)."""
     from kaizenlm.datasets.snapshots import load_replay
 
-    return [{**r, "skill": None} for r in load_replay(source)]
+    return [{**r, "skill": r.get("skill")} for r in load_replay(source)]
 
 
 def snapshot_source(snapshot_dir: str | Path) -> str | None:
@@ -47,23 +45,13 @@ def snapshot_source(snapshot_dir: str | Path) -> str | None:
     return (json.loads(path.read_text(encoding="utf-8")).get("mix_ratio") or {}).get("source")
 
 
-def rows_for(source: str, seed: int, sft_rows: list[dict], cfg: LoraSFTConfig) -> list[dict]:
-    """The anchor rows of a retrain: general rows of ``source`` that are neither SFT rows
-    (replay rows included) nor any prompt the evaluation asks, held-out general rows included
-    (perturbed copies too: anchoring on an exam question would inflate its score)."""
-    exclude = {prompt_key(r["prompt"]) for r in sft_rows} | {prompt_key(p) for p in evaluation_prompts(seed)}
-    return select(pool_from_source(source, seed), exclude, cfg, seed)
-
-
-def evaluation_prompts(seed: int) -> list[str]:
-    """What `kaizen eval` and the retrain job ask at this seed: the domain exam, the
-    out-of-scope exam and the held-out general rows."""
-    from kaizenlm.demo.domain import build_domain
-    from kaizenlm.demo.general import general_skills
-
-    domain = build_domain(seed)
-    _, heldout = general_skills(seed, domain=domain)
-    return [r["prompt"] for r in domain.exam_rows()] + list(domain.out_of_scope_exam) + [r["prompt"] for r in heldout]
+def rows_for(source: str, seed: int, sft_rows: list[dict], cfg: LoraSFTConfig,
+             eval_prompts: list[str]) -> list[dict]:
+    """The anchor rows of a retrain: general rows of the replay file ``source`` that are neither
+    SFT rows (replay rows included) nor any prompt the evaluation asks (``eval_prompts``: the
+    suite's, perturbed copies too: anchoring on an exam question would inflate its score)."""
+    exclude = {prompt_key(r["prompt"]) for r in sft_rows} | {prompt_key(p) for p in eval_prompts}
+    return select(pool_from_source(source), exclude, cfg, seed)
 
 
 def select(pool: list[dict], exclude: set[str], cfg: LoraSFTConfig, seed: int) -> list[dict]:
@@ -122,3 +110,115 @@ def answer_missing(rows: list[dict], model, tokenizer) -> list[dict]:
         return rows
     answers = dict(zip(todo, generate_answers(model, tokenizer, [json.loads(t) for t in todo]), strict=True))
     return [{**r, "response": answers[json.dumps(r["messages"])]} if r["response"] is None else r for r in rows]
+
+
+# ---------------------------------------------------------------- the anchor's loss
+
+@dataclass
+class Anchor:
+    """Tokenized anchor rows (input ids, labels with the prompt masked) and the step's draw."""
+
+    rows: list[tuple[list[int], list[int]]]
+    weight: float
+    batch_size: int
+    pad_id: int
+    rng: random.Random
+    last_kl: float | None = None
+
+    def draw(self, device):
+        import torch
+
+        batch = self.rng.sample(self.rows, min(self.batch_size, len(self.rows)))
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([x + [self.pad_id] * (width - len(x)) for x, _ in batch], device=device)
+        labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in batch], device=device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch], device=device)
+        return ids, labels, mask
+
+
+def setup_anchor(rows: list[dict] | None, cfg, model, tokenizer, chat: bool, seed: int) -> Anchor | None:
+    """The anchor rows (cfg: an SFT or DPO config), answered by the base where they have no
+    response, tokenized; None when the anchor is off."""
+    from kaizenlm.retrain.training import log
+
+    if cfg.anchor_weight <= 0:
+        return None
+    if not rows:
+        log.warning("anchor_weight is %s but there are no anchor rows: training without the anchor", cfg.anchor_weight)
+        return None
+    from peft import PeftModel
+
+    if not chat:
+        rows = [{**r, "messages": prompt_key(r["messages"])} for r in rows]
+    missing = sum(r["response"] is None for r in rows)
+    with model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext():
+        rows = answer_missing(rows, model, tokenizer)  # the base's answers, never an adapter's
+    tokenized = [_tokenize(tokenizer, r, chat, cfg.max_length) for r in rows]
+    log.info("anchor: %d rows (%d answered by the base), weight %s, %d per step",
+             len(rows), missing, cfg.anchor_weight, cfg.anchor_batch_size)
+    return Anchor([t for t in tokenized if any(y != -100 for y in t[1])], cfg.anchor_weight, cfg.anchor_batch_size,
+                  tokenizer.pad_token_id, random.Random(seed))
+
+
+def _tokenize(tokenizer, row: dict, chat: bool, max_length: int) -> tuple[list[int], list[int]]:
+    from kaizenlm.base.model import as_messages
+
+    if chat:
+        messages = as_messages(row["messages"])
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": row["response"]}],
+                                             tokenize=False)
+    else:
+        prompt, full = row["messages"], f"{row['messages']} {row['response']}"
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    f_ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
+    return f_ids, ([-100] * len(p_ids) + f_ids[len(p_ids):])[:max_length]
+
+
+class AnchorLoss:
+    """Mixin for a TRL trainer: in training steps, adds anchor.weight x mean KL(p_base || p_model)
+    over the answer tokens of anchor.batch_size anchor rows. p_base is the same network with
+    its adapters disabled, under no_grad. The logged train `loss` stays the trainer's own loss;
+    the anchor's KL is logged as `anchor_kl` (its mean over the micro-batches since the last
+    log, as TRL averages its own metrics), so the loss-gap monitor and early stopping (on the
+    plain evaluation loss) read the same quantities as without the anchor."""
+
+    anchor: Anchor | None = None
+    _anchor_kls: list[float] = []  # KL of each training micro-batch since the last training log
+    _anchor_terms: list[float] = []  # weight x KL of each since the last log of a train `loss`
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.anchor is None or not model.training or return_outputs:
+            return loss
+        kl = self._anchor_kl(model)
+        self.anchor.last_kl = round(float(kl.detach()), 5)
+        # New lists, never appends: the class attributes stay empty for every instance.
+        self._anchor_kls = [*self._anchor_kls, self.anchor.last_kl]
+        # Each micro-batch adds its share, so one optimizer step carries weight x KL in all.
+        self._anchor_terms = [*self._anchor_terms, self.anchor.weight * self.anchor.last_kl]
+        return loss + self.anchor.weight * kl / self.args.gradient_accumulation_steps
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Trainer.log, public and meant to be overridden: adds `anchor_kl` to a training log
+        (the trainer logs in train mode during training, in eval mode after an evaluation) and
+        takes the anchor's part out of the logged `loss`, before the trainer records the log."""
+        if self.model.training and self._anchor_kls:
+            logs["anchor_kl"] = sum(self._anchor_kls) / len(self._anchor_kls)
+            self._anchor_kls = []
+        if "loss" in logs and self._anchor_terms:  # the mean step loss since the last log, minus the anchor's part
+            logs["loss"] -= sum(self._anchor_terms) / len(self._anchor_terms)
+            self._anchor_terms = []
+        super().log(logs, start_time)
+
+    def _anchor_kl(self, model):
+        import torch
+
+        ids, labels, mask = self.anchor.draw(next(model.parameters()).device)
+        valid = (labels[:, 1:] != -100).float()
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float(), -1)
+        with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+            base_logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        base_logp = torch.log_softmax(base_logits, -1)
+        kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
+        return (kl * valid).sum() / valid.sum().clamp(min=1)

@@ -4,10 +4,10 @@
 
 The SFT adapter is loaded trainable on top of the base; TRL's DPOTrainer copies it into a
 frozen "ref" adapter, so the reference policy is the SFT model (not the bare base) and no
-second model is held in memory. Only the trained "default" adapter is saved. Everything
-else (schedule, clipping, validation + early stopping, checkpoints, TensorBoard, health
-monitor) works as in lora_sft.py. With sft_adapter=None a fresh LoRA adapter is trained
-against the base model.
+second model is held in memory. Only the trained "default" adapter is saved. The KL anchor
+comes from anchor.py; everything else (schedule, clipping, validation + early stopping,
+checkpoints, TensorBoard, health monitor) from training.py, as for lora_sft.py. With
+sft_adapter=None a fresh LoRA adapter is trained against the base model.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from trl import DPOTrainer  # noqa: E402
 from kaizenlm.base.model import as_messages  # noqa: E402
 from kaizenlm.config import LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
 from kaizenlm.retrain import lora_sft, training  # noqa: E402
-from kaizenlm.retrain.monitoring import HealthMonitor, NonFiniteLossError  # noqa: E402
+from kaizenlm.retrain.anchor import AnchorLoss, setup_anchor  # noqa: E402
+from kaizenlm.retrain.monitoring import NonFiniteLossError  # noqa: E402
 
 # What the embedded tiny model needs for a visible preference shift in seconds on CPU. Plain
 # DPO at this learning rate pushes the rejected answers down so hard that greedy answers
@@ -46,96 +47,6 @@ TINY_OVERRIDES = {
 def resolve_config(cfg: LoraDPOConfig, base_path: str | Path) -> LoraDPOConfig:
     """The config this run uses: tiny overrides on untouched keys when the base is the embedded model."""
     return training.apply_overrides(cfg, TINY_OVERRIDES) if training.is_embedded_base(base_path) else cfg
-
-
-def _setup_model(base_path: str | Path, sft_adapter: str | Path | None, hw: dict):
-    """Base + SFT adapter (trainable). Without an SFT adapter the trainer gets a fresh LoRA config."""
-    from peft import PeftModel
-
-    model, tokenizer = lora_sft._setup_model(base_path, hw)
-    if sft_adapter is None:
-        sft_cfg = lora_sft.resolve_config(LoraSFTConfig(), base_path)
-        return model, tokenizer, lora_sft._setup_lora(sft_cfg)
-    model = PeftModel.from_pretrained(model, str(sft_adapter), is_trainable=True)
-    return model, tokenizer, None
-
-
-def _setup_data(pairs: list[dict], eval_pairs: list[dict] | None, cfg: LoraDPOConfig, seed: int, chat: bool):
-    """Preference datasets: chat messages when the tokenizer has a chat template, else plain text."""
-    from datasets import Dataset
-
-    if eval_pairs is None:
-        pairs, eval_pairs = training.split_rows(pairs, cfg.val_fraction, seed)
-
-    def convert(row: dict) -> dict:
-        if chat:
-            return {"prompt": as_messages(row["prompt"]),
-                    "chosen": [{"role": "assistant", "content": row["chosen"]}],
-                    "rejected": [{"role": "assistant", "content": row["rejected"]}]}
-        return {"prompt": str(row["prompt"]), "chosen": " " + row["chosen"], "rejected": " " + row["rejected"]}
-
-    train = Dataset.from_list([convert(r) for r in pairs])
-    val = Dataset.from_list([convert(r) for r in eval_pairs]) if eval_pairs else None
-    return train, val
-
-
-def _setup_training_args(cfg: LoraDPOConfig, run: RetrainConfig, hw: dict, run_dir: Path, n_train: int, has_val: bool):
-    from trl import DPOConfig
-
-    per_epoch = training.steps_per_epoch(n_train, cfg.batch_size, cfg.grad_accum)
-    eval_every = max(1, per_epoch // cfg.evals_per_epoch)
-    return DPOConfig(
-        output_dir=str(run_dir / "checkpoints"),
-        beta=cfg.beta,
-        loss_type=["sigmoid", "sft"] if cfg.sft_loss_weight > 0 else ["sigmoid"],
-        loss_weights=[1.0, cfg.sft_loss_weight] if cfg.sft_loss_weight > 0 else None,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=max(cfg.batch_size, 16),
-        gradient_accumulation_steps=cfg.grad_accum,
-        lr_scheduler_type="cosine",
-        warmup_steps=round(cfg.warmup_ratio * per_epoch * cfg.epochs),
-        max_grad_norm=cfg.max_grad_norm,
-        max_length=cfg.max_length,
-        bf16=hw["bf16"],
-        fp16=hw["fp16"],
-        gradient_checkpointing=hw["gradient_checkpointing"],
-        use_cpu=hw["device"] == "cpu",
-        eval_strategy="steps" if has_val else "no",
-        eval_steps=eval_every,
-        save_strategy="steps",
-        save_steps=eval_every,
-        save_total_limit=run.keep_checkpoints,
-        load_best_model_at_end=has_val and cfg.early_stopping_patience > 0,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        logging_steps=max(1, min(10, eval_every // 2)),
-        logging_nan_inf_filter=False,
-        report_to="none",
-        seed=run.seed,
-        data_seed=run.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-    )
-
-
-def _margin(model, tokenizer, rows: list[dict]) -> float | None:
-    """Mean log p(chosen) - log p(rejected) of the policy on validation pairs (None without any)."""
-    if not rows:
-        return None
-    from kaizenlm.eval.evaluate import preference_margin
-
-    def text(x):  # dataset rows hold chat messages; the margin wants the answer text
-        return x[-1]["content"] if isinstance(x, list) else x
-
-    was_training = model.training
-    model.eval()
-    try:
-        return preference_margin(model, tokenizer, [{"prompt": r["prompt"], "chosen": text(r["chosen"]),
-                                                     "rejected": text(r["rejected"])} for r in rows])
-    finally:
-        model.train(was_training)
 
 
 def train_dpo(
@@ -164,21 +75,17 @@ def train_dpo(
         started = time.perf_counter()
         hw = training.hardware(run)
         model, tokenizer, peft_config = _setup_model(base_path, sft_adapter, hw)
+        chat = tokenizer.chat_template is not None
         rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in training.load_rows(pairs)]
         if not rows:
             raise ValueError("train_dpo: no preference pairs")
         val_rows = None
         if eval_pairs is not None:
             val_rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in training.load_rows(eval_pairs)]
-        train_ds, val_ds = _setup_data(rows, val_rows, cfg, run.seed, tokenizer.chat_template is not None)
+        train_ds, val_ds = _setup_data(rows, val_rows, cfg, run.seed, chat)
         args = _setup_training_args(cfg, run, hw, run_dir, len(train_ds), val_ds is not None)
-        monitor = HealthMonitor(run.max_loss_gap, run.grad_norm_min, run.grad_norm_max, run_name=f"dpo {run_dir.name}")
-        callbacks = [monitor, training.tensorboard_callback(run_dir / "tensorboard")]
-        if val_ds is not None and cfg.early_stopping_patience > 0:
-            from transformers import EarlyStoppingCallback
-
-            callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-        anchor = lora_sft.setup_anchor(anchor_rows, cfg, model, tokenizer, tokenizer.chat_template is not None, run.seed)
+        monitor, callbacks = training.callbacks(cfg, run, run_dir, val_ds is not None, name=f"dpo {run_dir.name}")
+        anchor = setup_anchor(anchor_rows, cfg, model, tokenizer, chat, run.seed)
         trainer = AnchoredDPOTrainer(
             model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
             processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
@@ -195,7 +102,7 @@ def train_dpo(
                 f"DPO run {run_dir} stopped: {monitor.non_finite}. No adapter was saved; check the pairs and "
                 f"lower dpo.learning_rate (now {cfg.learning_rate}).")
         final_eval = trainer.evaluate() if val_ds is not None else {}
-        return lora_sft._finish(trainer, monitor, run_dir, tokenizer, {
+        return training.finish(trainer, monitor, run_dir, tokenizer, {
             "method": "lora_dpo",
             "base": str(base_path),
             "sft_adapter": str(sft_adapter) if sft_adapter else None,
@@ -220,5 +127,67 @@ def train_dpo(
         training.detach_log_file(handler)
 
 
-class AnchoredDPOTrainer(lora_sft.AnchorLoss, DPOTrainer):
+def _setup_model(base_path: str | Path, sft_adapter: str | Path | None, hw: dict):
+    """Base + SFT adapter (trainable). Without an SFT adapter the trainer gets a fresh LoRA
+    config of the SFT recipe's shape."""
+    from peft import PeftModel
+
+    model, tokenizer = training.load_base(base_path, hw)
+    if sft_adapter is None:
+        return model, tokenizer, training.lora_config(lora_sft.resolve_config(LoraSFTConfig(), base_path))
+    model = PeftModel.from_pretrained(model, str(sft_adapter), is_trainable=True)
+    return model, tokenizer, None
+
+
+def _setup_data(pairs: list[dict], eval_pairs: list[dict] | None, cfg: LoraDPOConfig, seed: int, chat: bool):
+    """Preference datasets: chat messages when the tokenizer has a chat template, else plain text."""
+    from datasets import Dataset
+
+    if eval_pairs is None:
+        pairs, eval_pairs = training.split_rows(pairs, cfg.val_fraction, seed)
+
+    def convert(row: dict) -> dict:
+        if chat:
+            return {"prompt": as_messages(row["prompt"]),
+                    "chosen": [{"role": "assistant", "content": row["chosen"]}],
+                    "rejected": [{"role": "assistant", "content": row["rejected"]}]}
+        return {"prompt": str(row["prompt"]), "chosen": " " + row["chosen"], "rejected": " " + row["rejected"]}
+
+    train = Dataset.from_list([convert(r) for r in pairs])
+    val = Dataset.from_list([convert(r) for r in eval_pairs]) if eval_pairs else None
+    return train, val
+
+
+def _setup_training_args(cfg: LoraDPOConfig, run: RetrainConfig, hw: dict, run_dir: Path, n_train: int, has_val: bool):
+    """The arguments both recipes share (training.common_args) plus DPO's own: beta and the
+    loss, sigmoid DPO plus, with sft_loss_weight > 0, an SFT term on the chosen answers (RPO)."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        **training.common_args(cfg, run, hw, run_dir, n_train, has_val),
+        beta=cfg.beta,
+        loss_type=["sigmoid", "sft"] if cfg.sft_loss_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, cfg.sft_loss_weight] if cfg.sft_loss_weight > 0 else None,
+    )
+
+
+def _margin(model, tokenizer, rows: list[dict]) -> float | None:
+    """Mean log p(chosen) - log p(rejected) of the policy on validation pairs (None without any)."""
+    if not rows:
+        return None
+    from kaizenlm.eval.evaluate import preference_margin
+
+    def text(x):  # dataset rows hold chat messages; the margin wants the answer text
+        return x[-1]["content"] if isinstance(x, list) else x
+
+    was_training = model.training
+    model.eval()
+    try:
+        return preference_margin(model, tokenizer, [{"prompt": r["prompt"], "chosen": text(r["chosen"]),
+                                                     "rejected": text(r["rejected"])} for r in rows])
+    finally:
+        model.train(was_training)
+
+
+class AnchoredDPOTrainer(AnchorLoss, DPOTrainer):
     """TRL's DPOTrainer with the KL anchor to the base (off while `anchor` is None)."""

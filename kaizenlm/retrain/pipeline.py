@@ -25,6 +25,7 @@ from pathlib import Path
 import duckdb
 
 from kaizenlm.config import Config
+from kaizenlm.eval.suite import Suite, configured_suite
 from kaizenlm.jobs import runner
 from kaizenlm.registry import aliases as alias_ops
 from kaizenlm.registry import versions as version_ops
@@ -45,7 +46,7 @@ def ensure_champion(cfg: Config, con: duckdb.DuckDBPyConnection, log_fn: Callabl
     current = alias_ops.get_alias(con, CHAMPION)
     if current is not None:
         return current
-    from kaizenlm.retrain.cli_base import resolve_base_path
+    from kaizenlm.base.model import resolve_base_path
 
     base_dir = resolve_base_path(cfg)
     if not (base_dir / "config.json").is_file():
@@ -73,7 +74,7 @@ def _build_base_in_child(cfg: Config, base_dir: Path, log_fn: Callable[[str], No
 
 
 def build_inputs(cfg: Config, con: duckdb.DuckDBPyConnection, champion: version_ops.Version,
-                 snapshot_dir: Path) -> RetrainInputs:
+                 snapshot_dir: Path, suite: Suite) -> RetrainInputs:
     base_dir, adapter_dir = model_dirs(champion.to_dict(), version_lookup(con))
     if base_dir is None:
         raise ValueError(f"champion {champion.version_id}: no base model with a config.json in its lineage")
@@ -81,7 +82,7 @@ def build_inputs(cfg: Config, con: duckdb.DuckDBPyConnection, champion: version_
         raise ValueError(f"champion {champion.version_id}: no adapter_config.json under {champion.artifact_dir}")
     has_metrics = all(k in (champion.metrics or {}) for k in EVAL_KEYS)
     return RetrainInputs(
-        base_dir=base_dir, snapshot_dir=str(snapshot_dir),
+        base_dir=base_dir, snapshot_dir=str(snapshot_dir), suite_path=suite.source,
         champion_metrics=champion.metrics if has_metrics else None,
         champion_base=base_dir,
         champion_adapter=adapter_dir,
@@ -90,16 +91,11 @@ def build_inputs(cfg: Config, con: duckdb.DuckDBPyConnection, champion: version_
     )
 
 
-def build_training_snapshot(cfg: Config, con: duckdb.DuckDBPyConnection):
-    """Curate the configured window into a snapshot; exam questions are held out of training."""
-    from kaizenlm.datasets.snapshots import EMBEDDED_REPLAY, build_snapshot, default_window, load_replay
-    from kaizenlm.demo.domain import build_domain
+def build_training_snapshot(cfg: Config, con: duckdb.DuckDBPyConnection, suite: Suite):
+    """Curate the configured window into a snapshot; every prompt the suite asks is held out."""
+    from kaizenlm.datasets.snapshots import build_snapshot, default_window
 
-    exam = [r["prompt"] for r in build_domain(cfg.retrain.seed).exam_rows()]
-    replay_path = cfg.curation.replay_path
-    replay = load_replay(replay_path) if replay_path else None
-    return build_snapshot(con, cfg, default_window(cfg.curation), holdout=exam, replay=replay,
-                          replay_source=str(Path(replay_path).expanduser()) if replay_path else EMBEDDED_REPLAY)
+    return build_snapshot(con, cfg, default_window(cfg.curation), holdout=suite.prompts())
 
 
 def retrain_once(cfg: Config, con: duckdb.DuckDBPyConnection,
@@ -108,16 +104,18 @@ def retrain_once(cfg: Config, con: duckdb.DuckDBPyConnection,
     """One full monthly cycle; returns what happened (the snapshot, the job, the gate, the experiment)."""
     from kaizenlm.eval.evaluate import gate
 
+    suite = configured_suite(cfg.eval)  # before anything else: no suite, no gate, no retrain
     champion_id = ensure_champion(cfg, con, log_fn)
     champion = version_ops.get_version(con, champion_id)
-    snapshot = build_training_snapshot(cfg, con)
+    snapshot = build_training_snapshot(cfg, con, suite)
     counts = snapshot.manifest["counts"]
     log_fn(f"snapshot {snapshot.snapshot_id}: {counts}")
     if counts.get("sft_train", 0) == 0:
         return {"status": "skipped", "reason": "the snapshot has no SFT rows; collect more feedback first",
                 "snapshot": snapshot.snapshot_id}
-    inputs = build_inputs(cfg, con, champion, snapshot.path)
-    config = {"sft": inputs.sft, "dpo": inputs.dpo, "base": inputs.base_dir, "champion": champion_id}
+    inputs = build_inputs(cfg, con, champion, snapshot.path, suite)
+    config = {"sft": inputs.sft, "dpo": inputs.dpo, "base": inputs.base_dir, "champion": champion_id,
+              "suite": suite.source}
     inputs_path = runner.jobs_tmp(cfg.home).parent / f"retrain-inputs-{snapshot.snapshot_id}.json"
     inputs_path.parent.mkdir(parents=True, exist_ok=True)
     inputs_path.write_text(inputs_as_json(inputs), encoding="utf-8")

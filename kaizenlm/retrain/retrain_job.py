@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 class RetrainInputs:
     base_dir: str
     snapshot_dir: str
+    suite_path: str
+    """The evaluation suite (kaizenlm.eval.suite): the candidate and the champion are scored on it."""
     champion_metrics: dict | None = None
     champion_base: str | None = None
     champion_adapter: str | None = None
@@ -60,9 +62,8 @@ def _dpo_rows(rows: list[dict]) -> list[dict]:
 def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> dict:
     """SFT, then DPO on top when there are pairs, then evaluation against the champion."""
     from kaizenlm.config import EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig
-    from kaizenlm.demo.domain import build_domain
-    from kaizenlm.demo.general import general_skills
     from kaizenlm.eval.evaluate import evaluate
+    from kaizenlm.eval.suite import load_suite
     from kaizenlm.retrain import lora_dpo, lora_sft
 
     snap = Path(inputs.snapshot_dir)
@@ -70,11 +71,12 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
     dpo_train, dpo_eval = _dpo_rows(_rows(snap, "dpo_train")), _dpo_rows(_rows(snap, "dpo_eval"))
     if not sft_train:
         raise ValueError(f"snapshot {snap.name} has no SFT rows; collect more feedback before retraining")
+    suite = load_suite(inputs.suite_path)
     run = RetrainConfig(**inputs.retrain)
     sft_cfg, dpo_cfg = LoraSFTConfig(**inputs.sft), LoraDPOConfig(**inputs.dpo)
     anchored = (lora_sft.resolve_config(sft_cfg, inputs.base_dir).anchor_weight > 0
                 or lora_dpo.resolve_config(dpo_cfg, inputs.base_dir).anchor_weight > 0)
-    anchor_rows = _anchor_rows(snap, inputs.seed, sft_train, sft_cfg) if anchored else []
+    anchor_rows = _anchor_rows(snap, inputs.seed, sft_train, sft_cfg, suite.prompts()) if anchored else []
     runner.report_progress(0.05, f"SFT on {len(sft_train)} rows ({len(anchor_rows)} anchor rows)")
     sft = lora_sft.train_sft(inputs.base_dir, sft_train, work_dir / "sft", sft_cfg, run,
                              eval_rows=sft_eval or None, anchor_rows=anchor_rows)
@@ -91,27 +93,27 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
             shutil.copytree(work_dir / name, out_dir / "runs" / name, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("checkpoint-*", "adapter"))
     runner.report_progress(0.8, "evaluating candidate and champion")
-    domain = build_domain(inputs.seed)
-    _, general_heldout = general_skills(inputs.seed)
     ecfg = EvalConfig(**inputs.eval)
     champion = inputs.champion_metrics
     if champion is None:
-        champion = evaluate(_spec(inputs.champion_base, inputs.champion_adapter), domain, general_heldout, ecfg)
-    candidate = evaluate((inputs.base_dir, str(out_dir)), domain, general_heldout, ecfg, champion=champion)
+        champion = evaluate(_spec(inputs.champion_base, inputs.champion_adapter), suite, ecfg)
+    candidate = evaluate((inputs.base_dir, str(out_dir)), suite, ecfg, champion=champion)
     summary = {"sft": _train_summary(sft), "dpo": _train_summary(dpo) if dpo else None}
     (out_dir / "evaluation.json").write_text(json.dumps({"candidate": candidate, "champion": champion,
                                                          "training": summary}, indent=2, default=str))
     return {"candidate": candidate, "champion": champion, "training": summary}
 
 
-def _anchor_rows(snap: Path, seed: int, sft_train: list[dict], sft_cfg) -> list[dict]:
+def _anchor_rows(snap: Path, seed: int, sft_train: list[dict], sft_cfg, eval_prompts: list[str]) -> list[dict]:
     """The KL anchor's general prompts, from the replay source the snapshot's replay rows came from."""
-    from kaizenlm.demo.general import EMBEDDED_REPLAY
     from kaizenlm.retrain import anchor
 
-    source = anchor.snapshot_source(snap) or EMBEDDED_REPLAY
+    source = anchor.snapshot_source(snap)
+    if not source:
+        log.warning("no KL anchor rows: snapshot %s has no replay source (set curation.replay_path)", snap.name)
+        return []
     try:
-        return anchor.rows_for(source, seed, sft_train, sft_cfg)
+        return anchor.rows_for(source, seed, sft_train, sft_cfg, eval_prompts)
     except ValueError as e:  # a replay file that is gone from this machine: train without the anchor
         log.warning("no KL anchor rows from %s: %s", source, e)
         return []

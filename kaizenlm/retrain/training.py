@@ -1,5 +1,7 @@
 """What the SFT and DPO recipes share: input rows, the run directory, hardware choices,
-tiny-model overrides, checkpoint resume, TensorBoard and the metrics file.
+tiny-model overrides, the base model and its LoRA config, the training arguments both
+trainers take, callbacks, checkpoint resume, TensorBoard, and saving the adapter and the
+metrics file.
 
 Run directory of one recipe run:
 
@@ -17,13 +19,18 @@ import json
 import logging
 import os
 import random
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from kaizenlm.config import RetrainConfig  # noqa: E402
+from kaizenlm.config import LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
+
+if TYPE_CHECKING:
+    from kaizenlm.retrain.monitoring import HealthMonitor
 
 log = logging.getLogger("kaizenlm.retrain")
 
@@ -78,6 +85,82 @@ def hardware(run: RetrainConfig) -> dict:
             "gradient_checkpointing": checkpointing}
 
 
+def load_base(base_path: str | Path, hw: dict):
+    """The base model (in the precision `hw` chose) and its tokenizer, with a pad token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch.bfloat16 if hw["bf16"] else torch.float16 if hw["fp16"] else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype)
+    return model, tokenizer
+
+
+def lora_config(cfg: LoraSFTConfig):
+    """A fresh LoRA adapter's peft config from an SFT config's LoRA shape."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
+    )
+
+
+def common_args(cfg: LoraSFTConfig | LoraDPOConfig, run: RetrainConfig, hw: dict, run_dir: Path, n_train: int,
+                has_val: bool) -> dict:
+    """The training arguments SFTConfig and DPOConfig share (cfg: an SFT or DPO config): a cosine
+    schedule with warm-up, clipping, `evals_per_epoch` evaluations with a checkpoint each,
+    the best checkpoint kept when early stopping is on, seeded, TensorBoard attached by the caller."""
+    per_epoch = steps_per_epoch(n_train, cfg.batch_size, cfg.grad_accum)
+    eval_every = max(1, per_epoch // cfg.evals_per_epoch)
+    return {
+        "output_dir": str(run_dir / "checkpoints"),
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.epochs,
+        "per_device_train_batch_size": cfg.batch_size,
+        "per_device_eval_batch_size": max(cfg.batch_size, 16),
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": round(cfg.warmup_ratio * per_epoch * cfg.epochs),
+        "max_grad_norm": cfg.max_grad_norm,
+        "max_length": cfg.max_length,
+        "bf16": hw["bf16"],
+        "fp16": hw["fp16"],
+        "gradient_checkpointing": hw["gradient_checkpointing"],
+        "use_cpu": hw["device"] == "cpu",
+        "eval_strategy": "steps" if has_val else "no",
+        "eval_steps": eval_every,
+        "save_strategy": "steps",
+        "save_steps": eval_every,
+        "save_total_limit": run.keep_checkpoints,
+        "load_best_model_at_end": has_val and cfg.early_stopping_patience > 0,
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
+        "logging_steps": max(1, min(10, eval_every // 2)),
+        "logging_nan_inf_filter": False,  # a NaN must reach the health monitor, not be averaged away
+        "report_to": "none",  # TensorBoard is attached explicitly, to write into the run directory
+        "seed": run.seed,
+        "data_seed": run.seed,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": False,
+    }
+
+
+def callbacks(cfg: LoraSFTConfig | LoraDPOConfig, run: RetrainConfig, run_dir: Path, has_val: bool, name: str):
+    """(health monitor, the trainer's callbacks): the monitor, TensorBoard into the run
+    directory and, with a validation set and a patience, early stopping on the validation loss."""
+    from transformers import EarlyStoppingCallback
+
+    from kaizenlm.retrain.monitoring import HealthMonitor
+
+    monitor = HealthMonitor(run.max_loss_gap, run.grad_norm_min, run.grad_norm_max, run_name=name)
+    found = [monitor, tensorboard_callback(run_dir / "tensorboard")]
+    if has_val and cfg.early_stopping_patience > 0:
+        found.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    return monitor, found
+
+
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
     """The newest complete Trainer checkpoint, to resume from; None for a fresh run."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -93,6 +176,25 @@ def tensorboard_callback(log_dir: Path):
     from transformers.integrations import TensorBoardCallback
 
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))
+
+
+def finish(trainer, monitor: HealthMonitor, run_dir: Path, tokenizer, metrics: dict) -> dict:
+    """Save the trained "default" adapter (the best one when early stopping kept the best) and
+    the tokenizer into <run_dir>/adapter; add the monitor's summary to the metrics and write
+    metrics.json; return the metrics."""
+    adapter_dir = run_dir / "adapter"
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"], save_embedding_layers=False)
+    tokenizer.save_pretrained(str(adapter_dir))
+    metrics.update(monitor.summary())
+    # Short names the retrain job and the registry read.
+    metrics.update(train_loss=metrics["final_train_loss"], eval_loss=metrics["final_eval_loss"],
+                   loss_gap=metrics["final_loss_gap"], train_seconds=metrics["train_runtime_s"])
+    metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
+    metrics["adapter_dir"] = str(adapter_dir)
+    write_metrics(run_dir, metrics)
+    return metrics
 
 
 def attach_log_file(run_dir: Path) -> logging.Handler:

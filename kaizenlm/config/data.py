@@ -1,0 +1,152 @@
+"""Data sections of the configuration: `[rewards]` (the per-turn reward) and `[curation]` (feedback -> training data)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from kaizenlm.config.core import _check
+
+
+@dataclass
+class RewardsConfig:
+    """Weights of the per-turn reward (kaizenlm/feedback/rewards.py): clip(sum of weight * evidence, -1, 1)."""
+
+    thumbs: float = 0.6
+    """Weight of the latest thumbs (+1 / -1) on the turn."""
+    rating: float = 0.6
+    """Weight of the latest 1-5 rating, scaled to -1..1 ((rating - 3) / 2)."""
+    correction: float = -0.6
+    """Weight of 'the user sent a correction' (the answer was wrong; the correction itself becomes training data)."""
+    regenerate: float = -0.4
+    """Weight per 'regenerate' signal (counted up to signal_cap)."""
+    copy: float = 0.3
+    """Weight per 'copy' signal (counted up to signal_cap)."""
+    edit: float = -0.2
+    """Weight per 'edit' signal (counted up to signal_cap)."""
+    abandon: float = -0.3
+    """Weight per 'abandon' signal; conversation-level signals count for the conversation's latest turn before them."""
+    completed: float = 0.3
+    """Weight per 'completed' signal (counted up to signal_cap)."""
+    follow_up: float = 0.0
+    """Weight per 'follow_up' signal (counted up to signal_cap)."""
+    signal_cap: int = 3
+    """Most signals of one kind that count for one turn (ten regenerates weigh as much as signal_cap)."""
+    latency: float = -0.2
+    """Weight of slowness: 0 at latency_target_ms, the full weight at twice that. Counts only on turns with other feedback."""
+    latency_target_ms: float = 3000.0
+    """Answer latency (ms) up to which a turn gets no latency penalty."""
+    explicit_confidence: float = 0.8
+    """Confidence that one piece of explicit feedback (thumbs, rating, correction) gives the reward."""
+    implicit_confidence: float = 0.3
+    """Confidence that one kind of implicit signal (copy, regenerate, ...) gives; confidence = 1 - prod(1 - c)."""
+
+    def __post_init__(self) -> None:
+        for name in ("thumbs", "rating", "correction", "regenerate", "copy", "edit", "abandon", "completed", "follow_up",
+                     "latency"):
+            _check(-2.0 <= getattr(self, name) <= 2.0, f"rewards.{name}", "must be in -2..2")
+        _check(1 <= self.signal_cap <= 100, "rewards.signal_cap", "must be in 1..100")
+        _check(self.latency_target_ms > 0, "rewards.latency_target_ms", "must be > 0")
+        for name in ("explicit_confidence", "implicit_confidence"):
+            _check(0.0 <= getattr(self, name) < 1.0, f"rewards.{name}", "must be in [0, 1)")
+
+
+# Phrases of answers that say nothing (AI disclaimers, placeholders, non-answers): curation.boilerplate_phrases.
+DEFAULT_BOILERPLATE = (
+    "as an ai language model", "as a large language model", "i am just an ai", "i m just an ai",
+    "lorem ipsum", "insert answer here", "i cannot help with that", "i can t help with that",
+    "i do not have access to real time", "i don t have access to real time", "i am not sure", "i m not sure",
+    "i do not know", "i don t know",
+)
+
+
+@dataclass
+class CurationConfig:
+    """How feedback becomes training data: `kaizen dataset build` and the monthly retrain's curate step."""
+
+    window_days: int = 30
+    """Look-back of a dataset build when no --since is given; 0 means all data."""
+    sft_min_reward: float = 0.5
+    """Least per-turn reward for an answer to become an SFT example."""
+    sft_require_explicit: bool = False
+    """Only answers with explicit feedback (thumbs, rating, correction) become SFT examples."""
+    include_corrections: bool = True
+    """User corrections become SFT examples and (chosen = correction, rejected = answer) DPO pairs."""
+    min_response_chars: int = 2
+    """Shorter answers (and corrections) are never chosen as training targets."""
+    max_response_chars: int = 8000
+    """Longer answers (and corrections) are never chosen as training targets."""
+    max_context_chars: int = 16000
+    """Turns whose conversation context is longer are left out."""
+    max_repetition: float = 0.5
+    """Share of repeated word 3-grams above which an answer counts as degenerate (looping) and is not chosen."""
+    min_avg_sentence_words: float = 5.0
+    """The seed rule: drop turns whose average sentence has fewer words than this (0 turns it off)."""
+    sentence_rule_scope: str = "response"
+    """What the sentence rule measures: 'response' (the answer, or the correction) or 'turn' (user message + answer)."""
+    boilerplate_phrases: list[str] = field(default_factory=lambda: list(DEFAULT_BOILERPLATE))
+    """Answers containing one of these phrases (compared case- and punctuation-insensitively) are boilerplate and dropped."""
+    pii_keep: list[str] = field(default_factory=list)
+    """Exact strings PII scrubbing leaves alone: your organisation's own public addresses and numbers (e.g. "support@example.com")."""
+    truncation_min_words: int = 8
+    """Answers of at least this many words that end without closing punctuation count as truncated (0: only open code fences and trailing commas/colons)."""
+    topic_balance_ratio: float = 3.0
+    """No topic keeps more than this many times the examples of the smallest topic (the seed's 1:3 rule); 0 turns balancing off."""
+    dedup_threshold: float = 0.8
+    """Jaccard similarity (character 5-grams) at which two conversation contexts count as near-duplicates."""
+    max_per_prompt: int = 1
+    """SFT examples kept per near-duplicate cluster of contexts (best first: corrections, then reward, then newest)."""
+    max_per_user: int = 500
+    """SFT examples kept per user, so that no single user dominates a snapshot."""
+    pair_margin: float = 0.4
+    """Least reward difference between chosen and rejected answers of a DPO pair (a turn without a reward counts 0)."""
+    pair_min_chosen_reward: float = 0.0
+    """Least reward of the chosen answer of a DPO pair that is not a correction."""
+    max_pairs_per_prompt: int = 4
+    """DPO pairs kept per near-duplicate cluster of contexts."""
+    decontam_threshold: float = 0.6
+    """Jaccard similarity (character 5-grams) between a prompt and a held-out text at which the prompt is dropped."""
+    holdout_path: str = ""
+    """File of held-out texts (evaluation questions) that training data must not contain: .txt, .jsonl, .json or .parquet."""
+    eval_fraction: float = 0.05
+    """Share of the validation split, drawn by whole conversations and near-duplicate clusters (nothing leaks across)."""
+    replay_fraction: float = 0.08
+    """Share of general (replay) examples in the SFT train split, against catastrophic forgetting: 0.05-0.10."""
+    replay_fraction_override: bool = False
+    """Allow a replay_fraction outside 0.05-0.10 (0 = no replay); only when you know why."""
+    replay_path: str = ""
+    """JSONL file of general examples to replay and to anchor on (prompt or messages, and response; skill optional). Empty: no replay rows, and the snapshot warns; `kaizen demo` writes and sets its own."""
+    workers: int = 0
+    """CPU processes of a dataset build: 2 runs independent steps (halves of the PII scrub, near-duplicate clusters beside decontamination, pair mining beside SFT selection) in a forked child too; 1 runs all in one process; 0 = 2 where the machine has 2 or more cores. The snapshot is the same either way."""
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.window_days <= 36500, "curation.window_days", "must be in 0..36500")
+        _check(-1.0 <= self.sft_min_reward <= 1.0, "curation.sft_min_reward", "must be in -1..1")
+        _check(self.min_response_chars >= 1, "curation.min_response_chars", "must be >= 1")
+        _check(self.max_response_chars >= self.min_response_chars, "curation.max_response_chars",
+               "must be >= curation.min_response_chars")
+        _check(self.max_context_chars >= 1, "curation.max_context_chars", "must be >= 1")
+        _check(0.0 < self.max_repetition <= 1.0, "curation.max_repetition", "must be in (0, 1]")
+        _check(0.0 < self.dedup_threshold <= 1.0, "curation.dedup_threshold", "must be in (0, 1]")
+        _check(self.max_per_prompt >= 1, "curation.max_per_prompt", "must be >= 1")
+        _check(self.max_per_user >= 1, "curation.max_per_user", "must be >= 1")
+        _check(0.0 < self.pair_margin <= 2.0, "curation.pair_margin", "must be in (0, 2]")
+        _check(-1.0 <= self.pair_min_chosen_reward <= 1.0, "curation.pair_min_chosen_reward", "must be in -1..1")
+        _check(self.max_pairs_per_prompt >= 1, "curation.max_pairs_per_prompt", "must be >= 1")
+        _check(0.0 < self.decontam_threshold <= 1.0, "curation.decontam_threshold", "must be in (0, 1]")
+        _check(0.0 <= self.eval_fraction < 1.0, "curation.eval_fraction", "must be in [0, 1)")
+        _check(0.0 <= self.replay_fraction < 1.0, "curation.replay_fraction", "must be in [0, 1)")
+        _check(self.replay_fraction_override or 0.05 <= self.replay_fraction <= 0.10, "curation.replay_fraction",
+               "must be in 0.05..0.10 (set curation.replay_fraction_override = true to use another value)")
+        _check(self.min_avg_sentence_words >= 0, "curation.min_avg_sentence_words", "must be >= 0")
+        _check(self.sentence_rule_scope in ("response", "turn"), "curation.sentence_rule_scope",
+               "must be 'response' or 'turn'")
+        _check(self.truncation_min_words >= 0, "curation.truncation_min_words", "must be >= 0")
+        _check(self.topic_balance_ratio == 0 or self.topic_balance_ratio >= 1.0, "curation.topic_balance_ratio",
+               "must be 0 (off) or >= 1")
+        _check(self.workers in (0, 1, 2), "curation.workers", "must be 0 (automatic), 1 or 2")
+
+    @property
+    def processes(self) -> int:
+        """The processes a build uses: ``workers``, or for 0, 2 where os.cpu_count() >= 2."""
+        return self.workers or (2 if (os.cpu_count() or 1) >= 2 else 1)

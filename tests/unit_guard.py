@@ -1,0 +1,63 @@
+"""A pytest plugin for `make test-unit`: a test selected as a unit test may start no process.
+
+`make test-unit` runs `pytest -p unit_guard -m "not integration and not slow"`. While it runs,
+`subprocess.Popen` (which asyncio's subprocesses, Selenium's driver, the embedded broker and
+every `kaizen ...` child go through) refuses to start anything and names the test, and the
+session fails at the end even where the code under test swallowed the error. A test module
+that starts processes (a broker, the gateway, the controller, a job, a browser, an echo
+upstream) says so once, at its top: `pytestmark = pytest.mark.integration`.
+
+Allowed: forked workers of multiprocessing (kaizenlm.datasets.parallel's second core for
+curation), which are not programs; `git` (a snapshot's manifest records the commit with
+`git rev-parse HEAD`) and `uname` (Python's `platform.processor()`), lookups of milliseconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+_current: list[str] = []  # the node id of the running test
+_violations: list[str] = []
+_original_init = subprocess.Popen.__init__
+ALLOWED_PROGRAMS = {"git", "uname"}
+
+
+def _refusing_init(self, args, *a, **kw):
+    program = args if isinstance(args, str) else (list(args) or [""])[0]
+    if str(program).split()[0].rsplit("/", 1)[-1] in ALLOWED_PROGRAMS:
+        return _original_init(self, args, *a, **kw)
+    test = _current[0] if _current else "(outside a test)"
+    argv = args if isinstance(args, str) else " ".join(map(str, args))
+    message = (f"{test} starts a process ({argv[:200]}): a unit test may not. Put "
+               "`pytestmark = pytest.mark.integration` at the top of its module.")
+    _violations.append(message)
+    raise RuntimeError(message)
+
+
+def pytest_configure(config) -> None:
+    subprocess.Popen.__init__ = _refusing_init
+
+
+def pytest_unconfigure(config) -> None:
+    subprocess.Popen.__init__ = _original_init
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _current[:] = [item.nodeid]
+    yield
+    _current.clear()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _violations:
+        terminalreporter.section("unit tests that started processes")
+        for line in dict.fromkeys(_violations):
+            terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _violations and exitstatus == 0:
+        session.exitstatus = 1
