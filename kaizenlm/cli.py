@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "controller": "kaizenlm.server.cli:CONTROLLER",
     "up": "kaizenlm.server.cli:UP",
     "stats": "kaizenlm.ingest.cli:STATS",
+    "keys": "kaizenlm.keys.cli:KEYS",
     "dataset": "kaizenlm.datasets.cli:DATASET",
     "forget": "kaizenlm.datasets.cli:FORGET",
     "registry": "kaizenlm.registry.cli:REGISTRY",

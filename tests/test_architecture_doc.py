@@ -151,3 +151,27 @@ def test_the_gateway_routes_are_the_designs(apps):
     for route, process in [("POST /v1/chat/completions", FAST), ("POST /v1/feedback", FAST),
                            ("GET /widget.js", GATEWAY), ("GET /healthz", CONTROLLER)]:
         assert any(r[0] == route and r[1] == process for r in rows), (route, process)
+
+
+def test_the_layer_list_is_the_one_the_layout_test_enforces():
+    from test_layout import LAYERS
+
+    text = DOC.read_text(encoding="utf-8")
+    block = re.search(r"```layers\n(.*?)```", text, re.S)
+    assert block, "docs/ARCHITECTURE.md has no ```layers block (the layer order, top to bottom)"
+    doc_layers = [sorted(line.split()) for line in block.group(1).strip().splitlines()]
+    assert doc_layers == [sorted(layer) for layer in LAYERS], (
+        "docs/ARCHITECTURE.md's ```layers block and LAYERS in tests/test_layout.py differ; make them the same"
+    )
+
+
+def test_every_package_has_a_paragraph():
+    from test_layout import PACKAGE
+
+    section = DOC.read_text(encoding="utf-8").split("## Packages", 1)[-1].split("\n## ", 1)[0]
+    packages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    missing = [name for name in packages if f"- **{name}/**" not in section]
+    assert not missing, f"docs/ARCHITECTURE.md, '## Packages': add a paragraph '- **<name>/** — ...' for {missing}"
+    modules = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    missing = [name for name in modules if f"`{name}`" not in section]
+    assert not missing, f"docs/ARCHITECTURE.md, '## Packages': name the top-level modules {missing}"

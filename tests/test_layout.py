@@ -29,7 +29,7 @@ LAYERS: list[list[str]] = [
     ["eval", "knowledge", "review", "annotate"],
     ["abtest", "base", "datasets", "jobs"],
     ["feedback", "registry"],
-    ["ingest"],
+    ["ingest", "keys"],
     ["auth", "command", "config", "errors", "logs", "ports"],
 ]
 # Imports inside one layer that are allowed: `kaizen init` (config/cli.py) is a Command and

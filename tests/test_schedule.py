@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from kaizenlm import config as config_mod
 from kaizenlm.cli import main
+from kaizenlm.eval.suite import Suite, write_suite
 from kaizenlm.config.cron import cron_trigger
 from kaizenlm.ingest.store import connect
 from kaizenlm.jobs import history
@@ -366,6 +367,7 @@ def test_history_rows_have_status_duration_log_and_result(cfg, db):
 def test_monthly_tier_without_a_model_fails_clearly_and_retries(cfg, db, tmp_path):
     # base.path names a directory with no model: the pipeline must say so, not train or hang.
     cfg.base.path = str(tmp_path / "no-model-here")
+    cfg.eval.suite_path = str(write_suite(tmp_path / "suite.jsonl", Suite(domain=[{"prompt": "Q?", "reference": "A."}])))
     clock = Clock(at(2025, 2, 1, 4, 0))
     sched = Scheduler(cfg, default_tiers(), db, now=clock)
     sched.submit("monthly", "schedule", scheduled_for=at(2025, 2, 1, 4))
@@ -431,10 +433,10 @@ def test_controller_mounts_the_scheduler(kaizen_env):
 
 
 def test_cli_jobs_run_and_list_without_a_controller(kaizen_env, capsys):
-    Path("kaizen.toml").write_text('[base]\npath = "./no-model-here"\n')  # fail fast instead of building a model
+    Path("kaizen.toml").write_text("")  # no evaluation suite configured: the monthly run refuses at once
     assert main(["jobs", "run", "monthly", "--json"]) == 1  # the run fails, and says why
     run = json.loads(capsys.readouterr().out)
-    assert run["status"] == "failed" and "holds no Hugging Face model" in run["error"]
+    assert run["status"] == "failed" and "no evaluation suite" in run["error"] and "[eval] suite_path" in run["error"]
     assert Path(run["log_path"]).is_file()
     assert main(["jobs", "list", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)

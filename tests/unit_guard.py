@@ -7,6 +7,9 @@ session fails at the end even where the code under test swallowed the error. A t
 that starts processes (a broker, the gateway, the controller, a job, a browser, an echo
 upstream) says so once, at its top: `pytestmark = pytest.mark.integration`.
 
+Modules marked `integration` at their top are not even imported (their imports, torch and
+transformers among them, would cost more than all the unit tests take to run).
+
 Allowed: forked workers of multiprocessing (kaizenlm.datasets.parallel's second core for
 curation), which are not programs; `git` (a snapshot's manifest records the commit with
 `git rev-parse HEAD`) and `uname` (Python's `platform.processor()`), lookups of milliseconds.
@@ -14,7 +17,9 @@ curation), which are not programs; `git` (a snapshot's manifest records the comm
 
 from __future__ import annotations
 
+import ast
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +39,23 @@ def _refusing_init(self, args, *a, **kw):
                "`pytestmark = pytest.mark.integration` at the top of its module.")
     _violations.append(message)
     raise RuntimeError(message)
+
+
+def marked_integration(path: Path) -> bool:
+    """Whether a test module says `pytestmark = pytest.mark.integration` (or a list holding it)
+    at its top level; read from its source, without importing it."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
+            marks = node.value.elts if isinstance(node.value, (ast.List, ast.Tuple)) else [node.value]
+            return any(isinstance(m, ast.Attribute) and m.attr == "integration" for m in marks)
+    return False
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_") and collection_path.is_file():
+        return True if marked_integration(collection_path) else None
+    return None
 
 
 def pytest_configure(config) -> None:

@@ -7,7 +7,7 @@ docstrings into the comments of the default file (kaizenlm/config/loader.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class ConfigError(ValueError):
@@ -61,17 +61,45 @@ class KafkaConfig:
         return f"{self.topic_prefix}.{name}"
 
 
+# The development defaults: fine on loopback; a gateway or controller on any other address refuses
+# to start with one of them (kaizenlm.auth.unsafe_defaults).
+DEFAULT_INGEST_KEY = "kz-ingest-dev"
+DEFAULT_WIDGET_KEY = "kz-widget-dev"
+DEFAULT_ADMIN_KEY = "kz-admin-dev"
+DEFAULT_FEEDBACK_SECRET = "kz-feedback-secret-dev"
+
+
 @dataclass
 class AuthConfig:
-    ingest_key: str = "kz-ingest-dev"
-    """API key with the 'ingest' scope (widgets, SDKs). Change it in production."""
-    admin_key: str = "kz-admin-dev"
-    """API key with the 'admin' scope (admin API, promote, rollback); it also has 'ingest'."""
+    """API keys and the feedback-token secret (docs/SECURITY.md): who may write what the models learn from."""
+
+    ingest_key: str = DEFAULT_INGEST_KEY
+    """Server-side key: scopes 'chat', 'ingest' and 'feedback' (chat completions, POST /v1/turns, feedback and signals on any turn). Never put it in a web page. Change it in production."""
+    widget_key: str = DEFAULT_WIDGET_KEY
+    """Public key for the feedback widget: scope 'feedback' only (feedback and signals that carry a valid feedback token for their turn and user). Change it in production."""
+    admin_key: str = DEFAULT_ADMIN_KEY
+    """Key with every scope: the admin API (promote, rollback, datasets), review, and all of the above. Change it in production."""
+    keys_file: str = ""
+    """JSON file of further keys (several per scope, stored as SHA-256 digests; `kaizen keys create|list|revoke`), reloaded within a second of a change; empty = <paths.home>/keys.json. Every gateway and the controller must see the same file."""
+    feedback_secret: str = DEFAULT_FEEDBACK_SECRET
+    """Secret that signs feedback tokens (HMAC-SHA256 over turn id, user id and expiry); every gateway needs the same one. At least 16 characters; change it in production."""
+    feedback_secret_previous: str = ""
+    """The secret being rotated out: tokens it signed stay valid until they expire, new tokens use feedback_secret. Empty = none."""
+    feedback_token_ttl_s: int = 604_800
+    """How long a feedback token is valid after the turn was answered or logged (default 7 days)."""
 
     def __post_init__(self) -> None:
-        _check(len(self.ingest_key) >= 8, "auth.ingest_key", "must be at least 8 characters")
-        _check(len(self.admin_key) >= 8, "auth.admin_key", "must be at least 8 characters")
-        _check(self.ingest_key != self.admin_key, "auth.admin_key", "must differ from auth.ingest_key")
+        for name in ("ingest_key", "widget_key", "admin_key"):
+            _check(len(getattr(self, name)) >= 8, f"auth.{name}", "must be at least 8 characters")
+        _check(len({self.ingest_key, self.widget_key, self.admin_key}) == 3, "auth.widget_key",
+               "auth.ingest_key, auth.widget_key and auth.admin_key must all differ")
+        _check(len(self.feedback_secret) >= 16, "auth.feedback_secret", "must be at least 16 characters")
+        _check(self.feedback_secret_previous == "" or len(self.feedback_secret_previous) >= 16,
+               "auth.feedback_secret_previous", "must be empty or at least 16 characters")
+        _check(self.feedback_secret_previous != self.feedback_secret, "auth.feedback_secret_previous",
+               "must differ from auth.feedback_secret (it is the secret being rotated out)")
+        _check(60 <= self.feedback_token_ttl_s <= 366 * 86400, "auth.feedback_token_ttl_s",
+               "must be in 60..31622400 seconds (a minute to a year)")
 
 
 @dataclass
@@ -92,6 +120,18 @@ class GatewayConfig:
     """Gateway processes sharing the port (one Python process uses about one core). Each has its own producer and spool (spool/gw-<port>[-<n>]) and, with the local backend, its own copy of the models."""
     turn_shipper: bool = True
     """Chat turns are produced to Kafka by a small process beside each worker (kaizenlm/serving/turn_shipper.py, spool/gw-<port>[-<n>]-turns), keeping the Kafka client off the event loop that answers requests (p99 overhead at 1,000 req/s on 2 cores: 15 ms before, 3.3-5.1 ms with it). false: each worker produces its turns itself."""
+    cors_origins: list[str] = field(default_factory=list)
+    """Web origins whose pages may call the gateway from a browser (the widget), e.g. ["https://shop.example.com"]; "*" allows any. Default: none (browsers refuse cross-origin calls)."""
+    rate_limit_per_user: float = 1.0
+    """Public (widget-key) feedback and signals: events per second one user may send, sustained (a token bucket; the burst below on top). 0 turns the limit off."""
+    rate_burst_per_user: int = 30
+    """Public feedback and signals: events one user may send at once before rate_limit_per_user applies."""
+    rate_limit_per_address: float = 5.0
+    """Public feedback and signals: events per second one client address may send, sustained. 0 turns the limit off."""
+    rate_burst_per_address: int = 100
+    """Public feedback and signals: events one client address may send at once."""
+    trust_forwarded_for: bool = False
+    """Take the client address from the last X-Forwarded-For entry (set it only behind a proxy that writes that header); false: the TCP peer address."""
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535, "gateway.port", "must be a TCP port (1-65535)")
@@ -99,6 +139,13 @@ class GatewayConfig:
         _check(self.max_body_bytes >= 1024, "gateway.max_body_bytes", "must be >= 1024")
         _check(1 <= self.max_batch <= 100_000, "gateway.max_batch", "must be in 1..100000")
         _check(self.spool_max_bytes >= 1024, "gateway.spool_max_bytes", "must be >= 1024")
+        for i, origin in enumerate(self.cors_origins):
+            _check(origin == "*" or (origin.startswith(("http://", "https://")) and origin.count("/") == 2),
+                   f"gateway.cors_origins[{i}]", f"{origin!r} is not an origin: scheme://host[:port] without a path, or \"*\"")
+        for name in ("rate_limit_per_user", "rate_limit_per_address"):
+            _check(0 <= getattr(self, name) <= 1e6, f"gateway.{name}", "must be in 0..1000000 events per second")
+        for name in ("rate_burst_per_user", "rate_burst_per_address"):
+            _check(1 <= getattr(self, name) <= 1_000_000, f"gateway.{name}", "must be in 1..1000000 events")
 
 
 @dataclass

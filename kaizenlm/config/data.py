@@ -96,8 +96,26 @@ class CurationConfig:
     """Jaccard similarity (character 5-grams) at which two conversation contexts count as near-duplicates."""
     max_per_prompt: int = 1
     """SFT examples kept per near-duplicate cluster of contexts (best first: corrections, then reward, then newest)."""
-    max_per_user: int = 500
-    """SFT examples kept per user, so that no single user dominates a snapshot."""
+    max_per_user: int = 50
+    """SFT examples kept per user (the user the turn served), so that no single user dominates a snapshot."""
+    max_corrections_per_user: int = 10
+    """Of those, at most this many may be the user's own corrections (the strongest training signal, and the one an attacker writes)."""
+    max_pairs_per_user: int = 50
+    """DPO pairs kept per user (the user of the chosen answer's turn)."""
+    correction_min_agreement: int = 2
+    """Distinct users (the author included) who must send the same correction before it may replace an answer other users accepted; until then, or until a reviewer accepts it, it is held back. A correction nobody contradicts needs no agreement."""
+    hold_flagged_users: bool = True
+    """Leave out every turn of a user the anomaly report flags (correction rate, duplicate texts, bursts below); the report names them so a person can look."""
+    anomaly_min_corrections: int = 5
+    """A user is flagged for their correction rate only with at least this many corrected turns."""
+    anomaly_correction_rate: float = 0.5
+    """Flag a user whose share of corrected turns reaches this (with anomaly_min_corrections)."""
+    anomaly_duplicate_texts: int = 5
+    """Flag a user who sent the same correction or comment text (normalized) this many times."""
+    anomaly_burst_events: int = 30
+    """Flag a user who sent this many feedback events and signals within anomaly_burst_seconds."""
+    anomaly_burst_seconds: int = 60
+    """The window of the burst rule, in seconds."""
     pair_margin: float = 0.4
     """Least reward difference between chosen and rejected answers of a DPO pair (a turn without a reward counts 0)."""
     pair_min_chosen_reward: float = 0.0
@@ -130,6 +148,14 @@ class CurationConfig:
         _check(0.0 < self.dedup_threshold <= 1.0, "curation.dedup_threshold", "must be in (0, 1]")
         _check(self.max_per_prompt >= 1, "curation.max_per_prompt", "must be >= 1")
         _check(self.max_per_user >= 1, "curation.max_per_user", "must be >= 1")
+        _check(self.max_corrections_per_user >= 0, "curation.max_corrections_per_user", "must be >= 0")
+        _check(self.max_pairs_per_user >= 1, "curation.max_pairs_per_user", "must be >= 1")
+        _check(self.correction_min_agreement >= 1, "curation.correction_min_agreement", "must be >= 1")
+        _check(self.anomaly_min_corrections >= 1, "curation.anomaly_min_corrections", "must be >= 1")
+        _check(0.0 < self.anomaly_correction_rate <= 1.0, "curation.anomaly_correction_rate", "must be in (0, 1]")
+        _check(self.anomaly_duplicate_texts >= 2, "curation.anomaly_duplicate_texts", "must be >= 2")
+        _check(self.anomaly_burst_events >= 2, "curation.anomaly_burst_events", "must be >= 2")
+        _check(1 <= self.anomaly_burst_seconds <= 86400, "curation.anomaly_burst_seconds", "must be in 1..86400")
         _check(0.0 < self.pair_margin <= 2.0, "curation.pair_margin", "must be in (0, 2]")
         _check(-1.0 <= self.pair_min_chosen_reward <= 1.0, "curation.pair_min_chosen_reward", "must be in -1..1")
         _check(self.max_pairs_per_prompt >= 1, "curation.max_pairs_per_prompt", "must be >= 1")

@@ -67,6 +67,11 @@ class Config:
         return self.home / "snapshots"
 
     @property
+    def keys_file(self) -> Path:
+        """The keys file (auth.keys_file, or <home>/keys.json)."""
+        return Path(os.path.expanduser(self.auth.keys_file)).resolve() if self.auth.keys_file else self.home / "keys.json"
+
+    @property
     def gateway_url(self) -> str:
         return f"http://{self.gateway.host}:{self.gateway.port}"
 
@@ -83,7 +88,11 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "KAIZEN_GATEWAY_PORT": ("gateway", "port"),
     "KAIZEN_CONTROLLER_PORT": ("controller", "port"),
     "KAIZEN_INGEST_KEY": ("auth", "ingest_key"),
+    "KAIZEN_WIDGET_KEY": ("auth", "widget_key"),
     "KAIZEN_ADMIN_KEY": ("auth", "admin_key"),
+    "KAIZEN_KEYS_FILE": ("auth", "keys_file"),
+    "KAIZEN_FEEDBACK_SECRET": ("auth", "feedback_secret"),
+    "KAIZEN_FEEDBACK_SECRET_PREVIOUS": ("auth", "feedback_secret_previous"),
     "KAIZEN_UPSTREAM_API_KEY": ("serving", "upstream_api_key"),
 }
 

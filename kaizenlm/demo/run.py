@@ -63,8 +63,10 @@ def stage_traffic(ctx: DemoContext) -> None:
     cfg = ctx.cfg
     start = time.time() - ctx.days * 86400
     events = list(simulate(ctx.domain, baseline_answer_fn(ctx.domain), ctx.conversations, start, ctx.days, ctx.seed))
-    widget = httpx.Client(base_url=cfg.gateway_url, headers={"Authorization": f"Bearer {cfg.auth.ingest_key}"})
-    via_widget = 0
+    # The widget's half goes out as the widget sends it: the public widget key, the turn's
+    # feedback token (from the SDK's /v1/turns answers) and no timestamp (the gateway stamps it).
+    widget = httpx.Client(base_url=cfg.gateway_url, headers={"Authorization": f"Bearer {cfg.auth.widget_key}"})
+    for_widget = []
     with KaizenClient(cfg.gateway_url, cfg.auth.ingest_key) as sdk:
         for i, (kind, payload) in enumerate(tqdm(events, desc="simulated traffic", unit="event")):
             if kind == "turn":
@@ -73,10 +75,14 @@ def stage_traffic(ctx: DemoContext) -> None:
                 sdk.signal(**payload)
             elif i % 2:
                 sdk.feedback(**payload)
-            else:  # exactly what the widget posts
-                widget.post("/v1/feedback", json=payload).raise_for_status()
-                via_widget += 1
+            else:
+                for_widget.append(payload)
         sdk.flush()
+        for payload in for_widget:  # every turn's batch is in: its token is at hand
+            body = {k: v for k, v in payload.items() if k != "ts"}
+            body["feedback_token"] = sdk.feedback_token(payload["turn_id"])
+            widget.post("/v1/feedback", json=body).raise_for_status()
+        via_widget = len(for_widget)
         errors = sdk.errors
     widget.close()
     if errors:
@@ -154,6 +160,13 @@ DEMO_TOML = """# Written by `kaizen demo` for the embedded tiny model; see docs/
 window_days = 0
 # The demo's general-skills rows: replay against forgetting and the KL anchor's prompts.
 replay_path = "{replay_path}"
+
+[gateway]
+# Pages that may embed the feedback widget: examples/widget.html served by
+# `python -m http.server 8000 -d examples` (production: your own site's origin only).
+cors_origins = ["http://127.0.0.1:8000", "http://localhost:8000"]
+# Every simulated user posts from this one machine: no per-address limit (the per-user one stays).
+rate_limit_per_address = 0.0
 
 [eval]
 # The demo's evaluation suite: its domain exam, held-out general skills and refusal exam.

@@ -13,8 +13,20 @@ import socket
 import sys
 import time
 
+from kaizenlm import auth
 from kaizenlm.command import Command
+from kaizenlm.errors import UsageError
 from kaizenlm.server.up import Supervisor
+
+
+def refuse_default_credentials(cfg, what: str, host: str) -> None:
+    """Exit 2 (UsageError) when a process would listen beyond this machine with a development
+    key or signing secret, which anyone can read in kaizenlm's source (docs/SECURITY.md)."""
+    unsafe = auth.unsafe_defaults(cfg.auth)
+    if unsafe and not auth.is_loopback(host):
+        raise UsageError(f"refusing to start the {what} on {host}, which is reachable from other machines, with "
+                         f"development defaults: {', '.join(unsafe)}. Set each to a secret of your own (kaizen.toml "
+                         "[auth] or the variable), or listen on 127.0.0.1")
 
 GATEWAY_HELP = "run a gateway replica: POST /v1/turns|feedback|signals, /v1/chat/completions, /widget.js, /healthz, /metrics"
 GATEWAY_EXAMPLE = "KAIZEN_GATEWAY_PORT=8400 kaizen gateway --workers 2"
@@ -30,7 +42,6 @@ def add_gateway_arguments(p) -> None:
 
 
 def run_gateway(args, cfg) -> int:
-    from kaizenlm.errors import UsageError
     from kaizenlm.logs import setup_logging
     from kaizenlm.server import gateway
 
@@ -39,6 +50,7 @@ def run_gateway(args, cfg) -> int:
     cfg.gateway.workers = args.workers or cfg.gateway.workers
     if not 1 <= cfg.gateway.workers <= 64:
         raise UsageError(f"--workers: {cfg.gateway.workers} is not in 1..64")
+    refuse_default_credentials(cfg, "gateway", cfg.gateway.host)
     if args.worker is not None:  # one worker of several
         setup_logging(cfg, f"gateway-{cfg.gateway.port}-{args.worker}")
         gateway.serve(cfg, args.worker, socket.socket(fileno=args.fd))
@@ -69,6 +81,7 @@ def run_controller(args, cfg) -> int:
     from kaizenlm.server import controller
 
     cfg.controller.port = args.port or cfg.controller.port
+    refuse_default_credentials(cfg, "controller", cfg.controller.host)
     setup_logging(cfg, "controller")
     broker.ensure_topics(cfg.kafka)
     print(f"controller on {cfg.controller_url}; DuckDB at {cfg.duckdb_path}")
@@ -86,6 +99,9 @@ def add_up_arguments(p) -> None:
 
 
 def run_up(args, cfg) -> int:
+    refuse_default_credentials(cfg, "controller", cfg.controller.host)
+    if not args.no_gateway:
+        refuse_default_credentials(cfg, "gateway", cfg.gateway.host)
     sup = Supervisor(cfg, with_gateway=not args.no_gateway, with_dashboard=args.dashboard)
     stop = {"now": False}
 

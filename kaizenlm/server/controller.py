@@ -13,6 +13,7 @@ import threading
 
 from fastapi import FastAPI
 
+from kaizenlm import auth
 from kaizenlm.abtest import api as ab_api
 from kaizenlm.config import Config
 from kaizenlm.dashboard import api as dashboard_api
@@ -44,6 +45,7 @@ def create_app(cfg: Config, start_sink: bool = True) -> FastAPI:
 
     app = FastAPI(title="kaizenlm controller", lifespan=lifespan)
     app.state.cfg = cfg
+    app.state.keyring = auth.Keyring(cfg.auth, cfg.keys_file)  # config keys + the keys file, reloaded on change
     app.state.db = store.connect(cfg.duckdb_path)
     app.state.db_lock = threading.Lock()
     app.state.sink = Sink(cfg, app.state.db.cursor(), app.state.db_lock)

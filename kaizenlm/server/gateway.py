@@ -22,8 +22,11 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse, Response
 
+from kaizenlm import auth
 from kaizenlm.config import Config
 from kaizenlm.feedback import collector
+from kaizenlm.feedback.ratelimit import PublicRateLimits
+from kaizenlm.feedback.tokens import FeedbackTokens
 from kaizenlm.ingest.broker import DATA_TOPICS
 from kaizenlm.ingest.metrics import Metrics
 from kaizenlm.ingest.producer import EventProducer
@@ -38,11 +41,15 @@ class FastRoutes(FastAPI):
     FastAPI's routing, dependency solving and middlewares (its telemetry, body limit and error
     middlewares included) cost more CPU per request than these endpoints' own work
     (benchmarks/RESULTS.md, "Gateway overhead"), and they need none of it: each handler reads
-    the raw request, catches its own errors and returns a Response. CORS: simple requests get
-    `Access-Control-Allow-Origin: *` here; preflights (OPTIONS) still reach the CORS middleware.
+    the raw request, catches its own errors and returns a Response. CORS: a request from an
+    origin in `gateway.cors_origins` gets `Access-Control-Allow-Origin` here (any other origin
+    gets none, so the browser keeps the answer from the page); preflights (OPTIONS) still reach
+    the CORS middleware, which follows the same list.
     """
 
     fast_routes: dict[str, Callable[[Request], Awaitable[Response]]] = {}
+    cors_origins: frozenset[bytes] = frozenset()
+    cors_any: bool = False
 
     async def __call__(self, scope, receive, send) -> None:
         handler = self.fast_routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -51,8 +58,10 @@ class FastRoutes(FastAPI):
             return
         scope["app"] = self  # what Starlette sets, for request.app
         response = await handler(Request(scope, receive))
-        if any(k == b"origin" for k, _ in scope["headers"]):
-            response.headers["access-control-allow-origin"] = "*"
+        origin = next((v for k, v in scope["headers"] if k == b"origin"), None)
+        if origin is not None and (self.cors_any or origin in self.cors_origins):
+            response.headers["access-control-allow-origin"] = "*" if self.cors_any else origin.decode("latin-1")
+            response.headers["vary"] = "Origin"
         await response(scope, receive, send)
 
 
@@ -84,9 +93,15 @@ def create_app(cfg: Config, replica: str | None = None) -> FastRoutes:
     app.state.cfg = cfg
     app.state.metrics = Metrics()
     app.state.draining = False
-    # The widget runs inside other sites' pages and posts from there.
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "OPTIONS"],
-                       allow_headers=["authorization", "content-type"])
+    app.state.keyring = auth.Keyring(cfg.auth, cfg.keys_file)  # config keys + the keys file, reloaded on change
+    app.state.feedback_tokens = FeedbackTokens.from_config(cfg.auth)
+    app.state.rate_limits = PublicRateLimits(cfg.gateway)
+    # The widget runs inside other sites' pages and posts from there: only the configured sites.
+    app.cors_origins = frozenset(o.encode("latin-1") for o in cfg.gateway.cors_origins)
+    app.cors_any = "*" in cfg.gateway.cors_origins
+    app.add_middleware(CORSMiddleware, allow_origins=list(cfg.gateway.cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
+                       allow_headers=["authorization", "content-type"],
+                       expose_headers=["x-kaizen-turn-id", "x-kaizen-feedback-token", "x-kaizen-model-version"])
     app.include_router(collector.router)  # GET /widget.js; the POST routes' documentation (FastRoutes answers them)
     chat.install(app)  # /v1/models, /v1/routing
     app.fast_routes = {"/v1/chat/completions": chat.chat_completions, **collector.FAST_ROUTES}

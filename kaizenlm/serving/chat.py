@@ -3,9 +3,11 @@
 `model` names an alias (`serving.default_alias`, "champion", when empty or "default") or
 a version id. While an experiment runs on the alias, each user is assigned to champion or
 challenger by a hash of (experiment, user) (kaizenlm.abtest.routing). The answer is the
-OpenAI shape plus `model_version`, `turn_id`, `variant` and `experiment_id` (and the
-headers X-Kaizen-Model-Version / X-Kaizen-Turn-Id); `stream: true` gives SSE chunks with
-the same extra fields.
+OpenAI shape plus `model_version`, `turn_id`, `feedback_token`, `variant` and `experiment_id`
+(and the headers X-Kaizen-Model-Version / X-Kaizen-Turn-Id / X-Kaizen-Feedback-Token);
+`stream: true` gives SSE chunks with the same extra fields. The feedback token
+(kaizenlm.feedback.tokens) is what the widget sends back to give feedback on this turn as
+this user; the endpoint needs the `chat` scope, which the public widget key lacks.
 
 When the controller publishes a `knowledge` version and `knowledge.chat_retrieval` is on,
 the last user message is answered with the top chunks of that index in the prompt
@@ -265,6 +267,7 @@ class _Turn:
     started: float
     prompt: list[dict] = field(default_factory=list)  # what the backend is asked: messages + retrieved context
     retrieved_doc_ids: list[str] = field(default_factory=list)
+    feedback_token: str = ""
 
 
 async def _prepare(request: Request) -> tuple[_Turn, ChatRequest, ChatParams]:
@@ -274,7 +277,7 @@ async def _prepare(request: Request) -> tuple[_Turn, ChatRequest, ChatParams]:
                        {"Retry-After": "1"})
     started = time.perf_counter()
     try:
-        collector.require_scope(request, "ingest")
+        collector.require_scope(request, "chat")
     except collector.BadRequest as e:
         raise ApiError(e.status, e.message, e.reason, "authentication_error") from None
     try:  # the collector's reader: size limit while reading, UTF-8 and JSON checks
@@ -300,7 +303,8 @@ async def _prepare(request: Request) -> tuple[_Turn, ChatRequest, ChatParams]:
         route = routing.route(model, req.user or user_id)
     except UnknownModel as e:
         raise ApiError(404, str(e), "model_not_found") from None
-    turn = _Turn(turn_id, _conversation_id(req, request, user_id, messages), user_id, route, messages, started)
+    turn = _Turn(turn_id, _conversation_id(req, request, user_id, messages), user_id, route, messages, started,
+                 feedback_token=state.feedback_tokens.issue(turn_id, user_id))
     turn.prompt, turn.retrieved_doc_ids = await _retrieve(state.serving.knowledge, messages)
     return turn, req, params
 
@@ -365,12 +369,13 @@ def _count(request: Request, turn: _Turn | None, status: int) -> None:
 
 def _extras(turn: _Turn) -> dict:
     r = turn.route
-    return {"model_version": r.version_id, "turn_id": turn.turn_id, "variant": r.variant,
-            "experiment_id": r.experiment_id, "retrieved_doc_ids": turn.retrieved_doc_ids}
+    return {"model_version": r.version_id, "turn_id": turn.turn_id, "feedback_token": turn.feedback_token,
+            "variant": r.variant, "experiment_id": r.experiment_id, "retrieved_doc_ids": turn.retrieved_doc_ids}
 
 
 def _headers(turn: _Turn) -> dict:
-    return {"X-Kaizen-Model-Version": turn.route.version_id, "X-Kaizen-Turn-Id": turn.turn_id}
+    return {"X-Kaizen-Model-Version": turn.route.version_id, "X-Kaizen-Turn-Id": turn.turn_id,
+            "X-Kaizen-Feedback-Token": turn.feedback_token}
 
 
 def _completion_body(turn: _Turn, c: Completion) -> dict:
@@ -492,7 +497,7 @@ def install(app) -> None:
 
 def _routing_or_error(request: Request) -> RoutingState:
     try:
-        collector.require_scope(request, "ingest")
+        collector.require_scope(request, "chat")
     except collector.BadRequest as e:
         raise ApiError(e.status, e.message, e.reason, "authentication_error") from None
     state = request.app.state.serving.follower.state

@@ -2,18 +2,24 @@
  *   <script src="https://GATEWAY/widget.js"></script>
  *   <div id="fb"></div>
  *   <script>
+ *     // turnId and feedbackToken come with each answer: the chat answer's `turn_id` and
+ *     // `feedback_token` (or header X-Kaizen-Feedback-Token), or /v1/turns' `turn_ids` and
+ *     // `feedback_tokens` when your server logs its own turns.
  *     const w = KaizenWidget.mount(document.getElementById("fb"),
- *                 {endpoint: "https://GATEWAY", apiKey: "INGEST_KEY", turnId: "t-123", userId: "u-9"});
- *     // hooks for implicit signals, called by the host page:
+ *                 {endpoint: "https://GATEWAY", apiKey: "WIDGET_KEY", turnId: "t-123", feedbackToken: "v1...."});
+ *     // hooks for implicit signals, called by the host page (they reuse the mounted turn's token):
  *     KaizenWidget.signal("t-123", "copy");          // the user copied the answer
  *     KaizenWidget.signal("t-123", "regenerate");    // the user asked for another answer
- *     KaizenWidget.trackAbandon("c-1");              // send 'abandon' if the page closes mid-conversation
+ *     KaizenWidget.trackAbandon("c-1", "t-123");     // send 'abandon' on the last turn if the page closes
  *   </script>
- * Everything goes to POST /v1/feedback and /v1/signals with the ingest key.
+ * Everything goes to POST /v1/feedback and /v1/signals with the public widget key (scope
+ * `feedback`), which is useless without a turn's token: it cannot post turns, chat, or give
+ * feedback on a turn its user was not served. userId is optional (the token names the user).
  */
 (function (global) {
   "use strict";
   var config = { endpoint: "", apiKey: "" };
+  var tokens = {};  // turnId -> {token, userId}: what proves the user was served that turn
   var scriptSrc = document.currentScript && document.currentScript.src;
   if (scriptSrc) { config.endpoint = scriptSrc.replace(/\/widget\.js.*$/, ""); }
 
@@ -34,9 +40,21 @@
     return e;
   }
 
+  function setToken(turnId, feedbackToken, userId) {
+    tokens[turnId] = { token: feedbackToken, userId: userId || null };
+  }
+
+  function withToken(body, turnId) {
+    var t = turnId && tokens[turnId];
+    if (t && t.token) { body.feedback_token = t.token; }
+    if (t && t.userId) { body.user_id = t.userId; }
+    return body;
+  }
+
   function mount(root, opts) {
     config.endpoint = opts.endpoint || config.endpoint;
     config.apiKey = opts.apiKey || config.apiKey;
+    if (opts.feedbackToken || opts.userId) { setToken(opts.turnId, opts.feedbackToken, opts.userId); }
     var state = { thumbs: null, rating: null };
     var box = el("div", { "class": "kaizen-widget", "data-turn-id": opts.turnId });
     var up = el("button", { "type": "button", "class": "kz-up", "aria-label": "thumbs up" }, "\u{1F44D}");
@@ -59,8 +77,7 @@
     up.addEventListener("click", function () { state.thumbs = 1; up.classList.add("kz-on"); down.classList.remove("kz-on"); });
     down.addEventListener("click", function () { state.thumbs = -1; down.classList.add("kz-on"); up.classList.remove("kz-on"); });
     send.addEventListener("click", function () {
-      var body = { turn_id: opts.turnId };
-      if (opts.userId) { body.user_id = opts.userId; }
+      var body = withToken({ turn_id: opts.turnId }, opts.turnId);
       if (state.thumbs !== null) { body.thumbs = state.thumbs; }
       if (state.rating !== null) { body.rating = state.rating; }
       if (comment.value.trim()) { body.comment = comment.value.trim(); }
@@ -77,20 +94,22 @@
   }
 
   function signal(turnId, kind, value, conversationId) {
-    var body = { kind: kind };
+    var body = withToken({ kind: kind }, turnId);
     if (turnId) { body.turn_id = turnId; }
     if (conversationId) { body.conversation_id = conversationId; }
     if (value !== undefined && value !== null) { body.value = value; }
     return post("/v1/signals", body);
   }
 
-  function trackAbandon(conversationId) {
+  // With the widget key a signal must name a turn (and carry its token): pass the
+  // conversation's latest turn. A conversation-only signal needs a server key.
+  function trackAbandon(conversationId, turnId) {
     var done = false;
     global.addEventListener("pagehide", function () {
-      if (!done) { signal(null, "abandon", null, conversationId); }
+      if (!done) { signal(turnId || null, "abandon", null, conversationId); }
     });
-    return { completed: function () { done = true; return signal(null, "completed", null, conversationId); } };
+    return { completed: function () { done = true; return signal(turnId || null, "completed", null, conversationId); } };
   }
 
-  global.KaizenWidget = { mount: mount, signal: signal, trackAbandon: trackAbandon, config: config };
+  global.KaizenWidget = { mount: mount, signal: signal, trackAbandon: trackAbandon, setToken: setToken, config: config };
 })(window);
