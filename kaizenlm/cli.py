@@ -38,7 +38,7 @@ COMMANDS: dict[str, str] = {
     "review": "kaizenlm.review.cli:REVIEW",
     "annotate": "kaizenlm.annotate.cli:ANNOTATE",
     "demo": "kaizenlm.demo.cli:DEMO",
-    "base": "kaizenlm.demo.cli:BASE",
+    "base": "kaizenlm.base.cli:BASE",
     "dashboard": "kaizenlm.dashboard.cli:DASHBOARD",
 }
 

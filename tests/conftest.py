@@ -30,6 +30,9 @@ def kaizen_env(tmp_path, monkeypatch) -> dict[str, str]:
         "KAIZEN_GATEWAY_PORT": str(free_port()),
         "KAIZEN_CONTROLLER_PORT": str(free_port()),
         "KAIZEN_KAFKA_BOOTSTRAP": "embedded",
+        # No test controller converts and registers the embedded SmolLM2 at start (~1 GB and a minute
+        # each); tests that need a champion register their own model, and test_base.py tests this step.
+        "KAIZEN_REGISTER_BASE": "false",
         "HF_HUB_OFFLINE": "1",
     }
     for k, v in env.items():

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kaizenlm.config import BaseModelConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig
+from tiny_base import TinyBaseConfig
 
-TINY_BASE = BaseModelConfig(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+from kaizenlm.config import LoraDPOConfig, LoraSFTConfig, RetrainConfig
+
+TINY_BASE = TinyBaseConfig(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                             max_position=64, steps=4, batch_size=8, warmup_steps=1, rows_per_skill=20)
 FAST_RUN = RetrainConfig(seed=0, cpu_threads=2, keep_checkpoints=5)
 
 
 def build_tiny_base(out_dir: Path) -> Path:
-    from kaizenlm.demo.tiny_base import build_base
+    from tiny_base import build_base
 
     build_base(out_dir, TINY_BASE, seed=0)
     return out_dir

@@ -26,7 +26,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from kaizenlm.demo.tiny_base import train_tokenizer
+    from tiny_base import train_tokenizer
 
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(CORPUS * 4, vocab_size=300)

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kaizenlm import cli
 from kaizenlm.demo.domain import build_domain
-from kaizenlm.demo.tiny_base import base_training_rows, encode_chat
+from tiny_base import base_training_rows, encode_chat
 from kaizenlm.retrain.training import is_embedded_base
 
 pytestmark = pytest.mark.integration  # trains the tiny base model

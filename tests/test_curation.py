@@ -340,8 +340,8 @@ def test_select_sft_takes_rewarded_answers_and_corrections(env):
     assert steps["reward"]["params"]["sft_min_reward"] == 0.5
     # the chain of counts is consistent, and every step names its parameters
     chain = funnel.steps["sft"]
-    assert [s["step"] for s in chain] == ["reward", "quality", "decontaminate", "exact_dedup", "near_dedup",
-                                          "per_user_cap", "topic_balance"]
+    assert [s["step"] for s in chain] == ["reward", "correction_agreement", "quality", "decontaminate", "exact_dedup",
+                                          "near_dedup", "per_user_correction_cap", "per_user_cap", "topic_balance"]
     assert chain[-1]["out"] == len(sft)
     for a, b in zip(chain, chain[1:], strict=False):
         assert a["out"] == b["in"] and "params" in b

@@ -257,6 +257,12 @@ def test_feedback_explorer_filters_and_reads_conversations(seeded):
     shown = texts(at.markdown)
     assert f"Correction: **{CORRECTION}**" in shown
     assert "How long is the refund window? (3)" in shown
+    # The per-user anomaly report (GET /admin/v1/user_anomalies): the one correcting user, not flagged.
+    users = frame(at, "user", "corrected", "correction rate", "flags")
+    assert users.to_dict("records") == [{"user": "user-3", "flags": "", "turns": 2, "corrected": 1,
+                                         "correction rate": 0.5, "same correction": 1,
+                                         "most repeated": "", "burst": users["burst"].iat[0]}]
+    assert "0 flagged" in texts(at.caption)
 
 
 def test_jobs_page_shows_the_schedule(seeded, dash_stack):

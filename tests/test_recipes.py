@@ -12,6 +12,7 @@ import torch
 from retrain_helpers import FAST_RUN, build_tiny_base, dpo_cfg, sft_cfg
 from safetensors.torch import load_file, save_file
 
+from kaizenlm.base.embedded import EMBEDDED_NAME
 from kaizenlm.config import LoraDPOConfig, LoraSFTConfig
 from kaizenlm.demo.domain import build_domain
 from kaizenlm.retrain import lora_dpo, lora_sft
@@ -154,19 +155,20 @@ def test_nan_loss_stops_the_run_with_a_clear_message(base_dir, domain, tmp_path)
     assert "became nan" in (tmp_path / "run" / "train.log").read_text()
 
 
-def test_tiny_overrides_apply_only_to_untouched_keys_of_the_embedded_base(base_dir, tmp_path):
-    cfg = lora_sft.resolve_config(LoraSFTConfig(), base_dir)
-    assert cfg.learning_rate == lora_sft.TINY_OVERRIDES["learning_rate"]
+def test_embedded_overrides_apply_only_to_untouched_keys_of_the_embedded_base(base_dir, tmp_path):
+    embedded = tmp_path / "embedded-copy"
+    shutil.copytree(base_dir, embedded)
+    (embedded / "kaizen_base.json").write_text(json.dumps({"name": EMBEDDED_NAME}))  # what convert_embedded writes
+    cfg = lora_sft.resolve_config(LoraSFTConfig(), embedded)
+    assert cfg.learning_rate == lora_sft.EMBEDDED_OVERRIDES["learning_rate"] != LoraSFTConfig().learning_rate
     assert cfg.target_modules == lora_sft.ALL_LINEAR
-    mine = lora_sft.resolve_config(LoraSFTConfig(learning_rate=1e-4), base_dir)
-    assert mine.learning_rate == 1e-4 and mine.epochs == lora_sft.TINY_OVERRIDES["epochs"]
-    real = tmp_path / "some-hf-model"
-    real.mkdir()
-    assert lora_sft.resolve_config(LoraSFTConfig(), real) == LoraSFTConfig()  # real models keep the defaults
+    mine = lora_sft.resolve_config(LoraSFTConfig(learning_rate=1e-4), embedded)
+    assert mine.learning_rate == 1e-4 and mine.max_length == lora_sft.EMBEDDED_OVERRIDES["max_length"]
+    assert lora_sft.resolve_config(LoraSFTConfig(), base_dir) == LoraSFTConfig()  # any other model: the defaults
     assert LoraSFTConfig().target_modules == ["q_proj", "v_proj"] and LoraSFTConfig().learning_rate == 3e-5
-    dpo = lora_dpo.resolve_config(LoraDPOConfig(), base_dir)
-    assert dpo.sft_loss_weight == 1.0 and lora_dpo.resolve_config(LoraDPOConfig(), real) == LoraDPOConfig()
-    assert cfg.anchor_weight == dpo.anchor_weight == 5.0  # the KL anchor: on for the embedded base only
+    dpo = lora_dpo.resolve_config(LoraDPOConfig(), embedded)
+    assert dpo.sft_loss_weight == 1.0 and lora_dpo.resolve_config(LoraDPOConfig(), base_dir) == LoraDPOConfig()
+    assert cfg.anchor_weight == lora_sft.EMBEDDED_OVERRIDES.get("anchor_weight", 0.0)
     assert LoraSFTConfig().anchor_weight == LoraDPOConfig().anchor_weight == 0.0
 
 

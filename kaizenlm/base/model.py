@@ -7,6 +7,8 @@ import contextlib
 import json
 from pathlib import Path
 
+EMBEDDED_MARKER = "kaizen_base.json"  # written next to the weights by kaizenlm.base.embedded.convert_embedded
+
 
 def default_base_dir(cfg) -> Path:
     """Where the embedded base lives unless base.path names another model."""
@@ -16,6 +18,21 @@ def default_base_dir(cfg) -> Path:
 def resolve_base_path(cfg) -> Path:
     """The base model directory every retrain starts from (base.path, or the embedded build)."""
     return default_base_dir(cfg) if cfg.base.path == "embedded" else Path(cfg.base.path).expanduser()
+
+
+def base_marker(path: str | Path) -> dict:
+    """What kaizenlm recorded about a base it built (name, source, content hash); {} for any other model."""
+    marker = Path(path) / EMBEDDED_MARKER
+    if not marker.is_file():
+        return {}
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def is_hf_model_dir(path: str | Path) -> bool:
+    return (Path(path) / "config.json").is_file()
 
 
 def as_messages(prompt: str | list[dict], system: str | None = None) -> list[dict]:

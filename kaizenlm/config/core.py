@@ -158,6 +158,8 @@ class ControllerConfig:
     """Most events the sink writes to DuckDB in one transaction."""
     sink_max_wait_ms: int = 200
     """Longest the sink waits to fill a batch before it writes what it has."""
+    register_base: bool = True
+    """At start, with no champion yet: register the configured base model (converting the embedded one once) as `champion`, so chat is served before any retrain. false: only `kaizen base build`, `kaizen registry register` or the first retrain do."""
 
     def __post_init__(self) -> None:
         _check(1 <= self.port <= 65535, "controller.port", "must be a TCP port (1-65535)")

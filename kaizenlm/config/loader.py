@@ -87,6 +87,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "KAIZEN_BROKER_PORT": ("kafka", "broker_port"),
     "KAIZEN_GATEWAY_PORT": ("gateway", "port"),
     "KAIZEN_CONTROLLER_PORT": ("controller", "port"),
+    "KAIZEN_REGISTER_BASE": ("controller", "register_base"),
+    "KAIZEN_BASE_PATH": ("base", "path"),
     "KAIZEN_INGEST_KEY": ("auth", "ingest_key"),
     "KAIZEN_WIDGET_KEY": ("auth", "widget_key"),
     "KAIZEN_ADMIN_KEY": ("auth", "admin_key"),

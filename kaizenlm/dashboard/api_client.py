@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import httpx
@@ -122,6 +123,12 @@ class ControllerAPI:
         return self.get("/admin/v1/dashboard/low_reward_turns", limit=limit, days=days, max_reward=max_reward,
                         model_version=model_version or None, with_comment=with_comment,
                         with_correction=with_correction, include_unrated=include_unrated, q=q or None)
+
+    def user_anomalies(self, days: int = 30, limit: int = 25) -> dict:
+        """{users, flagged, thresholds, rows: [{user_id, turns, corrected_turns, correction_rate,
+        duplicate_corrections, most_repeated_correction, burst_events, flags}], window}."""
+        since = (datetime.now(UTC) - timedelta(days=days)).isoformat()
+        return self.get("/admin/v1/user_anomalies", since=since, limit=limit)
 
     def conversation(self, conversation_id: str) -> dict:
         """{conversation_id, user_id, turns: [{messages, response, feedback, signals, reward, ...}]}."""

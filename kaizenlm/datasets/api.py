@@ -5,6 +5,8 @@
 - ``GET /admin/v1/datasets``: the registered snapshots, newest first;
 - ``GET /admin/v1/datasets/{snapshot_id}``: one snapshot's manifest (id or unambiguous prefix);
 - ``GET /admin/v1/rewards``: the reward distribution of a window and its calibration report;
+- ``GET /admin/v1/user_anomalies``: the per-user anomaly report of a window (who is flagged
+  and why: correction rate, repeated corrections, bursts; kaizenlm.datasets.integrity);
 - ``POST /admin/v1/forget``: delete a user's data and mark what was built from it (`ForgetBody`).
 
 The controller provides `app.state.db` (its DuckDB connection; each request uses its own
@@ -91,6 +93,15 @@ def reward_report(request: Request, con: Cursor, since: str | None = None, until
     with http_errors():
         return service.reward_report(con, request.app.state.cfg, since=since, until=until, as_of=as_of,
                                      all_data=all_data)
+
+
+@router.get("/admin/v1/user_anomalies")
+def user_anomalies(request: Request, con: Cursor, since: str | None = None, until: str | None = None,
+                   as_of: str | None = None, all_data: bool = Query(False, alias="all"),
+                   limit: int = Query(25, ge=1, le=1000)) -> dict:
+    with http_errors():
+        return service.user_anomalies(con, request.app.state.cfg, since=since, until=until, as_of=as_of,
+                                      all_data=all_data, limit=limit)
 
 
 @router.post("/admin/v1/forget")

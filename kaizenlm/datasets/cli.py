@@ -78,7 +78,26 @@ def _build(args, client) -> int:
     verb = "would write" if args.dry_run else ("reused" if m["reused"] else "wrote")
     print(f"{verb} snapshot {m['snapshot_id']}  ({m['path']})")
     print_summary(m)
+    print_user_report(m.get("user_anomalies"))
     return 0
+
+
+def print_user_report(report: dict | None, shown: int = 10) -> None:
+    """The per-user anomaly report of a build: who is flagged and why, then the heaviest correctors."""
+    if not report:
+        return
+    t = report["thresholds"]
+    action = "their turns are left out" if t["hold_flagged_users"] else "kept (curation.hold_flagged_users = false)"
+    print(f"  users    {report['users']} in the window, {report['flagged']} flagged ({action}; flags: correction "
+          f"rate >= {t['anomaly_correction_rate']} over >= {t['anomaly_min_corrections']} corrections, >= "
+          f"{t['anomaly_duplicate_texts']} identical corrections, >= {t['anomaly_burst_events']} events in "
+          f"{t['anomaly_burst_seconds']} s)")
+    rows = [r for r in report["rows"] if r["flags"] or r["corrected_turns"]][:max(shown, report["flagged"])]
+    if rows:
+        print(f"    {'user':<24} {'turns':>6} {'corrected':>9} {'rate':>5} {'repeats':>7} {'burst':>5}  flags")
+    for r in rows:
+        print(f"    {r['user_id'][:24]:<24} {r['turns']:>6} {r['corrected_turns']:>9} {r['correction_rate']:>5.2f} "
+              f"{r['duplicate_corrections']:>7} {r['burst_events']:>5}  {', '.join(r['flags']) or '-'}")
 
 
 def step_rows(m: dict) -> list[tuple[str, dict]]:

@@ -18,9 +18,12 @@ the distinct texts and then computes the clusters beside the quality and deconta
 checks; the output is the same as with one process.
 
 SFT (`select_sft`): ``reward`` (well-rewarded answers, and user corrections *in place of*
-the answer they correct) -> ``quality`` -> ``decontaminate`` -> ``exact_dedup`` (normalized
-hash of context + target) -> ``near_dedup`` (``max_per_prompt`` per cluster) ->
-``per_user_cap`` -> ``topic_balance``. DPO pairs are mined from the same prepared frame in
+the answer they correct) -> ``correction_agreement`` (corrections other users contradict
+wait for agreement or a reviewer: kaizenlm.datasets.integrity) -> ``quality`` ->
+``decontaminate`` -> ``exact_dedup`` (normalized hash of context + target) -> ``near_dedup``
+(``max_per_prompt`` per cluster) -> ``per_user_correction_cap`` -> ``per_user_cap`` ->
+``topic_balance``. Before all of it, ``flagged_users`` leaves out the turns of users the
+anomaly report flags (kaizenlm.datasets.integrity). DPO pairs are mined from the same prepared frame in
 `kaizenlm.datasets.pairs`; the recency window, the split and the replay mix are steps of
 `kaizenlm.datasets.snapshots.curate`.
 
@@ -103,6 +106,9 @@ class Funnel:
 
     steps: dict[str, list[dict]] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)
+    # The per-user anomaly report (kaizenlm.datasets.integrity.report_summary): shown by a build,
+    # not written into the manifest, which would then name users `kaizen forget` must erase.
+    user_report: dict | None = None
 
     def step(self, output: str, name: str, before: int, after: int, *, params: dict | None = None,
              examples: list[dict] | None = None, **reasons: int) -> None:
@@ -428,12 +434,40 @@ def quality_filter(rows: pd.DataFrame, cfg: CurationConfig, funnel: Funnel) -> p
     return rows[~bad]
 
 
+def hold_back_corrections(rows: pd.DataFrame, cfg: CurationConfig, funnel: Funnel) -> pd.DataFrame:
+    """Step correction_agreement: corrections that other users contradict and too few agree
+    with (``correction_hold``, set by kaizenlm.datasets.integrity.mark_contradicted) wait for
+    agreement or a reviewer instead of becoming targets."""
+    held = (rows["source"] == "correction").to_numpy() & (
+        rows["correction_hold"].notna().to_numpy() if "correction_hold" in rows else np.zeros(len(rows), dtype=bool))
+    funnel.step("sft", "correction_agreement", len(rows), int((~held).sum()),
+                params={"correction_min_agreement": cfg.correction_min_agreement},
+                examples=examples_of(rows[held], "contradicted_by_other_users", "target"),
+                contradicted_by_other_users=int(held.sum()))
+    return rows[~held]
+
+
+def cap_user_corrections(rows: pd.DataFrame, cfg: CurationConfig, funnel: Funnel) -> pd.DataFrame:
+    """Step per_user_correction_cap: at most ``max_corrections_per_user`` correction targets per
+    user (rows arrive best first; other sources are not counted here)."""
+    is_corr = (rows["source"] == "correction").to_numpy()
+    rank = rows[is_corr].groupby("user_id", sort=False).cumcount().to_numpy()
+    keep = np.ones(len(rows), dtype=bool)
+    keep[np.flatnonzero(is_corr)] = rank < cfg.max_corrections_per_user
+    funnel.step("sft", "per_user_correction_cap", len(rows), int(keep.sum()),
+                params={"max_corrections_per_user": cfg.max_corrections_per_user},
+                examples=examples_of(rows[~keep], "user_corrections_over_cap", "target"),
+                user_corrections_over_cap=int((~keep).sum()))
+    return rows[keep]
+
+
 def select_sft(frame: pd.DataFrame, cfg: CurationConfig, funnel: Funnel) -> pd.DataFrame:
     """SFT examples from a `prepare`d frame: one row per example with ``target`` (the text to
     learn), ``source`` (feedback: a well-rewarded answer; correction: the user's correction)
     and ``reward`` (of the target: the turn's reward, or GOLD_REWARD for a correction).
     """
     rows = sft_targets(frame, cfg, funnel)
+    rows = hold_back_corrections(rows, cfg, funnel)
     rows = quality_filter(rows, cfg, funnel)
     rows = drop_contaminated(rows, "sft", funnel, threshold=cfg.decontam_threshold)
 
@@ -449,6 +483,7 @@ def select_sft(frame: pd.DataFrame, cfg: CurationConfig, funnel: Funnel) -> pd.D
     rows = capped(rows, "sft", funnel, "near_dedup", "cluster", cfg.max_per_prompt, "near_duplicate", "prompt",
                   params={"method": "MinHash LSH over character 5-grams of the context, exact Jaccard verified",
                           "dedup_threshold": cfg.dedup_threshold, "max_per_prompt": cfg.max_per_prompt})
+    rows = cap_user_corrections(rows, cfg, funnel)
     rows = capped(rows, "sft", funnel, "per_user_cap", "user_id", cfg.max_per_user, "user_over_cap", "target",
                   params={"max_per_user": cfg.max_per_user})
     rows = balance_topics(rows, "sft", funnel, cfg.topic_balance_ratio, "target")

@@ -20,8 +20,10 @@ Then the steps: ``margin`` (chosen reward - rejected reward >= ``pair_margin``; 
 nobody reacted to counts as 0 here, so a lone regenerate at its default weight of -0.4 makes
 a pair at the default margin of 0.4), ``decontaminate``, ``dedup`` (the same context, chosen
 and rejected text once; the most specific source wins: correction, regenerate, ab_variant,
-rating), ``per_prompt_cap`` (``max_pairs_per_prompt`` per near-duplicate cluster) and
-``topic_balance``.
+rating), ``per_prompt_cap`` (``max_pairs_per_prompt`` per near-duplicate cluster),
+``per_user_cap`` (``max_pairs_per_user`` per user of the chosen answer's turn) and
+``topic_balance``. Corrections held back for want of agreement (kaizenlm.datasets.integrity)
+make no pairs.
 """
 
 from __future__ import annotations
@@ -79,8 +81,10 @@ def _narrow(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def correction_pairs(frame: pd.DataFrame) -> pd.DataFrame:
-    """chosen = a valid user correction, rejected = the answer it corrects."""
-    rows = frame[frame["correction_issue"].isna().to_numpy() & _answered(frame)]
+    """chosen = a valid user correction that is not held back (kaizenlm.datasets.integrity),
+    rejected = the answer it corrects."""
+    held = frame["correction_hold"].notna().to_numpy() if "correction_hold" in frame else np.zeros(len(frame), bool)
+    rows = frame[frame["correction_issue"].isna().to_numpy() & _answered(frame) & ~held]
     return _pairs(rows, rows, "correction", chosen_text="correction", chosen_reward=GOLD_REWARD) if len(rows) else _empty()
 
 
@@ -189,7 +193,7 @@ def rating_pairs(frame: pd.DataFrame) -> pd.DataFrame:
 # out first makes each of the miners' filters, sorts and joins copy about half the columns.
 MINED_COLUMNS = ["turn_id", "conversation_id", "context_key", "cluster", "user_id", "topic", "experiment_id",
                  "variant", "model_version", "ts", "messages", "prompt", "response", "correction", "reward",
-                 "has_explicit", "n_regenerate", "response_issue", "correction_issue", "contaminated"]
+                 "has_explicit", "n_regenerate", "response_issue", "correction_issue", "correction_hold", "contaminated"]
 
 
 MINERS = {"correction": correction_pairs, "regenerate": regenerate_pairs, "ab_variant": ab_variant_pairs,
@@ -253,6 +257,8 @@ def build_pairs(frame: pd.DataFrame, cfg: CurationConfig, funnel: Funnel,
                            "priority": list(PAIR_SOURCES)})
     pairs = capped(pairs, "dpo", funnel, "per_prompt_cap", "cluster", cfg.max_pairs_per_prompt, "cluster_over_cap",
                    "prompt", "_ids", params={"max_pairs_per_prompt": cfg.max_pairs_per_prompt})
+    pairs = capped(pairs, "dpo", funnel, "per_user_cap", "user_id", cfg.max_pairs_per_user, "user_over_cap",
+                   "chosen", "_ids", params={"max_pairs_per_user": cfg.max_pairs_per_user, "user": "chosen turn's"})
     pairs = balance_topics(pairs, "dpo", funnel, cfg.topic_balance_ratio, "chosen", "_ids")
     pairs = pairs.assign(pair_id=[digest(s, c, r) for s, c, r in
                                   zip(pairs["source"].tolist(), pairs["chosen_turn_id"].tolist(),

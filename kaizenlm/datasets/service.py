@@ -15,6 +15,7 @@ import duckdb
 import orjson
 
 from kaizenlm.config import Config, ConfigError, CurationConfig
+from kaizenlm.datasets import integrity
 from kaizenlm.datasets import snapshots as datasets
 from kaizenlm.datasets.decontam import load_holdout
 from kaizenlm.feedback import rewards
@@ -42,11 +43,14 @@ def _curation_with(cfg: Config, overrides: dict | None) -> Config:
 
 def build(con: duckdb.DuckDBPyConnection, cfg: Config, *, since: str | None = None, until: str | None = None,
           as_of: str | None = None, all_data: bool = False, holdout: list[str] | None = None,
-          replay: str | None = None, dry_run: bool = False, curation_overrides: dict | None = None) -> dict:
+          replay: str | None = None, dry_run: bool = False, curation_overrides: dict | None = None,
+          accepted_corrections: list[str] | None = None) -> dict:
     """Curate a window and write (or reuse) its snapshot. ``holdout``: files of held-out texts
     (added to curation.holdout_path); ``replay``: a JSONL file of general examples (default:
     curation.replay_path; with neither, no replay rows). Paths are on this machine.
-    Returns the manifest plus ``path``, ``reused`` and ``dry_run``."""
+    ``accepted_corrections``: turn ids whose correction a reviewer accepted (kaizenlm.datasets.integrity).
+    Returns the manifest plus ``path``, ``reused``, ``dry_run`` and ``user_anomalies`` (the
+    per-user report, kaizenlm.datasets.integrity.report_summary; not stored in the manifest)."""
     cfg = _curation_with(cfg, curation_overrides)
     window = datasets.default_window(cfg.curation, since=since, until=until, as_of=as_of, all_data=all_data)
     holdout_files = ([cfg.curation.holdout_path] if cfg.curation.holdout_path else []) + list(holdout or [])
@@ -56,8 +60,20 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, *, since: str | None = No
     sources = {"holdout_files": [str(Path(f).expanduser()) for f in holdout_files], "holdout_texts": len(texts),
                "replay_file": str(Path(replay_file).expanduser()) if replay_file else ""}
     snap = datasets.build_snapshot(con, cfg, window, holdout=texts, replay=replay_rows,
-                                   replay_source=sources["replay_file"], dry_run=dry_run, sources=sources)
-    return {**snap.manifest, "path": str(snap.path), "reused": snap.reused, "dry_run": dry_run}
+                                   replay_source=sources["replay_file"], dry_run=dry_run, sources=sources,
+                                   accepted_corrections=accepted_corrections or ())
+    return {**snap.manifest, "path": str(snap.path), "reused": snap.reused, "dry_run": dry_run,
+            "user_anomalies": snap.user_report}
+
+
+def user_anomalies(con: duckdb.DuckDBPyConnection, cfg: Config, *, since: str | None = None,
+                   until: str | None = None, as_of: str | None = None, all_data: bool = False,
+                   limit: int = 25) -> dict:
+    """The per-user anomaly report of a window (correction rate, repeated corrections, bursts;
+    who is flagged and why), as a dataset build would compute it."""
+    window = datasets.default_window(cfg.curation, since=since, until=until, as_of=as_of, all_data=all_data)
+    report = integrity.user_report(con, window, cfg.curation)
+    return {**integrity.report_summary(report, cfg.curation, limit), "window": window.to_json()}
 
 
 def _summary(row: dict) -> dict:

@@ -26,6 +26,8 @@ A snapshot is a directory ``<home>/snapshots/<snapshot_id>/``::
   DuckDB); the snapshot is byte for byte the same as with one process.
 - Written atomically (a temporary directory renamed into place), checked by `verify`,
   and catalogued in the DuckDB table ``dataset_snapshots``.
+- On disk (kaizenlm.datasets.snapshot_store, re-exported here): hashes, manifests, `verify`,
+  `open_snapshot`, `snapshots_with_turns`, the forget marks.
 - Right to be forgotten: `mark_forgotten` marks a snapshot that holds a forgotten user's
   turns (``forgotten.json`` next to the manifest, and the manifest copy in DuckDB);
   `open_snapshot` refuses a marked snapshot (docs/DATASETS.md).
@@ -47,7 +49,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,19 +59,36 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import kaizenlm
 from kaizenlm.config import Config, CurationConfig
-from kaizenlm.datasets import curation, pairs
+from kaizenlm.datasets import curation, integrity, pairs
 from kaizenlm.datasets.curation import Funnel, contaminated, digest, scrub_pii
 from kaizenlm.datasets.parallel import beside
+from kaizenlm.datasets.snapshot_store import (  # re-exported: callers read snapshots through this module
+    FORMAT_VERSION,
+    REDACTED,
+    TABLES,
+    TURN_COLUMNS,
+    SnapshotError,
+    _file_sha256,
+    _fsync_dir,
+    _write_json,
+    content_hash,
+    dpo_records,
+    list_snapshots,
+    mark_forgotten,
+    open_snapshot,
+    read_manifest,
+    resolve,
+    sft_records,
+    snapshots_with_turns,
+    table_hash,
+    verify,
+)
 from kaizenlm.feedback import rewards
 from kaizenlm.feedback.rewards import Window
-
-FORMAT_VERSION = 1
-TABLES = ("sft_train", "sft_eval", "dpo_train", "dpo_eval")
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SFT_SCHEMA = pa.schema([
@@ -89,8 +108,10 @@ SCHEMAS = {"sft_train": SFT_SCHEMA, "sft_eval": SFT_SCHEMA, "dpo_train": DPO_SCH
 ID_COLUMN = {"sft_train": "example_id", "sft_eval": "example_id", "dpo_train": "pair_id", "dpo_eval": "pair_id"}
 
 
-class SnapshotError(ValueError):
-    """A snapshot is missing, incomplete or does not match its manifest."""
+__all__ = ["DPO_SCHEMA", "FORMAT_VERSION", "REDACTED", "SFT_SCHEMA", "TABLES", "TURN_COLUMNS", "Snapshot", "SnapshotError",
+           "build_snapshot", "content_hash", "curate", "default_window", "dpo_records", "list_snapshots", "load_replay",
+           "mark_forgotten", "open_snapshot", "read_manifest", "replay_count", "resolve", "sft_records",
+           "snapshots_with_turns", "split", "table_hash", "verify"]
 
 
 @dataclass
@@ -100,6 +121,7 @@ class Snapshot:
     path: Path
     manifest: dict
     reused: bool = False
+    user_report: dict | None = None  # kaizenlm.datasets.integrity.report_summary of the build (not stored)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -275,30 +297,6 @@ def _table(rows: pd.DataFrame, name: str) -> pa.Table:
     return pa.table(data, schema=schema)
 
 
-def table_hash(table: pa.Table) -> str:
-    """SHA-256 over a table's rows in a canonical form (sorted keys, ISO timestamps, rows in
-    id order): independent of Parquet writer versions and compression."""
-    h = hashlib.sha256()
-    h.update(orjson.dumps(table.schema.names))
-    for batch in table.to_batches(max_chunksize=10_000):
-        for row in batch.to_pylist():
-            h.update(orjson.dumps(row, option=orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z))
-            h.update(b"\n")
-    return h.hexdigest()
-
-
-def content_hash(table_hashes: dict[str, str]) -> str:
-    return hashlib.sha256(orjson.dumps({"format": FORMAT_VERSION, "tables": table_hashes},
-                                       option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 # ---------------------------------------------------------------------------------------------
 # Build
@@ -315,13 +313,15 @@ def default_window(cfg: CurationConfig, since=None, until=None, as_of=None, all_
 
 def curate(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, holdout: Sequence[str] = (),
            replay: Sequence[dict] | None = None, replay_holdout: Sequence[str] = (),
-           replay_source: str = "given") -> tuple[dict[str, pa.Table], Funnel]:
+           replay_source: str = "given", accepted_corrections: Collection[str] = ()) -> tuple[dict[str, pa.Table], Funnel]:
     """Run the whole curation for a window: the four tables of a snapshot and the funnel.
 
     ``replay`` None means the file ``curation.replay_path`` names (no replay rows when it is
-    empty); ``replay_holdout`` are further texts replay rows must not contain."""
+    empty); ``replay_holdout`` are further texts replay rows must not contain;
+    ``accepted_corrections`` are turn ids whose correction a reviewer accepted (they skip the
+    agreement and flagged-user checks of kaizenlm.datasets.integrity)."""
     with _gc_paused():
-        return _curate(con, cfg, window, holdout, replay, replay_holdout, replay_source)
+        return _curate(con, cfg, window, holdout, replay, replay_holdout, replay_source, frozenset(accepted_corrections))
 
 
 @contextlib.contextmanager
@@ -341,7 +341,7 @@ def _gc_paused() -> Iterator[None]:
 
 def _curate(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, holdout: Sequence[str],
             replay: Sequence[dict] | None, replay_holdout: Sequence[str],
-            replay_source: str) -> tuple[dict[str, pa.Table], Funnel]:
+            replay_source: str, accepted_corrections: frozenset[str]) -> tuple[dict[str, pa.Table], Funnel]:
     ccfg = cfg.curation
     if replay is None:  # the configured file, or none
         replay_source = str(Path(ccfg.replay_path).expanduser()) if ccfg.replay_path else ""
@@ -353,7 +353,13 @@ def _curate(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, holdout
                 params={**window.to_json(), "window_days": ccfg.window_days}, outside_window=ingested - len(frame))
     funnel.notes["turns"] = len(frame)
     funnel.notes["reward_calibration"] = rewards.calibration(frame, cfg.rewards)  # implicit vs explicit, this window
+    report = integrity.user_report(con, window, ccfg)  # who sent what: corrections, repeats, bursts
+    funnel.user_report = integrity.report_summary(report, ccfg)
+    funnel.notes["users"] = {"users": funnel.user_report["users"], "flagged": funnel.user_report["flagged"],
+                             "accepted_corrections": len(accepted_corrections)}
+    frame = integrity.drop_flagged_users(frame, report, ccfg, accepted_corrections, funnel)
     frame = curation.prepare(frame, ccfg, holdout, funnel)
+    frame = integrity.mark_contradicted(frame, ccfg, accepted_corrections, funnel)
     # Pair mining, the costliest pair step, on the second core beside SFT selection; SFT
     # selection costs about as much as three of the four sources, so this process mines the fourth.
     mining = beside(ccfg.processes, pairs.mine_sources, frame, ccfg, pairs.PAIR_SOURCES[:3])
@@ -404,13 +410,14 @@ def code_version() -> dict:
 def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, *, holdout: Sequence[str] = (),
                    replay: Sequence[dict] | None = None, replay_source: str = "given",
                    replay_holdout: Sequence[str] = (), root: Path | None = None,
-                   dry_run: bool = False, sources: dict | None = None) -> Snapshot:
+                   dry_run: bool = False, sources: dict | None = None,
+                   accepted_corrections: Collection[str] = ()) -> Snapshot:
     """Curate the window and write (or reuse) its snapshot under ``root`` (default:
     cfg.snapshots_dir). ``replay`` None: curation.replay_path's rows, if any. With dry_run nothing
-    is written; the Snapshot's path does not exist."""
+    is written; the Snapshot's path does not exist. ``accepted_corrections``: see `curate`."""
     if window.as_of is None:
         window = Window(window.since, window.until, datetime.now(UTC))
-    tables, funnel = curate(con, cfg, window, holdout, replay, replay_holdout, replay_source)
+    tables, funnel = curate(con, cfg, window, holdout, replay, replay_holdout, replay_source, accepted_corrections)
     hashes = {name: table_hash(t) for name, t in tables.items()}
     chash = content_hash(hashes)
     snapshot_id = f"ds-{chash[:16]}"
@@ -442,11 +449,11 @@ def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, 
         "warnings": warnings,
     }
     if dry_run:
-        return Snapshot(snapshot_id, chash, final, manifest)
+        return Snapshot(snapshot_id, chash, final, manifest, user_report=funnel.user_report)
     if (final / "manifest.json").is_file():
         existing = read_manifest(final)
         _record(con, existing, final)
-        return Snapshot(snapshot_id, chash, final, existing, reused=True)
+        return Snapshot(snapshot_id, chash, final, existing, reused=True, user_report=funnel.user_report)
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{snapshot_id}-{uuid.uuid4().hex[:8]}"
@@ -467,32 +474,18 @@ def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, 
             shutil.rmtree(tmp, ignore_errors=True)
             manifest = read_manifest(final)
             _record(con, manifest, final)
-            return Snapshot(snapshot_id, chash, final, manifest, reused=True)
+            return Snapshot(snapshot_id, chash, final, manifest, reused=True, user_report=funnel.user_report)
         _fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _record(con, manifest, final)
-    return Snapshot(snapshot_id, chash, final, manifest)
+    return Snapshot(snapshot_id, chash, final, manifest, user_report=funnel.user_report)
 
 
 def _as_dict(section) -> dict:
     return dict(vars(section))
 
-
-def _write_json(path: Path, data: dict) -> None:
-    with open(path, "wb") as f:
-        f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _record(con: duckdb.DuckDBPyConnection, manifest: dict, path: Path) -> None:
@@ -505,165 +498,3 @@ def _record(con: duckdb.DuckDBPyConnection, manifest: dict, path: Path) -> None:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Read
-
-
-def read_manifest(path: Path) -> dict:
-    try:
-        return orjson.loads((Path(path) / "manifest.json").read_bytes())
-    except FileNotFoundError:
-        raise SnapshotError(f"{path} is not a snapshot (no manifest.json)") from None
-    except orjson.JSONDecodeError as e:
-        raise SnapshotError(f"{path}/manifest.json is not valid JSON: {e}") from None
-
-
-def list_snapshots(root: Path) -> list[dict]:
-    """Manifests of the snapshots under root, newest first (reads the files, not DuckDB, so it
-    works while the controller holds the database)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    out = []
-    for d in root.iterdir():
-        if d.is_dir() and d.name.startswith("ds-") and (d / "manifest.json").is_file():
-            try:
-                out.append(read_manifest(d))
-            except SnapshotError:
-                continue
-    return sorted(out, key=lambda m: (m.get("created_at", ""), m["snapshot_id"]), reverse=True)
-
-
-def resolve(root: Path, snapshot_id: str) -> Path:
-    """The directory of a snapshot, by full id or unambiguous prefix (with or without 'ds-')."""
-    root = Path(root)
-    wanted = snapshot_id if snapshot_id.startswith("ds-") else f"ds-{snapshot_id}"
-    if (root / wanted / "manifest.json").is_file():
-        return root / wanted
-    matches = sorted(d for d in root.glob(f"{wanted}*") if (d / "manifest.json").is_file()) if root.is_dir() else []
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise SnapshotError(f"no snapshot {snapshot_id} under {root}")
-    raise SnapshotError(f"{snapshot_id} is ambiguous: " + ", ".join(m.name for m in matches))
-
-
-def verify(path: Path) -> list[str]:
-    """Problems of a snapshot directory (empty list: intact): missing or changed files,
-    rows that no longer match the manifest's hashes."""
-    path = Path(path)
-    manifest = read_manifest(path)
-    problems = []
-    table_hashes = {}
-    for name in TABLES:
-        file = path / f"{name}.parquet"
-        meta = manifest.get("files", {}).get(file.name)
-        if not file.is_file():
-            problems.append(f"{file.name}: missing")
-            continue
-        if meta and _file_sha256(file) != meta["sha256"]:
-            problems.append(f"{file.name}: file checksum differs from the manifest")
-        try:
-            table = pq.read_table(file)
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            problems.append(f"{file.name}: unreadable ({e})")
-            continue
-        table_hashes[name] = table_hash(table)
-        expected = manifest["tables"][name]
-        if table.num_rows != expected["rows"]:
-            problems.append(f"{file.name}: {table.num_rows} rows, manifest says {expected['rows']}")
-        if table_hashes[name] != expected["data_hash"]:
-            problems.append(f"{file.name}: data hash differs from the manifest")
-    if len(table_hashes) == len(TABLES) and content_hash(table_hashes) != manifest["content_hash"]:
-        problems.append("content hash differs from the manifest")
-    return problems
-
-
-def open_snapshot(path: Path, check: bool = True, allow_forgotten: bool = False) -> dict[str, pa.Table]:
-    """The four tables of a snapshot (verified first unless check=False). A snapshot marked by
-    `kaizen forget` is refused unless allow_forgotten: build a new one from the remaining data."""
-    path = Path(path)
-    if not allow_forgotten and read_manifest(path).get("forgotten"):
-        raise SnapshotError(f"snapshot {path.name} holds data of a user who asked to be forgotten; "
-                            "build a new snapshot (`kaizen dataset build`) and train on that")
-    if check:
-        problems = verify(path)
-        if problems:
-            raise SnapshotError(f"snapshot {path.name} is damaged: " + "; ".join(problems))
-    return {name: pq.read_table(path / f"{name}.parquet") for name in TABLES}
-
-
-TURN_COLUMNS = {"sft_train": ("turn_id",), "sft_eval": ("turn_id",),
-                "dpo_train": ("chosen_turn_id", "rejected_turn_id"), "dpo_eval": ("chosen_turn_id", "rejected_turn_id")}
-
-
-def snapshots_with_turns(root: Path, turn_ids: Iterable[str]) -> list[str]:
-    """Ids of the snapshots under root that hold any of these turns (e.g. the turns of a user
-    who asked to be forgotten: the registry's `mark_tainted` takes these ids)."""
-    wanted = pa.array(sorted(set(turn_ids)), type=pa.string())
-    if not len(wanted):
-        return []
-    hits = []
-    for manifest in list_snapshots(root):
-        path = Path(root) / manifest["snapshot_id"]
-        for name, columns in TURN_COLUMNS.items():
-            table = pq.read_table(path / f"{name}.parquet", columns=list(columns))
-            if any(pc.any(pc.is_in(table.column(c), value_set=wanted)).as_py() for c in columns):
-                hits.append(manifest["snapshot_id"])
-                break
-    return sorted(hits)
-
-
-def sft_records(table: pa.Table) -> Iterator[dict]:
-    """TRL conversational SFT rows: {"messages": prompt messages + [assistant answer]}.
-
-    (The Parquet rows themselves, {prompt: messages, response}, are what
-    kaizenlm.retrain.lora_sft reads as prompt/completion data.)"""
-    for row in table.select(["prompt", "response"]).to_pylist():
-        yield {"messages": [*row["prompt"], {"role": "assistant", "content": row["response"]}]}
-
-
-def dpo_records(table: pa.Table) -> Iterator[dict]:
-    """TRL conversational preference rows: {"prompt": context, "chosen": [...], "rejected": [...]}."""
-    for row in table.select(["prompt", "chosen", "rejected"]).to_pylist():
-        yield {
-            "prompt": row["prompt"],
-            "chosen": [{"role": "assistant", "content": row["chosen"]}],
-            "rejected": [{"role": "assistant", "content": row["rejected"]}],
-        }
-
-
-REDACTED = "<forgotten>"
-
-
-def _redact_examples(manifest: dict, turn_ids: set[str]) -> int:
-    """Blank the funnel examples that quote any of these turns; returns how many."""
-    n = 0
-    for steps in manifest.get("curation", {}).get("steps", {}).values():
-        for step in steps:
-            for example in step.get("examples", []):
-                if set(str(example.get("id", "")).split(">")) & turn_ids:
-                    example["text"] = REDACTED
-                    n += 1
-    return n
-
-
-def mark_forgotten(con: duckdb.DuckDBPyConnection, root: Path, snapshot_ids: Iterable[str], subject: str,
-                   turn_ids: Iterable[str]) -> list[str]:
-    """Mark snapshots as holding a forgotten user's data: append {subject, at} to the
-    manifest's ``forgotten`` list (on disk and in ``dataset_snapshots``) and blank the funnel
-    examples that quote the user's turns. ``subject`` is a hash, never the user id itself."""
-    turn_ids = set(turn_ids)
-    marked = []
-    for snapshot_id in sorted(set(snapshot_ids)):
-        path = Path(root) / snapshot_id
-        manifest = read_manifest(path)
-        manifest.setdefault("forgotten", []).append({"subject": subject, "at": datetime.now(UTC).isoformat()})
-        _redact_examples(manifest, turn_ids)
-        tmp = path / f".manifest-{uuid.uuid4().hex[:8]}.json"
-        _write_json(tmp, manifest)
-        os.replace(tmp, path / "manifest.json")
-        con.execute("UPDATE dataset_snapshots SET manifest = ? WHERE snapshot_id = ?",
-                    [orjson.dumps(manifest).decode(), snapshot_id])
-        marked.append(snapshot_id)
-    return marked

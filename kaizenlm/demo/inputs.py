@@ -1,32 +1,37 @@
-"""The demo's data inputs, as files a deployment would configure: its evaluation suite
-(`[eval] suite_path`) and its general rows for replay and the KL anchor (`[curation] replay_path`).
-Nothing outside the demo builds these: a deployment brings its own (docs/TRAINING.md)."""
+"""The demo's evaluation suite, as a file a deployment would configure (`[eval] suite_path`):
+its domain exam (held-out phrasings of the 48 facts, each with the fact's value as the string
+an answer must state), the shipped multiple-choice general questions (kaizenlm/base/data) for
+retention, and its out-of-scope questions with the refusal it expects.
+Nothing outside the demo builds this: a deployment brings its own suite or has one built
+from its traffic (docs/TRAINING.md)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from kaizenlm.base.general import choice_suite_rows
 from kaizenlm.demo.domain import Domain, build_domain
-from kaizenlm.demo.general import general_skills, write_general_jsonl
 from kaizenlm.eval.suite import Suite, write_suite
 
 
+def must_include(value: str) -> list[str]:
+    """What an answer must state: the fact's value without a leading article ('an authenticator app')."""
+    words = value.split()
+    return [" ".join(words[1:]) if len(words) > 1 and words[0].lower() in ("a", "an", "the") else value]
+
+
 def demo_suite(seed: int = 0, domain: Domain | None = None) -> Suite:
-    """The domain exam (held-out paraphrases), the held-out general skills and the refusal exam."""
     domain = domain or build_domain(seed)
-    _, heldout = general_skills(seed, domain=domain)
+    by_answer = {f.answer: f for f in domain.facts}
     return Suite(
-        domain=[{"prompt": r["prompt"], "reference": r["reference"]} for r in domain.exam_rows()],
-        general=[{"prompt": r["prompt"], "reference": r["response"], "skill": r["skill"]} for r in heldout],
+        domain=[{"prompt": r["prompt"], "reference": r["reference"],
+                 "must_include": must_include(by_answer[r["reference"]].value)} for r in domain.exam_rows()],
+        general=choice_suite_rows(),
         refusal=[{"prompt": r["prompt"], "reference": r["response"]} for r in domain.refusal_rows(exam=True)],
         source=f"kaizenlm.demo (seed {seed})",
     )
 
 
-def write_demo_inputs(folder: Path, seed: int, domain: Domain | None = None) -> tuple[Path, Path]:
-    """Write suite.jsonl and replay.jsonl (the general-skills training rows, with their skill) into folder."""
-    domain = domain or build_domain(seed)
-    train, _ = general_skills(seed, domain=domain)
-    suite_path = write_suite(Path(folder) / "suite.jsonl", demo_suite(seed, domain))
-    replay_path = write_general_jsonl(Path(folder) / "replay.jsonl", train)
-    return suite_path, replay_path
+def write_demo_suite(folder: Path, seed: int, domain: Domain | None = None) -> Path:
+    """Write suite.jsonl into folder; returns its path."""
+    return write_suite(Path(folder) / "suite.jsonl", demo_suite(seed, domain))

@@ -81,7 +81,11 @@ def stage_traffic(ctx: DemoContext) -> None:
         for payload in for_widget:  # every turn's batch is in: its token is at hand
             body = {k: v for k, v in payload.items() if k != "ts"}
             body["feedback_token"] = sdk.feedback_token(payload["turn_id"])
-            widget.post("/v1/feedback", json=body).raise_for_status()
+            r = widget.post("/v1/feedback", json=body)
+            while r.status_code == 429:  # one simulated user over gateway.rate_burst_per_user: wait, as a page would
+                time.sleep(float(r.headers.get("retry-after", "1")))
+                r = widget.post("/v1/feedback", json=body)
+            r.raise_for_status()
         via_widget = len(for_widget)
         errors = sdk.errors
     widget.close()

@@ -3,10 +3,13 @@
     evaluate(model, suite, ...) -> metrics          (suite: kaizenlm.eval.suite, data the caller gives)
     gate(candidate_metrics, champion_metrics, cfg) -> (passed, reasons)
 
-Metrics (all in [0, 1] unless said otherwise; greedy decoding, short answers):
-  domain_exact_match / domain_token_f1 / domain_rouge_l   the suite's domain rows vs their references
-  domain_score          = domain_exact_match (what the gate compares)
-  general_score         exact match on the suite's general rows; general_by_skill per skill
+Metrics (all in [0, 1] unless said otherwise; greedy decoding; kaizenlm/eval/metrics.py):
+  domain_score          key facts stated: the reference's numbers, names, codes, addresses (or the row's
+                        must_include) found in the answer, averaged (what the gate compares)
+  domain_exact_match / domain_token_f1 / domain_rouge_l / domain_similarity (all-MiniLM-L6-v2 cosine)
+  general_score         multiple-choice accuracy by log-likelihood on the suite's general rows with
+                        choices (kaizenlm/eval/choices.py), else agreement (token F1) with free-form
+                        references; general_mc_accuracy, general_agreement, general_by_skill
   refusal_rate          share of the suite's refusal rows answered with their refusal
   false_refusal_rate    share of domain questions wrongly refused
   val_perplexity        exp(mean token NLL) of the reference answers (or the given val_rows)
@@ -20,74 +23,27 @@ import logging
 import math
 import os
 import random
-import string
 import time
 from collections import defaultdict
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from kaizenlm.base.generate import generate_answers, prompt_text  # noqa: E402
 from kaizenlm.config import EvalConfig  # noqa: E402
+from kaizenlm.eval.choices import multiple_choice  # noqa: E402
+from kaizenlm.eval.metrics import (  # noqa: E402
+    exact_match,
+    is_refusal,
+    key_fact_score,
+    rouge_l,
+    token_f1,
+)
 from kaizenlm.eval.suite import Suite  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 ModelSpec = str | Path | tuple  # a model directory, or (base directory, adapter directory or None)
-
-# ---------------------------------------------------------------- text metrics
-
-
-def normalize(text: str) -> str:
-    """Lower-case, drop punctuation, collapse whitespace (SQuAD-style, articles kept)."""
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(text.split())
-
-
-def exact_match(prediction: str, reference: str) -> float:
-    return float(normalize(prediction) == normalize(reference))
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """Harmonic mean of token precision and recall (bag of normalized words)."""
-    pred, ref = normalize(prediction).split(), normalize(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    counts: dict[str, int] = defaultdict(int)
-    for t in ref:
-        counts[t] += 1
-    common = 0
-    for t in pred:
-        if counts[t] > 0:
-            common += 1
-            counts[t] -= 1
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F-measure: longest common subsequence of normalized words."""
-    pred, ref = normalize(prediction).split(), normalize(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    prev = [0] * (len(ref) + 1)
-    for p in pred:
-        cur = [0]
-        for j, r in enumerate(ref):
-            cur.append(prev[j] + 1 if p == r else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def is_refusal(answer: str, refusal: str) -> bool:
-    """The answer is the configured refusal (exactly, after normalization)."""
-    return normalize(answer) == normalize(refusal)
-
 
 # ---------------------------------------------------------------- model I/O
 
@@ -102,36 +58,6 @@ def load_for_eval(model: ModelSpec):
     return load_model_and_tokenizer(model)
 
 
-def _prompt_text(tokenizer, prompt: str) -> str:
-    from kaizenlm.base.model import as_messages
-
-    if tokenizer.chat_template is not None:
-        return tokenizer.apply_chat_template(as_messages(prompt), add_generation_prompt=True, tokenize=False)
-    return prompt
-
-
-def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 32) -> list[str]:
-    """Greedy answers, batched with left padding; special tokens and surrounding space removed."""
-    import torch
-
-    answers: list[str] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
-    try:
-        for i in range(0, len(prompts), batch_size):
-            texts = [_prompt_text(tokenizer, p) for p in prompts[i:i + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            width = enc["input_ids"].shape[1]
-            answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
-    finally:
-        tokenizer.padding_side = side
-    return answers
-
-
 def response_logprobs(model, tokenizer, rows: list[dict], batch_size: int = 32) -> list[tuple[float, int]]:
     """(sum of log-probs, token count) of each row's response given its prompt."""
     import torch
@@ -143,7 +69,7 @@ def response_logprobs(model, tokenizer, rows: list[dict], batch_size: int = 32) 
     for i in range(0, len(rows), batch_size):
         seqs, labels = [], []
         for r in rows[i:i + batch_size]:
-            prompt = _prompt_text(tokenizer, r["prompt"])
+            prompt = prompt_text(tokenizer, r["prompt"])
             if tokenizer.chat_template is not None:
                 full = tokenizer.apply_chat_template(
                     as_messages(r["prompt"]) + [{"role": "assistant", "content": r["response"]}], tokenize=False)
@@ -184,9 +110,9 @@ def preference_margin(model, tokenizer, pairs: list[dict]) -> float:
 
 
 def reference_judge(question: str, answer_a: str, answer_b: str, reference: str) -> float:
-    """1.0 if A is closer to the reference, 0.0 if B is, 0.5 for a tie (token F1, then ROUGE-L)."""
-    a = (token_f1(answer_a, reference), rouge_l(answer_a, reference))
-    b = (token_f1(answer_b, reference), rouge_l(answer_b, reference))
+    """1.0 if A is closer to the reference, 0.0 if B is, 0.5 for a tie (key facts, then token F1, then ROUGE-L)."""
+    a = (key_fact_score(answer_a, reference), token_f1(answer_a, reference), rouge_l(answer_a, reference))
+    b = (key_fact_score(answer_b, reference), token_f1(answer_b, reference), rouge_l(answer_b, reference))
     return 1.0 if a > b else 0.0 if b > a else 0.5
 
 
@@ -261,38 +187,66 @@ def evaluate(
     started = time.perf_counter()
     net, tokenizer = loaded or load_for_eval(model)
     exam = suite.domain
-    refusals = suite.refusals()
-    answers = generate_answers(net, tokenizer, [r["prompt"] for r in exam], cfg.max_new_tokens)
-    metrics: dict = {
-        "domain_exact_match": _mean(exact_match(a, r["reference"]) for a, r in zip(answers, exam, strict=True)),
-        "domain_token_f1": _mean(token_f1(a, r["reference"]) for a, r in zip(answers, exam, strict=True)),
-        "domain_rouge_l": _mean(rouge_l(a, r["reference"]) for a, r in zip(answers, exam, strict=True)),
-        "false_refusal_rate": _mean(any(is_refusal(a, text) for text in refusals) for a in answers),
-        "n_exam": len(exam),
-    }
-    metrics["domain_score"] = metrics["domain_exact_match"]
-
-    general_answers = generate_answers(net, tokenizer, [r["prompt"] for r in suite.general], cfg.max_new_tokens)
-    by_skill: dict[str, list[float]] = defaultdict(list)
-    for a, r in zip(general_answers, suite.general, strict=True):
-        by_skill[r.get("skill", "general")].append(exact_match(a, r["reference"]))
-    metrics["general_score"] = _mean(s for scores in by_skill.values() for s in scores)
-    metrics["general_by_skill"] = {k: _mean(v) for k, v in sorted(by_skill.items())}
-    metrics["n_general"] = len(suite.general)
-
+    metrics: dict = _domain_metrics(net, tokenizer, exam, suite.refusals(), cfg)
+    answers = metrics.pop("_answers")
+    metrics.update(_general_metrics(net, tokenizer, suite.general, cfg))
     oos_answers = generate_answers(net, tokenizer, [r["prompt"] for r in suite.refusal], cfg.max_new_tokens)
     metrics["refusal_rate"] = _mean(is_refusal(a, r["reference"]) for a, r in zip(oos_answers, suite.refusal,
                                                                                   strict=True))
     metrics["n_refusal"] = len(oos_answers)
-
     ppl_rows = val_rows or [{"prompt": r["prompt"], "response": r["reference"]} for r in exam]
     metrics["val_perplexity"] = perplexity(net, tokenizer, ppl_rows)
-
     metrics["answers"] = dict(zip([r["prompt"] for r in exam], answers, strict=True))
     if champion is not None and cfg.pairwise_sample > 0:
         metrics.update(_compare_with_champion(champion, exam, answers, cfg, seed))
     metrics["suite"] = suite.source
     metrics["eval_seconds"] = round(time.perf_counter() - started, 1)
+    return metrics
+
+
+def _domain_metrics(net, tokenizer, exam: list[dict], refusals: set[str], cfg: EvalConfig) -> dict:
+    """The domain exam: key facts stated (domain_score, what the gate compares), word overlap,
+    embedding similarity to the reference, and how often a domain question was refused."""
+    answers = generate_answers(net, tokenizer, [r["prompt"] for r in exam], cfg.max_new_tokens)
+    pairs = list(zip(answers, exam, strict=True))
+    metrics = {
+        "domain_score": _mean(key_fact_score(a, r["reference"], r.get("must_include")) for a, r in pairs),
+        "domain_exact_match": _mean(exact_match(a, r["reference"]) for a, r in pairs),
+        "domain_token_f1": _mean(token_f1(a, r["reference"]) for a, r in pairs),
+        "domain_rouge_l": _mean(rouge_l(a, r["reference"]) for a, r in pairs),
+        "false_refusal_rate": _mean(any(is_refusal(a, text) for text in refusals) for a in answers),
+        "n_exam": len(exam),
+        "_answers": answers,
+    }
+    if cfg.similarity and exam:
+        metrics["domain_similarity"] = _mean(similarities(answers, [r["reference"] for r in exam]))
+    return metrics
+
+
+def _general_metrics(net, tokenizer, rows: list[dict], cfg: EvalConfig) -> dict:
+    """General skills: multiple-choice rows by log-likelihood (general_mc_accuracy), free-form rows by
+    agreement with their reference (general_agreement: token F1; for a suite built from the base's
+    own answers, how much of what the base said the model still says). general_score, which the
+    retention gate compares, is the multiple-choice accuracy when the suite has such rows."""
+    mc = [r for r in rows if r.get("choices")]
+    free = [r for r in rows if not r.get("choices")]
+    by_skill: dict[str, list[float]] = defaultdict(list)
+    metrics: dict = {"n_general": len(rows)}
+    if mc:
+        scored = multiple_choice(net, tokenizer, [{**r, "answer": r["choices"].index(r["reference"])} for r in mc])
+        picks = scored["picks_norm"] if cfg.mc_length_normalized else scored["picks"]
+        for pick, r in zip(picks, mc, strict=True):
+            by_skill[r.get("skill", "general")].append(float(r["choices"][pick] == r["reference"]))
+        metrics["general_mc_accuracy"] = scored["acc_norm"] if cfg.mc_length_normalized else scored["acc"]
+    if free:
+        answers = generate_answers(net, tokenizer, [r["prompt"] for r in free], cfg.max_new_tokens)
+        agreement = [token_f1(a, r["reference"]) for a, r in zip(answers, free, strict=True)]
+        if not mc:
+            for score, r in zip(agreement, free, strict=True):
+                by_skill[r.get("skill", "general")].append(score)
+        metrics["general_agreement"] = _mean(agreement)
+    metrics["general_score"] = metrics.get("general_mc_accuracy", metrics.get("general_agreement", 0.0))
+    metrics["general_by_skill"] = {k: _mean(v) for k, v in sorted(by_skill.items())}
     return metrics
 
 
@@ -339,6 +293,15 @@ def gate(candidate: dict, champion: dict | None, cfg: EvalConfig | None = None) 
 def retention(candidate: dict, champion: dict) -> float:
     """Candidate general score as a fraction of the champion's (1.0 = nothing forgotten)."""
     return candidate["general_score"] / champion["general_score"] if champion["general_score"] > 0 else 1.0
+
+
+def similarities(answers: list[str], references: list[str]) -> list[float]:
+    """Cosine similarity of each answer to its reference under all-MiniLM-L6-v2 (knowledge.embed)."""
+    from kaizenlm.knowledge.embed import load_embedder
+
+    embedder = load_embedder()
+    a, b = embedder.encode(answers), embedder.encode(references)
+    return [float(x) for x in (a * b).sum(axis=1)]
 
 
 def _mean(values) -> float:

@@ -2,12 +2,15 @@
 
     {"kind": "domain",  "prompt": "How long is the refund window?", "reference": "30 days.", "must_include": ["30"]}
     {"kind": "general", "prompt": "Reverse the word cat.", "reference": "tac", "skill": "reverse"}
+    {"kind": "general", "prompt": "What is the capital of France?", "reference": "Paris",
+     "choices": ["Lyon", "Paris", "Berlin", "Madrid"]}
     {"kind": "refusal", "prompt": "What is the weather in Paris?", "reference": "Sorry, I can only help with ..."}
 
 - domain: what the deployment's users ask; the answer should match `reference` (and contain
   every string of `must_include`, when given).
-- general: skills the model had before any retrain; scored against `reference`, they measure
-  retention (forgetting).
+- general: skills the model had before any retrain; they measure retention (forgetting). Rows
+  with `choices` are scored by log-likelihood (the reference is the right choice), the others
+  by agreement with `reference`.
 - refusal: questions the assistant should decline; `reference` is the refusal it gives.
 
 The suite comes from `[eval] suite_path` (or a Suite object the caller passes). There is no
@@ -89,6 +92,15 @@ def _parse_row(line: str, where: str) -> tuple[str, dict]:
         row["must_include"] = must
     if raw.get("skill") is not None:
         row["skill"] = str(raw["skill"])
+    choices = raw.get("choices")
+    if choices is not None:
+        if kind != "general" or not isinstance(choices, list) or len(choices) < 2 \
+                or not all(isinstance(c, str) and c for c in choices) or len(set(choices)) != len(choices):
+            raise SuiteError(f"{where}: field 'choices' must be a list of 2 or more distinct non-empty strings "
+                             "(general rows only)")
+        if raw["reference"] not in choices:
+            raise SuiteError(f"{where}: field 'reference' must be one of the choices (the correct one)")
+        row["choices"] = choices
     return kind, row
 
 

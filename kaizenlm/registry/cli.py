@@ -1,4 +1,5 @@
-"""`kaizen registry list|show|promote|tag|lineage|history`: inspect versions, move aliases.
+"""`kaizen registry list|show|promote|tag|lineage|history|register`: inspect versions, move aliases,
+register your own base model.
 
 Goes through the controller's admin API when it runs, else opens the DuckDB file
 (kaizenlm.registry.client). Every subcommand takes --json for scripts.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+from pathlib import Path
 
 from kaizenlm.command import Command
 from kaizenlm.errors import UsageError
@@ -38,7 +40,13 @@ def add_arguments(p) -> None:
     lineage.add_argument("version_id", metavar="ID")
     history = sub.add_parser("history", help="every move of an alias, oldest first")
     history.add_argument("alias", metavar="ALIAS")
-    for sp in (lst, show, promote, tag, lineage, history):
+    register = sub.add_parser("register", help="register your own base model directory (a Hugging Face causal LM)",
+                              epilog="Example: kaizen registry register base /models/Qwen2.5-0.5B-Instruct --champion")
+    register.add_argument("kind", choices=["base"], help="what the directory holds (base: a causal LM directory)")
+    register.add_argument("path", help="the model directory (with config.json); its files are copied into the store")
+    register.add_argument("--champion", action="store_true", help="also point champion at it (publishes routing)")
+    register.add_argument("--note", default="", help="a note stored with the version")
+    for sp in (lst, show, promote, tag, lineage, history, register):
         sp.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -59,7 +67,7 @@ def run(args, cfg) -> int:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         print(_TEXT[args.registry_command](result))
-        if args.registry_command in ("promote", "tag") and client.via == "duckdb":
+        if args.registry_command in ("promote", "tag", "register") and client.via == "duckdb":
             print(f"(written to {cfg.duckdb_path}; no controller is running)")
     return 0
 
@@ -78,7 +86,27 @@ def _dispatch(args, client: RegistryClient) -> dict:
                                 actor=_actor())
     if command == "lineage":
         return client.lineage(args.version_id)
+    if command == "register":
+        return _register(args, client)
     return {"alias": args.alias, "history": client.alias_history(args.alias)}
+
+
+def _register(args, client: RegistryClient) -> dict:
+    path = Path(args.path).expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise UsageError(f"path: {path} holds no Hugging Face model (no config.json); pass the model's directory")
+    version = client.register_version(args.kind, path, config={"base_path": str(path)}, status="promoted",
+                                      note=args.note or f"registered from {path}")
+    move = None
+    if args.champion:
+        move = client.set_alias("champion", version["version_id"], reason="registered as champion", actor=_actor())
+    return {"version": version, "move": move}
+
+
+def _register_text(result: dict) -> str:
+    v = result["version"]
+    line = f"registered {v['version_id']} ({v['kind']}) from {v['config'].get('base_path')}"
+    return line + (f"\n{_move_text(result['move'])}" if result["move"] else "")
 
 
 def _status(v: dict) -> str:
@@ -143,7 +171,7 @@ def _history_text(result: dict) -> str:
 
 
 _TEXT = {"list": _list_text, "show": _show_text, "promote": _move_text, "tag": _move_text,
-         "lineage": _lineage_text, "history": _history_text}
+         "lineage": _lineage_text, "history": _history_text, "register": _register_text}
 
 
 REGISTRY = Command(help=HELP, example=EXAMPLE, add_arguments=add_arguments, run=run)

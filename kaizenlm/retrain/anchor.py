@@ -103,7 +103,7 @@ def _perturbed(text: str, vocabulary: list[str], rng: random.Random) -> str:
 
 def answer_missing(rows: list[dict], model, tokenizer) -> list[dict]:
     """Rows whose response is None get the model's greedy answer (call it with the base model)."""
-    from kaizenlm.eval.evaluate import generate_answers
+    from kaizenlm.base.generate import generate_answers
 
     todo = sorted({json.dumps(r["messages"]) for r in rows if r["response"] is None})
     if not todo:

@@ -17,18 +17,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 
+from kaizenlm.base.champion import ensure_base_in_child, register_first_champion
+from kaizenlm.base.general import ensure_answers_in_child
 from kaizenlm.config import Config
 from kaizenlm.eval.suite import Suite, configured_suite
 from kaizenlm.jobs import runner
 from kaizenlm.registry import aliases as alias_ops
 from kaizenlm.registry import versions as version_ops
+from kaizenlm.registry.client import RegistryClient
 from kaizenlm.registry.lineage import model_dirs, version_lookup
 from kaizenlm.retrain.retrain_job import RetrainInputs, inputs_as_json
 
@@ -39,38 +40,15 @@ EVAL_KEYS = ("domain_score", "general_score", "refusal_rate")
 
 
 def ensure_champion(cfg: Config, con: duckdb.DuckDBPyConnection, log_fn: Callable[[str], None] = print) -> str:
-    """The champion's version id; on a fresh install, register the base model as `base` + champion.
-
-    With base.path = "embedded" the tiny base is built first if it is not on disk yet.
-    """
+    """The champion's version id; on a fresh install the configured base is registered as `base` +
+    champion first (kaizenlm.base.champion; the embedded model is converted once, in a child)."""
     current = alias_ops.get_alias(con, CHAMPION)
     if current is not None:
         return current
-    from kaizenlm.base.model import resolve_base_path
-
-    base_dir = resolve_base_path(cfg)
-    if not (base_dir / "config.json").is_file():
-        if cfg.base.path != "embedded":
-            raise ValueError(f"base.path {base_dir} holds no Hugging Face model (no config.json)")
-        _build_base_in_child(cfg, base_dir, log_fn)
-    version = version_ops.register_version(con, "base", str(base_dir), cfg.home,
-                                           config={"base_path": str(base_dir)}, status="promoted",
-                                           note="the first base model")
-    alias_ops.set_alias(con, CHAMPION, version.version_id, reason="first base model", actor="retrain")
-    log_fn(f"registered {version.version_id} from {base_dir} as {CHAMPION}")
-    return version.version_id
-
-
-def _build_base_in_child(cfg: Config, base_dir: Path, log_fn: Callable[[str], None]) -> None:
-    """`kaizen base build` in a child process, so the controller never loads torch itself."""
-    log_path = cfg.home / "logs" / "base-build.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_fn(f"building the embedded base model into {base_dir} (a few minutes on CPU; log: {log_path})")
-    with open(log_path, "ab") as out:
-        done = subprocess.run([sys.executable, "-m", "kaizenlm.cli", "base", "build", "--out", str(base_dir),
-                               "--force"], stdout=out, stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"building the base model failed (exit {done.returncode}); see {log_path}")
+    base_dir = ensure_base_in_child(cfg, log_fn)
+    move = register_first_champion(RegistryClient(cfg, con=con), base_dir, actor="retrain")
+    log_fn(f"registered {move['to_version']} from {base_dir} as {CHAMPION}")
+    return move["to_version"]
 
 
 def build_inputs(cfg: Config, con: duckdb.DuckDBPyConnection, champion: version_ops.Version,
@@ -91,11 +69,17 @@ def build_inputs(cfg: Config, con: duckdb.DuckDBPyConnection, champion: version_
     )
 
 
-def build_training_snapshot(cfg: Config, con: duckdb.DuckDBPyConnection, suite: Suite):
-    """Curate the configured window into a snapshot; every prompt the suite asks is held out."""
-    from kaizenlm.datasets.snapshots import build_snapshot, default_window
+def build_training_snapshot(cfg: Config, con: duckdb.DuckDBPyConnection, suite: Suite, base_dir: str,
+                            log_fn: Callable[[str], None] = log.info):
+    """Curate the configured window into a snapshot; every prompt the suite asks is held out.
+    Replay rows: curation.replay_path, or by default the base's own answers to the shipped
+    general prompts (computed once per base, in a child process)."""
+    from kaizenlm.datasets.snapshots import build_snapshot, default_window, load_replay
 
-    return build_snapshot(con, cfg, default_window(cfg.curation), holdout=suite.prompts())
+    replay_path = cfg.curation.replay_path or str(ensure_answers_in_child(cfg, base_dir, log_fn)[0])
+    replay_path = str(Path(replay_path).expanduser())
+    return build_snapshot(con, cfg, default_window(cfg.curation), holdout=suite.prompts(),
+                          replay=load_replay(replay_path), replay_source=replay_path)
 
 
 def retrain_once(cfg: Config, con: duckdb.DuckDBPyConnection,
@@ -107,7 +91,10 @@ def retrain_once(cfg: Config, con: duckdb.DuckDBPyConnection,
     suite = configured_suite(cfg.eval)  # before anything else: no suite, no gate, no retrain
     champion_id = ensure_champion(cfg, con, log_fn)
     champion = version_ops.get_version(con, champion_id)
-    snapshot = build_training_snapshot(cfg, con, suite)
+    base_dir, _ = model_dirs(champion.to_dict(), version_lookup(con))
+    if base_dir is None:
+        raise ValueError(f"champion {champion_id}: no base model with a config.json in its lineage")
+    snapshot = build_training_snapshot(cfg, con, suite, base_dir, log_fn)
     counts = snapshot.manifest["counts"]
     log_fn(f"snapshot {snapshot.snapshot_id}: {counts}")
     if counts.get("sft_train", 0) == 0:

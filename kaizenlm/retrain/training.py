@@ -34,12 +34,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kaizenlm.retrain")
 
-EMBEDDED_MARKER = "kaizen_base.json"  # written by base_model.build_base next to the weights
-
-
 def is_embedded_base(path: str | Path) -> bool:
-    """True when the base directory holds the tiny model kaizenlm built itself."""
-    return (Path(path) / EMBEDDED_MARKER).is_file()
+    """True when the base directory holds the embedded SmolLM2 kaizenlm converted (or its registered copy)."""
+    from kaizenlm.base.embedded import EMBEDDED_NAME
+    from kaizenlm.base.model import base_marker
+
+    return base_marker(path).get("name") == EMBEDDED_NAME
 
 
 def load_rows(rows: list[dict] | str | Path) -> list[dict]:

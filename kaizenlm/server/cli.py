@@ -111,6 +111,13 @@ def run_up(args, cfg) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     sup.start()
+    if cfg.controller.register_base and sup.champion() is None:
+        print("preparing the base model: the first start converts and registers it (about a minute; "
+              f"log: {cfg.home / 'logs' / 'controller.log'})", flush=True)
+        deadline = time.monotonic() + 900
+        while sup.champion() is None and not stop["now"] and time.monotonic() < deadline:
+            sup.supervise_once()
+            time.sleep(1.0)
     dashboard = f"  dashboard http://{cfg.dashboard.host}:{cfg.dashboard.port}" if args.dashboard else ""
     print(f"kaizenlm up: gateway {cfg.gateway_url}  controller {cfg.controller_url}{dashboard}  state {cfg.home}")
     print("Ctrl-C stops everything after draining every accepted event into DuckDB")

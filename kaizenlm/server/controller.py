@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from kaizenlm import auth
 from kaizenlm.abtest import api as ab_api
+from kaizenlm.base.champion import ensure_base_in_child, register_first_champion
 from kaizenlm.config import Config
 from kaizenlm.dashboard import api as dashboard_api
 from kaizenlm.datasets import api as datasets_api
@@ -23,6 +24,8 @@ from kaizenlm.ingest import store
 from kaizenlm.ingest.sink import Sink
 from kaizenlm.jobs import api as jobs_api
 from kaizenlm.registry import api as registry_api
+from kaizenlm.registry.aliases import CHAMPION
+from kaizenlm.registry.client import RegistryClient
 from kaizenlm.review import api as review_api
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,8 @@ def create_app(cfg: Config, start_sink: bool = True) -> FastAPI:
             app.state.scheduler.start()
         if start_sink:  # publishes the full routing state, then syncs it and analyses experiments
             ab_api.start(app)
+        if start_sink and cfg.controller.register_base:  # a fresh install serves chat once its base is registered
+            threading.Thread(target=first_champion, args=(app,), name="first-champion", daemon=True).start()
         yield
         ab_api.stop(app)
         app.state.scheduler.shutdown()
@@ -62,6 +67,26 @@ def create_app(cfg: Config, start_sink: bool = True) -> FastAPI:
         return {"ok": True, "duckdb": str(cfg.duckdb_path), "sink": app.state.sink.stats}
 
     return app
+
+
+def first_champion(app: FastAPI) -> None:
+    """Register the configured base as `champion` when there is none (converting the embedded
+    model once, in a child process), and publish the routing so every gateway serves it."""
+    cfg = app.state.cfg
+    cursor = app.state.db.cursor()
+    try:
+        registry = RegistryClient(cfg, con=cursor)
+        if CHAMPION in registry.list_aliases():
+            return
+        base_dir = ensure_base_in_child(cfg, log.info)
+        move = register_first_champion(registry, base_dir, actor="controller")
+        if move is not None:
+            log.info("registered %s from %s as champion", move["to_version"], base_dir)
+            app.state.on_alias_moved(move)
+    except Exception:  # a missing or broken base must not stop the controller; the log says what to fix
+        log.exception("could not register the configured base model as the first champion")
+    finally:
+        cursor.close()
 
 
 def serve(cfg: Config) -> None:

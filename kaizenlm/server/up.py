@@ -90,6 +90,15 @@ class Supervisor:
         if any(c.name == "gateway" for c in self.children):
             _wait_http(self.cfg.gateway_url + "/healthz", 60)
 
+    def champion(self) -> str | None:
+        """The version `champion` points at (None while the controller is still preparing the base)."""
+        try:
+            r = httpx.get(self.cfg.controller_url + "/admin/v1/registry/aliases", timeout=5,
+                          headers={"Authorization": f"Bearer {self.cfg.auth.admin_key}"})
+            return r.json().get("champion") if r.status_code == 200 else None
+        except httpx.HTTPError:
+            return None
+
     def supervise_once(self) -> list[str]:
         """Restart dead children (with a back-off for crash loops); returns the names restarted."""
         restarted = []

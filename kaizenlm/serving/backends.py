@@ -80,9 +80,14 @@ class LocalBackend:
 
     Each request picks its adapter (`set_adapter`) or none (`disable_adapter()`); the
     active adapter is state of the shared model, so choosing it and generating happen under
-    one lock: requests are served one at a time, which is what a CPU can do anyway. (For
+    one lock. Greedy requests that arrive while the model is busy are answered together:
+    whoever takes the lock next generates for every waiting request with the same adapter in
+    one left-padded batch (on 2 CPU cores, 8 answers in a batch cost about twice one answer).
+    Sampled, seeded or stop-string requests and streams run one at a time. (For real
     concurrency, serve through vLLM with the openai backend.)
     """
+
+    MAX_BATCH = 16
 
     def __init__(self, base_dir: str | Path, device: str = "auto", threads: int | None = None,
                  default_max_tokens: int = 128):
@@ -101,6 +106,8 @@ class LocalBackend:
         self.default_max_tokens = default_max_tokens
         self.adapters: dict[str, str] = {}
         self.lock = threading.Lock()
+        self.pending: list[_Pending] = []  # greedy requests waiting for the model (guarded by pending_lock)
+        self.pending_lock = threading.Lock()
         self.n_params = sum(p.numel() for p in self.model.parameters())
 
     def merged_copy(self, adapter_dir: str) -> LocalBackend:
@@ -117,6 +124,7 @@ class LocalBackend:
         merged = copy.copy(self)
         merged.model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().eval()
         merged.adapters, merged.lock = {}, threading.Lock()
+        merged.pending, merged.pending_lock = [], threading.Lock()
         return merged
 
     # -- adapters ----------------------------------------------------------------------
@@ -185,7 +193,63 @@ class LocalBackend:
             torch.manual_seed(params.seed)  # under the lock, so no other request shares the generator
 
     def generate(self, messages: list[dict], adapter: str | None, params: ChatParams) -> Completion:
-        """Blocking: one completion with `adapter` (None = the base)."""
+        """Blocking: one completion with `adapter` (None = the base); greedy requests are batched."""
+        if params.temperature > 0 or params.stop:
+            return self._generate_one(messages, adapter, params)
+        kwargs, want = self._inputs(messages, params)
+        request = _Pending(kwargs["input_ids"][0].tolist(), want, adapter)
+        with self.pending_lock:
+            self.pending.append(request)
+        while not request.done.is_set():
+            if self.lock.acquire(timeout=0.05):
+                try:
+                    self._serve_pending(adapter)
+                finally:
+                    self.lock.release()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _serve_pending(self, adapter: str | None) -> None:
+        """Under the lock: answer waiting greedy requests with `adapter`, up to MAX_BATCH, in one batch."""
+        import torch
+
+        with self.pending_lock:
+            batch = [r for r in self.pending if r.adapter == adapter and not r.done.is_set()][: self.MAX_BATCH]
+            for r in batch:
+                self.pending.remove(r)
+        if not batch:
+            return
+        try:
+            width = max(len(r.ids) for r in batch)
+            pad = self.tokenizer.pad_token_id
+            ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in batch], device=self.device)
+            mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch], device=self.device)
+            with torch.inference_mode(), self._select(adapter):
+                out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(r.want for r in batch),
+                                          do_sample=False, temperature=None, top_p=None, top_k=None,
+                                          pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
+            for row, r in zip(out[:, width:].tolist(), batch, strict=True):
+                r.result = self._completion(row, r.want, len(r.ids))
+        except Exception as e:  # every request of the batch gets the error
+            for r in batch:
+                r.error = e
+        for r in batch:
+            r.done.set()
+
+    def _completion(self, new: list[int], want: int, n_prompt: int) -> Completion:
+        """The answer of one row of a batch: cut at its own token budget and at the first EOS."""
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        new = new[:want]
+        if eos in new:
+            new = new[: new.index(eos) + 1]
+        elif pad != eos:
+            new = [t for t in new if t != pad]
+        ended = bool(new) and new[-1] == eos
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        return Completion(text, "length" if len(new) >= want and not ended else "stop", n_prompt, len(new))
+
+    def _generate_one(self, messages: list[dict], adapter: str | None, params: ChatParams) -> Completion:
         import torch
 
         kwargs, want = self._inputs(messages, params)
@@ -254,6 +318,18 @@ class LocalBackend:
         ended = bool(new) and new[-1] == self.tokenizer.eos_token_id
         finish = "length" if len(new) >= want and not ended else "stop"
         yield Chunk("", finish, n_prompt, len(new))
+
+
+@dataclass
+class _Pending:
+    """A greedy request waiting for a batch: its prompt ids, token budget and adapter."""
+
+    ids: list[int]
+    want: int
+    adapter: str | None
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Completion | None = None
+    error: Exception | None = None
 
 
 class _StopOnText:

@@ -302,6 +302,10 @@ async def _prepare(request: Request) -> tuple[_Turn, ChatRequest, ChatParams]:
     try:
         route = routing.route(model, req.user or user_id)
     except UnknownModel as e:
+        if model == state.cfg.serving.default_alias and not routing.aliases:  # a fresh install, base not ready
+            raise ApiError(503, f"no '{model}' yet: the controller registers the base model at its first start "
+                           "(converting the embedded one takes about a minute; see its log), or run "
+                           "`kaizen base build`", "no_champion", "server_error", {"Retry-After": "5"}) from None
         raise ApiError(404, str(e), "model_not_found") from None
     turn = _Turn(turn_id, _conversation_id(req, request, user_id, messages), user_id, route, messages, started,
                  feedback_token=state.feedback_tokens.issue(turn_id, user_id))

@@ -1,5 +1,6 @@
 """Feedback explorer: filter low-reward turns, then read whole conversations with their
-feedback, comments, corrections and signals."""
+feedback, comments, corrections and signals; and the users whose feedback looks like an
+attempt to steer training (the per-user anomaly report, kaizenlm/datasets/integrity.py)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,28 @@ def conversation(api, conversation_id: str) -> None:
                 st.caption("Signals: " + ", ".join(s["kind"] for s in turn["signals"]))
 
 
+def user_anomalies(api, days: int) -> None:
+    st.subheader("Users to check")
+    data = ui.load(lambda: api.user_anomalies(days=days, limit=50),
+                   "This controller has no anomaly report (/admin/v1/user_anomalies).", "Upgrade kaizenlm on the controller.")
+    if data is None:
+        return
+    t = data["thresholds"]
+    held = "their turns are left out of training data" if t["hold_flagged_users"] else "kept in training data"
+    st.caption(f"{data['users']:,} user(s) with turns in the last {days} days; {data['flagged']} flagged ({held}). "
+               f"Flags: correction rate ≥ {t['anomaly_correction_rate']:.0%} over ≥ {t['anomaly_min_corrections']} "
+               f"corrections; the same correction ≥ {t['anomaly_duplicate_texts']} times; ≥ {t['anomaly_burst_events']} "
+               f"feedback events or signals within {t['anomaly_burst_seconds']} s.")
+    rows = [r for r in data["rows"] if r["flags"] or r["corrected_turns"]]
+    if not rows:
+        ui.empty_state("No user has sent corrections in this window.", "Nothing to check.")
+        return
+    ui.table([{"user": r["user_id"], "flags": ", ".join(r["flags"]) or "", "turns": r["turns"],
+               "corrected": r["corrected_turns"], "correction rate": r["correction_rate"],
+               "same correction": r["duplicate_corrections"], "most repeated": r["most_repeated_correction"] or "",
+               "burst": r["burst_events"]} for r in rows], key="fb_anomalies")
+
+
 st.title("Feedback explorer")
 ui.flash()
 api = ui.api()
@@ -78,3 +101,4 @@ if probe is not None:
         conversations = list(dict.fromkeys(t["conversation_id"] for t in data["items"]))
         picked = st.selectbox("Read conversation", conversations, key="fb_conversation")
         conversation(api, picked)
+    user_anomalies(api, chosen["days"])

@@ -1,4 +1,4 @@
-"""The demo's tiny base model: a byte-level BPE tokenizer and a tiny LLaMA-shaped causal LM,
+"""A tiny base model for fast tests: a byte-level BPE tokenizer and a tiny LLaMA-shaped causal LM,
 both trained here, from the generated corpus, in a few minutes on two CPU cores.
 
 The base model learns what any chat model knows before it is specialised: the chat
@@ -20,7 +20,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,11 +28,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from kaizenlm.config import BaseModelConfig  # noqa: E402
 from kaizenlm.demo.domain import Domain, build_domain  # noqa: E402
 from kaizenlm.demo.general import general_skills  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TinyBaseConfig:
+    """The tiny model's shape and its build (a few seconds with the test sizes)."""
+
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_position: int = 128
+    steps: int = 900
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 60
+    weight_decay: float = 0.01
+    system_prompt_rate: float = 0.2
+    rows_per_skill: int = 300
+    threads: int = 2
 
 # The chat format. Roles system/user/assistant; every message ends with <|end|>, which is
 # also the EOS token, so generation stops at the end of the assistant's message.
@@ -86,7 +105,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return fast
 
 
-def make_model(cfg: BaseModelConfig, tokenizer, seed: int):
+def make_model(cfg: TinyBaseConfig, tokenizer, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -153,16 +172,16 @@ def vocabulary_rows(domain: Domain) -> list[dict]:
     return [{"prompt": f"Repeat: the {w}", "response": f"the {w}", "skill": "vocabulary"} for w in words]
 
 
-def _lr_at(step: int, cfg: BaseModelConfig) -> float:
+def _lr_at(step: int, cfg: TinyBaseConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def build_base(out_dir: Path, cfg: BaseModelConfig | None = None, seed: int = 0, domain: Domain | None = None) -> dict:
+def build_base(out_dir: Path, cfg: TinyBaseConfig | None = None, seed: int = 0, domain: Domain | None = None) -> dict:
     """Train tokenizer + tiny model and save both to out_dir; return the build metrics."""
-    cfg = cfg or BaseModelConfig()
+    cfg = cfg or TinyBaseConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out_dir / "build.log", mode="w", encoding="utf-8")
@@ -179,7 +198,7 @@ def build_base(out_dir: Path, cfg: BaseModelConfig | None = None, seed: int = 0,
         handler.close()
 
 
-def _build(out_dir: Path, cfg: BaseModelConfig, seed: int, domain: Domain) -> dict:
+def _build(out_dir: Path, cfg: TinyBaseConfig, seed: int, domain: Domain) -> dict:
     started = time.perf_counter()
     random.seed(seed)
     rng = random.Random(seed)

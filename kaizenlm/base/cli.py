@@ -1,0 +1,113 @@
+"""`kaizen base build|show`: prepare the base model every adapter is trained on.
+
+`build` converts the embedded SmolLM2-135M-Instruct once into a Hugging Face directory under
+$KAIZEN_HOME (or checks the model `[base] path` names), registers it as the first champion when
+there is none (through the controller when it runs), and has it answer the shipped general
+prompts once (the self-distillation targets of replay and the KL anchor; cached by content).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kaizenlm.base.model import base_marker, is_hf_model_dir, resolve_base_path
+from kaizenlm.command import Command
+from kaizenlm.errors import UsageError
+
+HELP = "build the base model: convert the embedded SmolLM2 (or check base.path), register it, answer general prompts"
+EXAMPLE = "kaizen base build && kaizen base show"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("action", choices=["build", "show"],
+                   help="build: convert/check, register, answer general prompts; show: what is built")
+    p.add_argument("--out", help="where the embedded model is converted to (default: <home>/models/base-embedded)")
+    p.add_argument("--force", action="store_true", help="convert again even if the directory holds a model")
+    p.add_argument("--no-register", action="store_true", help="do not register it as the first champion")
+    p.add_argument("--no-answers", action="store_true", help="do not answer the general prompts now")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args, cfg) -> int:
+    base_dir = Path(args.out).expanduser() if args.out else resolve_base_path(cfg)
+    if args.action == "show":
+        return _show(base_dir, cfg, args.json)
+    report: dict = {"base_dir": str(base_dir)}
+    if cfg.base.path == "embedded" or args.out:
+        if args.force or not is_hf_model_dir(base_dir):
+            from kaizenlm.base.embedded import EmbeddedModelMissing, convert_embedded
+
+            print(f"converting the embedded base model into {base_dir} ...", flush=True)
+            try:
+                report["converted"] = convert_embedded(base_dir)
+            except EmbeddedModelMissing as e:
+                raise UsageError(str(e)) from None
+    elif not is_hf_model_dir(base_dir):
+        raise UsageError(f"base.path {base_dir} holds no Hugging Face model (no config.json); "
+                         "point [base] path at a causal LM directory")
+    if not args.no_register:
+        report["registered"] = _register(cfg, base_dir)
+    if not args.no_answers:
+        report["general_answers"] = _answer(cfg, base_dir)
+    print(json.dumps(report, indent=2, default=str) if args.json else _text(report))
+    return 0
+
+
+def _register(cfg, base_dir: Path) -> dict | None:
+    from kaizenlm.base.champion import register_first_champion
+    from kaizenlm.registry.client import RegistryClient
+    from kaizenlm.registry.errors import RegistryError
+
+    try:
+        return register_first_champion(RegistryClient(cfg), base_dir, actor="kaizen base build")
+    except RegistryError as e:
+        raise UsageError(f"registering {base_dir} failed: {e}") from None
+
+
+def _answer(cfg, base_dir: Path) -> dict:
+    """The general answers of the registered copy (what retraining starts from), in a child process."""
+    from kaizenlm.base.general import ensure_answers_in_child
+
+    target = _registered_base_dir(cfg) or base_dir
+    train_path, heldout_path = ensure_answers_in_child(cfg, target, lambda m: print(m, flush=True))
+    return {"replay": str(train_path), "heldout": str(heldout_path)}
+
+
+def _registered_base_dir(cfg) -> Path | None:
+    from kaizenlm.registry.aliases import CHAMPION
+    from kaizenlm.registry.client import RegistryClient
+    from kaizenlm.registry.lineage import model_dirs
+
+    client = RegistryClient(cfg)
+    champion = client.list_aliases().get(CHAMPION)
+    if champion is None:
+        return None
+    base_dir, _ = model_dirs(client.show(champion), client.show)
+    return Path(base_dir) if base_dir else None
+
+
+def _show(base_dir: Path, cfg, as_json: bool) -> int:
+    if not is_hf_model_dir(base_dir):
+        raise UsageError(f"{base_dir} holds no model yet; run `kaizen base build`")
+    report = {"base_dir": str(base_dir), "marker": base_marker(base_dir)}
+    print(json.dumps(report, indent=2) if as_json else _text(report))
+    return 0
+
+
+def _text(report: dict) -> str:
+    lines = [f"base model: {report['base_dir']}"]
+    marker = report.get("converted") or report.get("marker")
+    if marker:
+        lines.append(f"  {marker.get('name')} from {marker.get('source')}, {marker.get('parameters'):,} parameters, "
+                     f"content hash {str(marker.get('content_hash'))[:16]}")
+    if "registered" in report:
+        move = report["registered"]
+        lines.append(f"  registered as {move['to_version']} and made champion" if move
+                     else "  a champion exists already: not registered again")
+    if "general_answers" in report:
+        lines.append(f"  general answers: {report['general_answers']['replay']}")
+    return "\n".join(lines)
+
+
+BASE = Command(help=HELP, example=EXAMPLE, add_arguments=add_arguments, run=run)

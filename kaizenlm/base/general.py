@@ -1,0 +1,167 @@
+"""General data for any base model, shipped with kaizenlm (nothing is downloaded):
+
+- `data/general_prompts.jsonl`: a few hundred diverse general prompts {prompt, skill}. The base
+  answers them once (greedy); those answers are self-distillation targets: the 5-10% replay
+  mixed into every SFT set and the prompts of the KL anchor keep the retrained model saying
+  what the base said on general questions. A fifth of them (by a hash of the prompt) is held
+  out: never replayed or anchored, so an evaluation may compare answers on them.
+- `data/general_choices.jsonl`: multiple-choice general questions {prompt, choices, answer}
+  scored by log-likelihood (as lm-evaluation-harness scores ARC-style tasks): general-skill
+  retention that does not depend on wording.
+
+The answers are cached per base model content (`answers_paths(home, key)`), so they are
+computed once per base: `python -m kaizenlm.base.general --base DIR --out FILE` in a child
+process (the controller never loads torch), or `kaizen base build`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from kaizenlm.base.model import base_marker
+
+log = logging.getLogger(__name__)
+
+DATA = Path(__file__).parent / "data"
+SHIPPED_PROMPTS = DATA / "general_prompts.jsonl"
+SHIPPED_CHOICES = DATA / "general_choices.jsonl"
+HELD_OUT_PERCENT = 20
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with Path(path).expanduser().open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def general_prompts(path: str | Path | None = None) -> list[dict]:
+    """{prompt, skill} rows: `path` (base.general_prompts_path) or the shipped set."""
+    rows = read_jsonl(path or SHIPPED_PROMPTS)
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise ValueError(f"{path or SHIPPED_PROMPTS}: line {i}: field 'prompt' must be a non-empty string")
+    return [{"prompt": r["prompt"], "skill": str(r.get("skill") or "general")} for r in rows]
+
+
+def general_choices(path: str | Path | None = None) -> list[dict]:
+    """{prompt, choices, answer, skill} multiple-choice rows (the shipped set by default)."""
+    return read_jsonl(path or SHIPPED_CHOICES)
+
+
+def choice_suite_rows(path: str | Path | None = None) -> list[dict]:
+    """The multiple-choice questions as general rows of an evaluation suite (kaizenlm.eval.suite)."""
+    return [{"prompt": r["prompt"], "reference": r["choices"][r["answer"]], "choices": r["choices"],
+             "skill": r.get("skill", "general")} for r in general_choices(path)]
+
+
+def is_held_out(prompt: str) -> bool:
+    """A fixed fifth of the prompts, chosen by a hash of the text (stable across runs and machines)."""
+    return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) % 100 < HELD_OUT_PERCENT
+
+
+def base_key(base_dir: str | Path) -> str:
+    """A short content key of a base model: the content-addressed artifact name when the base is a
+    registered version, else the hash its kaizenlm marker recorded, else a hash of its files."""
+    base_dir = Path(base_dir)
+    if base_dir.parent.name == "artifacts" and len(base_dir.name) == 64:
+        return base_dir.name[:16]
+    recorded = base_marker(base_dir).get("content_hash")
+    if recorded:
+        return recorded[:16]
+    from kaizenlm.registry.artifacts import hash_dir
+
+    return hash_dir(base_dir)[:16]
+
+
+def answers_paths(home: str | Path, key: str) -> tuple[Path, Path]:
+    """(replay and anchor rows, held-out rows) of the base whose key is `key`."""
+    folder = Path(home) / "general"
+    return folder / f"{key}.jsonl", folder / f"{key}-heldout.jsonl"
+
+
+def answer_prompts(base_dir: str | Path, rows: list[dict], max_new_tokens: int, batch_size: int = 32,
+                   on_batch=None) -> list[dict]:
+    """Greedy answers of the base at `base_dir` to `rows` ({prompt, skill}); adds `response`."""
+    from kaizenlm.base.generate import generate_answers
+    from kaizenlm.base.model import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(base_dir)
+    answers: list[str] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        answers += generate_answers(model, tokenizer, [r["prompt"] for r in chunk], max_new_tokens, batch_size)
+        if on_batch is not None:
+            on_batch(len(answers), len(rows))
+    return [{**r, "response": a} for r, a in zip(rows, answers, strict=True) if a.strip()]
+
+
+def write_answers(base_dir: str | Path, home: str | Path, prompts_path: str | Path | None = None,
+                  max_new_tokens: int = 64) -> tuple[Path, Path]:
+    """Answer the general prompts with the base and write both files (atomically); returns their paths."""
+    rows = general_prompts(prompts_path)
+    started = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        print(f"general answers: {done}/{total} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    answered = answer_prompts(base_dir, rows, max_new_tokens, on_batch=progress)
+    train_path, heldout_path = answers_paths(home, base_key(base_dir))
+    for path, keep in ((train_path, False), (heldout_path, True)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in answered:
+                if is_held_out(row["prompt"]) == keep:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    log.info("answered %d general prompts with %s in %.0f s", len(answered), base_dir, time.perf_counter() - started)
+    return train_path, heldout_path
+
+
+def ensure_answers_in_child(cfg, base_dir: str | Path, log_fn=print) -> tuple[Path, Path]:
+    """The general answers of the base at `base_dir`: from the cache, or computed now in a child
+    process (so the controller never loads torch); its output goes to <home>/logs/general-answers.log."""
+    import subprocess
+
+    paths = answers_paths(cfg.home, base_key(base_dir))
+    if paths[0].is_file() and paths[1].is_file():
+        return paths
+    log_path = Path(cfg.home) / "logs" / "general-answers.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_fn(f"answering the general prompts with the base {base_dir} (once per base; log: {log_path})")
+    argv = [sys.executable, "-m", "kaizenlm.base.general", "--base", str(base_dir), "--home", str(cfg.home),
+            "--threads", str(cfg.base.threads), "--max-new-tokens", str(cfg.base.general_max_new_tokens)]
+    if cfg.base.general_prompts_path:
+        argv += ["--prompts", cfg.base.general_prompts_path]
+    with open(log_path, "ab") as out:
+        done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0 or not paths[0].is_file():
+        raise RuntimeError(f"answering the general prompts failed (exit {done.returncode}); see {log_path}")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="answer the general prompts with a base model (a child job)")
+    parser.add_argument("--base", required=True, help="the base model directory")
+    parser.add_argument("--home", required=True, help="KAIZEN_HOME: the answers go to <home>/general/")
+    parser.add_argument("--prompts", default=None, help="JSONL of {prompt, skill} (default: the shipped set)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    train_path, heldout_path = write_answers(args.base, args.home, args.prompts, args.max_new_tokens)
+    print(json.dumps({"replay": str(train_path), "heldout": str(heldout_path)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The local backend answers concurrent greedy requests in one batch, and each answer is the
+one the request gets alone (left padding, per-request token budgets, EOS cut)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from serving_helpers import build_tiny_model
+
+from kaizenlm.serving.backends import ChatParams, LocalBackend
+
+QUESTIONS = ["hello", "what is the price of the plan", "reset my password please thank you very much",
+             "red blue green", "the quick brown fox jumps over the lazy dog", "thank you", "cat", "apple pear plum"]
+
+
+def test_concurrent_greedy_requests_are_batched_and_answer_as_alone(tmp_path):
+    backend = LocalBackend(build_tiny_model(tmp_path / "m"), device="cpu", threads=1)
+    budgets = [3, 7, 5, 8, 2, 6, 4, 8]
+    alone = [backend.generate([{"role": "user", "content": q}], None, ChatParams(max_tokens=n, temperature=0))
+             for q, n in zip(QUESTIONS, budgets, strict=True)]
+    calls = []
+    original = backend.model.generate
+
+    def counting_generate(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    backend.model.generate = counting_generate
+    start = threading.Barrier(len(QUESTIONS))
+
+    def ask(i):
+        start.wait()
+        return backend.generate([{"role": "user", "content": QUESTIONS[i]}], None,
+                                ChatParams(max_tokens=budgets[i], temperature=0))
+
+    with backend.lock:  # hold the model while all eight queue up, as a busy gateway would
+        with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+            futures = [pool.submit(ask, i) for i in range(len(QUESTIONS))]
+            while len(backend.pending) < len(QUESTIONS):
+                threading.Event().wait(0.01)
+    together = [f.result(timeout=60) for f in futures]
+    assert calls == [len(QUESTIONS)]  # one batch for all eight
+    for a, b, n in zip(alone, together, budgets, strict=True):
+        assert (b.text, b.finish_reason, b.completion_tokens) == (a.text, a.finish_reason, a.completion_tokens)
+        assert b.completion_tokens <= n
+
+
+def test_sampled_requests_are_not_batched(tmp_path):
+    backend = LocalBackend(build_tiny_model(tmp_path / "m"), device="cpu", threads=1)
+    one = backend.generate([{"role": "user", "content": "hello"}], None,
+                           ChatParams(max_tokens=4, temperature=0.8, seed=3))
+    two = backend.generate([{"role": "user", "content": "hello"}], None,
+                           ChatParams(max_tokens=4, temperature=0.8, seed=3))
+    assert one.text == two.text and not backend.pending  # seeded sampling: reproducible, never queued
