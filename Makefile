@@ -36,11 +36,15 @@ browsers:
 test: setup browsers
 	$(PY) -m pytest -m "not slow" -q
 
-# Unit tests only: no process, broker, browser or model training; under a minute on 2 cores.
-# tests/unit_guard.py fails any selected test that starts a process (mark its module
-# `pytestmark = pytest.mark.integration`).
+# Unit tests only: no process, broker, browser or model; under a minute on 2 cores. Two halves
+# run at once, one per core (--unit-shard). tests/unit_guard.py fails any selected test that
+# starts a process (mark its module `pytestmark = pytest.mark.integration`).
+UNIT := $(PY) -m pytest -p tests.unit_guard -p no:cacheprovider -m "not integration and not slow" -q
 test-unit: setup
-	$(PY) -m pytest -p tests.unit_guard -m "not integration and not slow" -q
+	@log=$$(mktemp); $(UNIT) --unit-shard 1/2 >$$log 2>&1 & other=$$!; \
+	$(UNIT) --unit-shard 0/2; first=$$?; wait $$other; second=$$?; \
+	echo "== the other half (--unit-shard 1/2)"; cat $$log; rm -f $$log; \
+	test $$first -eq 0 && test $$second -eq 0
 
 # Long checks (training to a learning margin, the short demo end to end).
 test-slow: setup browsers

@@ -2,9 +2,10 @@
 
 A request names its key as `Authorization: Bearer <key>`. A missing or unknown key is
 answered 401, a known key without the route's scope 403. Keys are known by their SHA-256
-digest only, and a presented key's digest is compared in constant time
-(`hmac.compare_digest`) against every known digest, so the answer's timing does not tell
-which key came close.
+digest only, and a presented key is looked up by its digest (one dict lookup, however many
+keys there are). The lookup's timing can tell an attacker at most how much of a *digest*
+matched, and a digest leads back to no key (that would take a SHA-256 preimage), so the
+guessing a plain string compare would allow is not possible.
 
 Scopes (docs/SECURITY.md has who holds which and why):
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import ipaddress
 import logging
 import os
@@ -209,21 +209,16 @@ class Keyring:
                        (key_digest(auth_cfg.ingest_key), KeyInfo("auth.ingest_key", INGEST_KEY_SCOPES)),
                        (key_digest(auth_cfg.widget_key), KeyInfo("auth.widget_key", WIDGET_KEY_SCOPES))]
         self.keys_file = Path(keys_file) if keys_file is not None else None
-        self._entries = list(self._fixed)
+        self._by_digest = dict(self._fixed)
         self._stamp: tuple | None = None
         self._next_check = 0.0
         self._lock = threading.Lock()
 
     def lookup(self, key: str) -> KeyInfo | None:
-        """The key's KeyInfo, or None for an unknown or revoked key. Compares with every entry, always."""
+        """The key's KeyInfo, or None for an unknown or revoked key (see the module docstring on timing)."""
         if self.keys_file is not None and time.monotonic() >= self._next_check:
             self._reload()
-        wanted = key_digest(key)
-        found = None
-        for digest, info in self._entries:
-            if hmac.compare_digest(wanted, digest):
-                found = info
-        return found
+        return self._by_digest.get(key_digest(key))
 
     def _reload(self) -> None:
         with self._lock:
@@ -247,7 +242,8 @@ class Keyring:
             live = [(bytes.fromhex(r["sha256"]), KeyInfo(r["id"], frozenset(r["scopes"]), r.get("reviewer"),
                                                         r.get("name") or ""))
                     for r in records if r.get("revoked_at") is None]
-            self._entries = self._fixed + live
+            # the config keys win over a file entry with the same digest: they cannot be revoked there
+            self._by_digest = {**dict(live), **dict(self._fixed)}
 
 
 _config_keyrings: dict[tuple, Keyring] = {}
@@ -279,7 +275,7 @@ def check(keys, authorization: str, scope: str) -> KeyInfo:
         raise AuthError(401, f"missing API key: send 'Authorization: Bearer <key>' with {wanted}")
     info = ring.lookup(key)
     if info is None:
-        raise AuthError(401, f"unknown or revoked API key: this route needs {wanted}")
+        raise AuthError(401, f"unknown API key (a revoked key is unknown too): this route needs {wanted}")
     if scope not in info.scopes:
         raise AuthError(403, f"this key ({info.key_id}) lacks the '{scope}' scope: this route needs {wanted}")
     return info

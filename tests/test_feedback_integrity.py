@@ -16,6 +16,7 @@ import serving_helpers
 from conftest import Stack
 from serving_helpers import drain_until, promote, register_base, wait_gateway
 
+from kaizenlm.feedback.client import KaizenClient
 from kaizenlm.feedback.tokens import FeedbackTokens
 
 pytestmark = pytest.mark.integration
@@ -116,15 +117,26 @@ def test_tokens_bind_feedback_to_the_served_turn_and_user(openai_stack):
     assert httpx.post(gw + "/v1/feedback", headers=stack.ingest_headers,
                       json={"turn_id": "turn-bob-1", "rating": 5, "user_id": "bob"}).status_code == 202
 
-    drain_until(stack, "feedback", 2)
-    drain_until(stack, "turns", 2)  # the chat turn goes out through the turn shipper, up to 100 ms later
+    # The SDK: the server side logs a turn and gets its token; a public client sends it back.
+    with KaizenClient(gw, stack.cfg.auth.ingest_key) as server, KaizenClient(gw, stack.cfg.auth.widget_key) as public:
+        sdk_turn = server.log_turn(conversation_id="c-sdk", user_id="erin", response="The refund window is 30 days.",
+                                   messages=[{"role": "user", "content": "Refund window?"}])
+        public.feedback(sdk_turn, thumbs=1, feedback_token=server.feedback_token(sdk_turn))
+        public.flush()
+        public.feedback(sdk_turn, correction=WRONG)  # no token: refused, and not retried
+        public.flush()
+    assert public.sent == 1 and [e.status for e in public.errors] == [403]
+
+    drain_until(stack, "feedback", 3)
+    drain_until(stack, "turns", 3)  # the chat turn goes out through the turn shipper, up to 100 ms later
     counts = stack.drain()
-    assert (counts["turns"], counts["feedback"], counts["signals"], counts["dlq"]) == (2, 2, 1, 0)
+    assert (counts["turns"], counts["feedback"], counts["signals"], counts["dlq"]) == (3, 3, 1, 0)
     items = httpx.get(stack.cfg.controller_url + "/admin/v1/feedback", headers=stack.admin_headers).json()["items"]
     mine = next(i for i in items if i["turn_id"] == turn_a)
     assert (mine["user_id"], mine["thumbs"], mine["correction"]) == ("alice", -1, "The refund window is 30 days.")
     assert abs(_epoch(mine["ts"]) - time.time()) < 600, mine["ts"]  # not the client's year 2001
-    assert "feedback_token" not in mine and not any(WRONG == i.get("correction") for i in items)
+    assert "feedback_token" not in mine and not any(i.get("correction") == WRONG for i in items)
+    assert next(i for i in items if i["turn_id"] == sdk_turn)["user_id"] == "erin"
 
 
 def _epoch(ts) -> float:

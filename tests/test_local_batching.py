@@ -6,9 +6,12 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from serving_helpers import build_tiny_model
 
 from kaizenlm.serving.backends import ChatParams, LocalBackend
+
+pytestmark = pytest.mark.integration  # builds a torch model and generates with it (torch alone takes seconds to import)
 
 QUESTIONS = ["hello", "what is the price of the plan", "reset my password please thank you very much",
              "red blue green", "the quick brown fox jumps over the lazy dog", "thank you", "cat", "apple pear plum"]
@@ -34,19 +37,22 @@ def test_concurrent_greedy_requests_are_batched_and_answer_as_alone(tmp_path):
         return backend.generate([{"role": "user", "content": QUESTIONS[i]}], None,
                                 ChatParams(max_tokens=budgets[i], temperature=0))
 
-    with backend.lock:  # hold the model while all eight queue up, as a busy gateway would
-        with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+    with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+        backend.lock.acquire()  # hold the model while all eight queue up, as a busy gateway would
+        try:
             futures = [pool.submit(ask, i) for i in range(len(QUESTIONS))]
             while len(backend.pending) < len(QUESTIONS):
                 threading.Event().wait(0.01)
-    together = [f.result(timeout=60) for f in futures]
+        finally:
+            backend.lock.release()
+        together = [f.result(timeout=120) for f in futures]
     assert calls == [len(QUESTIONS)]  # one batch for all eight
     for a, b, n in zip(alone, together, budgets, strict=True):
         assert (b.text, b.finish_reason, b.completion_tokens) == (a.text, a.finish_reason, a.completion_tokens)
         assert b.completion_tokens <= n
 
 
-def test_sampled_requests_are_not_batched(tmp_path):
+def test_seeded_requests_are_not_batched(tmp_path):
     backend = LocalBackend(build_tiny_model(tmp_path / "m"), device="cpu", threads=1)
     one = backend.generate([{"role": "user", "content": "hello"}], None,
                            ChatParams(max_tokens=4, temperature=0.8, seed=3))

@@ -1,6 +1,7 @@
 """A pytest plugin for `make test-unit`: a test selected as a unit test may start no process.
 
-`make test-unit` runs `pytest -p unit_guard -m "not integration and not slow"`. While it runs,
+`make test-unit` runs `pytest -p tests.unit_guard -m "not integration and not slow"`, in two
+halves at once (`--unit-shard 0/2` and `1/2`: one per core). While it runs,
 `subprocess.Popen` (which asyncio's subprocesses, Selenium's driver, the embedded broker and
 every `kaizen ...` child go through) refuses to start anything and names the test, and the
 session fails at the end even where the code under test swallowed the error. A test module
@@ -56,6 +57,26 @@ def pytest_ignore_collect(collection_path: Path, config):
     if collection_path.suffix == ".py" and collection_path.name.startswith("test_") and collection_path.is_file():
         return True if marked_integration(collection_path) else None
     return None
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--unit-shard", default=None, metavar="I/N",
+                     help="run only the selected tests whose index is I modulo N (`make test-unit` runs "
+                          "0/2 and 1/2 at once, one per core)")
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected the integration and slow tests
+def pytest_collection_modifyitems(config, items) -> None:
+    shard = config.getoption("--unit-shard")
+    if not shard:
+        return
+    index, count = (int(x) for x in shard.split("/"))
+    if not 0 <= index < count:
+        raise pytest.UsageError(f"--unit-shard {shard}: want I/N with 0 <= I < N")
+    keep = items[index::count]
+    kept = set(map(id, keep))
+    config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept])
+    items[:] = keep
 
 
 def pytest_configure(config) -> None:

@@ -11,7 +11,7 @@ What lives where (everything public is re-exported here: ``from kaizenlm.config 
 * ``data.py``     -- RewardsConfig, CurationConfig and DEFAULT_BOILERPLATE.
 * ``training.py`` -- BaseModelConfig, LoraSFTConfig, LoraDPOConfig, RetrainConfig, EvalConfig.
 * ``serving.py``  -- KnowledgeConfig, ABConfig, ServingConfig, ScheduleConfig.
-* ``loader.py``   -- the root Config, ENV_OVERRIDES, from_dict, load, field_docs, default_toml.
+* ``loader.py``   -- the root Config, ENV_OVERRIDES, from_dict, load, with_overrides, field_docs, default_toml.
 * ``cron.py``     -- crontab lines -> APScheduler triggers (validates ``[schedule]``).
 * ``cli.py``      -- the `kaizen init` command.
 """
@@ -28,7 +28,7 @@ from kaizenlm.config.core import (
     PathsConfig,
 )
 from kaizenlm.config.data import DEFAULT_BOILERPLATE, CurationConfig, RewardsConfig
-from kaizenlm.config.loader import ENV_OVERRIDES, Config, default_toml, field_docs, from_dict, load
+from kaizenlm.config.loader import ENV_OVERRIDES, Config, default_toml, field_docs, from_dict, load, with_overrides
 from kaizenlm.config.serving import ABConfig, KnowledgeConfig, ScheduleConfig, ServingConfig
 from kaizenlm.config.training import BaseModelConfig, EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig
 
@@ -58,4 +58,5 @@ __all__ = [
     "field_docs",
     "from_dict",
     "load",
+    "with_overrides",
 ]

@@ -154,6 +154,17 @@ def from_dict(raw: dict) -> Config:
     return Config(**{name: _build_section(hints[name], raw.get(name, {}), name) for name in sections})
 
 
+def with_overrides(cfg: Config, overrides: dict[str, dict]) -> Config:
+    """A copy of cfg with some keys replaced ({section: {key: value}}), validated as if they
+    came from kaizen.toml (ConfigError names the key)."""
+    changes = {}
+    for section, values in overrides.items():
+        _check(section in {f.name for f in dataclasses.fields(Config)}, section, "unknown section")
+        current = getattr(cfg, section)
+        changes[section] = _build_section(type(current), {**dataclasses.asdict(current), **values}, section)
+    return dataclasses.replace(cfg, **changes)
+
+
 def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
     """Load kaizen.toml (explicit path, $KAIZEN_CONFIG, ./kaizen.toml, $KAIZEN_HOME/kaizen.toml) + env overrides."""
     env = dict(os.environ if env is None else env)

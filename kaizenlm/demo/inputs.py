@@ -11,13 +11,8 @@ from pathlib import Path
 
 from kaizenlm.base.general import choice_suite_rows
 from kaizenlm.demo.domain import Domain, build_domain
+from kaizenlm.demo.users import must_include
 from kaizenlm.eval.suite import Suite, write_suite
-
-
-def must_include(value: str) -> list[str]:
-    """What an answer must state: the fact's value without a leading article ('an authenticator app')."""
-    words = value.split()
-    return [" ".join(words[1:]) if len(words) > 1 and words[0].lower() in ("a", "an", "the") else value]
 
 
 def demo_suite(seed: int = 0, domain: Domain | None = None) -> Suite:

@@ -1,8 +1,9 @@
 """`kaizen demo`: the whole loop on the embedded default, with simulated users.
 
-Stages run in order on a shared DemoContext; each prints what it did and adds its
-figures to the final summary. Stage 1 (traffic) starts the stack and sends 30 days of
-compressed-time traffic through the SDK and the widget's endpoint.
+Stages run in order on a shared DemoContext; each prints what it did and adds its figures
+to the final summary. The stack (`kaizen up`) serves the embedded SmolLM2-135M-Instruct from
+the start; stage 1 has simulated users ask it questions through the gateway and react to its
+real answers (docs/DEMO.md).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from kaizenlm.demo.domain import Domain, build_domain
-from kaizenlm.demo.inputs import write_demo_inputs
+from kaizenlm.demo.inputs import write_demo_suite
 from kaizenlm.demo.stages import (
     stage_ab,
     stage_bad_candidate,
@@ -29,10 +30,11 @@ from kaizenlm.demo.stages import (
     stage_retrain,
     stage_review,
     stage_rollback,
+    stage_side_by_side,
 )
 from kaizenlm.demo.stages_data import stage_dataset
-from kaizenlm.demo.users import baseline_answer_fn, simulate
-from kaizenlm.feedback.client import KaizenClient
+from kaizenlm.demo.traffic import run_traffic
+from kaizenlm.demo.users import Behaviour
 
 console = Console()
 
@@ -49,6 +51,7 @@ class DemoContext:
     dataset: dict | None = None  # the manifest stage_dataset built
     retrain: dict | None = None
     ab: dict | None = None
+    side_by_side: list | None = None  # (question, base answer, candidate answer) rows
     console: Console = field(default_factory=lambda: console)
 
     def admin(self, method: str, path: str, **kw) -> dict:
@@ -59,42 +62,15 @@ class DemoContext:
 
 
 def stage_traffic(ctx: DemoContext) -> None:
-    """Simulated users -> SDK (turns, signals, half the feedback) and widget endpoint (other half)."""
+    """Simulated users ask the real model through the gateway and react to its real answers."""
     cfg = ctx.cfg
-    start = time.time() - ctx.days * 86400
-    events = list(simulate(ctx.domain, baseline_answer_fn(ctx.domain), ctx.conversations, start, ctx.days, ctx.seed))
-    # The widget's half goes out as the widget sends it: the public widget key, the turn's
-    # feedback token (from the SDK's /v1/turns answers) and no timestamp (the gateway stamps it).
-    widget = httpx.Client(base_url=cfg.gateway_url, headers={"Authorization": f"Bearer {cfg.auth.widget_key}"})
-    for_widget = []
-    with KaizenClient(cfg.gateway_url, cfg.auth.ingest_key) as sdk:
-        for i, (kind, payload) in enumerate(tqdm(events, desc="simulated traffic", unit="event")):
-            if kind == "turn":
-                sdk.log_turn(**payload)
-            elif kind == "signal":
-                sdk.signal(**payload)
-            elif i % 2:
-                sdk.feedback(**payload)
-            else:
-                for_widget.append(payload)
-        sdk.flush()
-        for payload in for_widget:  # every turn's batch is in: its token is at hand
-            body = {k: v for k, v in payload.items() if k != "ts"}
-            body["feedback_token"] = sdk.feedback_token(payload["turn_id"])
-            r = widget.post("/v1/feedback", json=body)
-            while r.status_code == 429:  # one simulated user over gateway.rate_burst_per_user: wait, as a page would
-                time.sleep(float(r.headers.get("retry-after", "1")))
-                r = widget.post("/v1/feedback", json=body)
-            r.raise_for_status()
-        via_widget = len(for_widget)
-        errors = sdk.errors
-    widget.close()
-    if errors:
-        raise RuntimeError(f"the gateway rejected SDK events: {errors[:3]}")
+    result = run_traffic(ctx.domain, cfg.gateway_url, cfg.auth.ingest_key, cfg.auth.widget_key, ctx.conversations,
+                         ctx.seed, DEMO_BEHAVIOUR)
     landed = ctx.admin("POST", "/admin/v1/drain")["counts"]
     stats = ctx.admin("GET", "/admin/v1/stats")
-    ctx.summary["events sent"] = len(events)
-    ctx.summary["feedback via widget endpoint"] = via_widget
+    ctx.summary["conversations (chats incl. regenerates)"] = f"{result['conversations']} ({result['chats']})"
+    ctx.summary["base answered right"] = f"{result['right_first_time']} of {result['conversations']}"
+    ctx.summary["feedback events (via widget key + token)"] = f"{result['feedback_events']} ({result['via_widget']})"
     ctx.summary["landed in DuckDB"] = ", ".join(f"{k} {v}" for k, v in landed.items())
     table = Table(title="Stage 1: traffic landed in DuckDB")
     for col in ("table", "rows"):
@@ -104,6 +80,8 @@ def stage_traffic(ctx: DemoContext) -> None:
     for name, n in stats.get("feedback_mix", {}).items():
         table.add_row(f"  {name}", str(n))
     console.print(table)
+    for question, answer in result["examples"]:
+        console.print(f"  [dim]{question}[/dim] -> {answer}")
 
 
 class UpProcess:
@@ -118,21 +96,30 @@ class UpProcess:
         self.log_path = cfg.home / "logs" / "up.out"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 180.0) -> None:
+    def start(self, timeout_s: float = 900.0) -> None:
+        """Start `kaizen up` and wait until it says it is up: broker, controller and gateway
+        answer and the base model serves as champion (the first start converts it)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {**os.environ, "KAIZEN_HOME": str(self.cfg.home), "KAIZEN_BROKER_PORT": str(self.cfg.kafka.broker_port),
                "KAIZEN_GATEWAY_PORT": str(self.cfg.gateway.port),
-               "KAIZEN_CONTROLLER_PORT": str(self.cfg.controller.port)}
+               "KAIZEN_CONTROLLER_PORT": str(self.cfg.controller.port), "KAIZEN_REGISTER_BASE": "true"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
         deadline = time.monotonic() + timeout_s
-        for url in (self.cfg.controller_url, self.cfg.gateway_url):
-            while not _answers(url + "/healthz"):
+        with tqdm(desc="starting the stack (first start: converting the base model)", unit="s") as bar:
+            while "kaizenlm up:" not in self._log_since(offset):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
-                    raise RuntimeError(f"`kaizen up` did not start (see {self.log_path}):\n{tail}")
-                time.sleep(0.3)
+                    raise RuntimeError(f"`kaizen up` did not start (see {self.log_path}):\n"
+                                       f"{self._log_since(offset)[-2000:]}")
+                time.sleep(1.0)
+                bar.update(1)
+
+    def _log_since(self, offset: int) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", errors="replace")
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -145,25 +132,20 @@ class UpProcess:
             self.proc.wait()
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+STAGES = [stage_traffic, stage_dataset, stage_retrain, stage_ab, stage_side_by_side, stage_knowledge,
+          stage_bad_candidate, stage_rollback, stage_review]
+
+# The base knows none of the domain's facts: most answers are wrong, and half of the users
+# who get a wrong answer correct it (the SFT rows); the rest as in demo/users.py.
+DEMO_BEHAVIOUR = Behaviour(correction_if_wrong=0.5)
 
 
-STAGES = [stage_traffic, stage_dataset, stage_knowledge, stage_retrain, stage_ab, stage_bad_candidate, stage_rollback,
-          stage_review]
-
-
-# The demo runs the issue's defaults for replay (8%) and the gates (retention >= 98% of the
-# champion's, refusal at most 2 points lower): the embedded recipe's KL anchor keeps the tiny
-# model's general skills while it learns the domain (docs/TRAINING.md).
-DEMO_TOML = """# Written by `kaizen demo` for the embedded tiny model; see docs/TRAINING.md.
+# The demo runs the issue's defaults for replay (8% of the SFT rows: the base's own answers to
+# the shipped general prompts) and the gates (retention >= 98% of the champion's, refusal at
+# most 2 points lower); docs/DEMO.md.
+DEMO_TOML = """# Written by `kaizen demo` for the embedded SmolLM2-135M-Instruct; see docs/DEMO.md.
 [curation]
 window_days = 0
-# The demo's general-skills rows: replay against forgetting and the KL anchor's prompts.
-replay_path = "{replay_path}"
 
 [gateway]
 # Pages that may embed the feedback widget: examples/widget.html served by
@@ -173,18 +155,19 @@ cors_origins = ["http://127.0.0.1:8000", "http://localhost:8000"]
 rate_limit_per_address = 0.0
 
 [eval]
-# The demo's evaluation suite: its domain exam, held-out general skills and refusal exam.
+# The demo's evaluation suite: its domain exam, the shipped multiple-choice general questions
+# and its refusal exam (kaizenlm/demo/inputs.py).
 suite_path = "{suite_path}"
+max_new_tokens = 24
 
 [ab]
 # A few hundred simulated users cannot show the latency guardrail non-inferior within 10%
 # on a shared CPU; the demo promotes unless a guardrail is breached (a breach still rolls back).
 promote_requires_non_inferiority = false
+min_samples_per_arm = 60
 
-[knowledge]
-# The embedded model reads at most 128 tokens and never learned to answer from retrieved
-# chunks: the demo builds the index and measures coverage and recall@5, but chats without it.
-chat_retrieval = false
+[serving]
+max_new_tokens = 48
 """
 
 
@@ -192,19 +175,19 @@ def _demo_config(cfg, path_given: bool, seed: int, domain: Domain):
     """Write the demo's inputs and its kaizen.toml into $KAIZEN_HOME (if none) so every process reads it."""
     from kaizenlm import config as config_mod
 
-    suite_path, replay_path = write_demo_inputs(cfg.home / "demo", seed, domain)
+    suite_path = write_demo_suite(cfg.home / "demo", seed, domain)
     target = cfg.home / "kaizen.toml"
     if path_given or target.exists() or Path("kaizen.toml").exists():
         return cfg
     cfg.home.mkdir(parents=True, exist_ok=True)
-    target.write_text(DEMO_TOML.format(suite_path=suite_path, replay_path=replay_path), encoding="utf-8")
+    target.write_text(DEMO_TOML.format(suite_path=suite_path), encoding="utf-8")
     return config_mod.load(target)
 
 
 def run(args, cfg) -> int:
     domain = build_domain(args.seed)
     cfg = _demo_config(cfg, bool(args.config), args.seed, domain)
-    conversations = args.conversations or (1500 if args.short else 4000)
+    conversations = args.conversations or (300 if args.short else 600)
     ctx = DemoContext(cfg, domain, args.short, args.seed, args.days, conversations)
     stack = UpProcess(cfg, args.config, with_dashboard=not args.no_dashboard)
     console.print(f"[bold]kaizen demo[/bold]: state in {cfg.home}; starting broker, controller and gateway")

@@ -13,7 +13,9 @@ import httpx
 from rich.table import Table
 from tqdm import tqdm
 
-from kaizenlm.demo.users import Behaviour, is_right
+from kaizenlm.demo.traffic import Ask, Feedback, ask_all, chat, react
+from kaizenlm.demo.users import Behaviour
+from kaizenlm.eval.metrics import normalize
 
 
 def run_tier(ctx, tier: str, timeout_s: float) -> dict:
@@ -41,11 +43,42 @@ def run_tier(ctx, tier: str, timeout_s: float) -> dict:
     return run.get("result") or {}
 
 
+# Documents published after the retrain: facts no training row has taught; retrieval puts
+# them in the prompt (knowledge.chat_retrieval), so the model can answer them today.
+NEW_DOCUMENTS = [
+    ("holiday-support", "Holiday support", "During public holidays the support line is open from 10 to 4.",
+     "When is the support line open on public holidays?", "10 to 4"),
+    ("data-export", "Data export", "A full data export is ready within 6 hours of the request.",
+     "How long does a full data export take?", "6 hours"),
+    ("student-discount", "Student discount", "Students get a 40 percent discount on the Pro plan.",
+     "How big is the student discount?", "40 percent"),
+]
+
+
 def stage_knowledge(ctx) -> None:
-    """Weekly tier: the support documents -> a FAISS knowledge version, and its coverage."""
+    """Weekly tier: the support documents (three of them new) -> a FAISS knowledge version; the
+    new facts are answered through retrieval before any retrain has taught them."""
     docs = ctx.cfg.home / "docs"
     written = ctx.domain.write_documents(docs)
+    for doc_id, title, text, _, _ in NEW_DOCUMENTS:
+        (docs / f"{doc_id}.md").write_text(f"# {title}\n\n{text}\n", encoding="utf-8")
+        written.append(docs / f"{doc_id}.md")
     result = run_tier(ctx, "weekly", timeout_s=900)
+    time.sleep(2.0)  # gateways follow the new `knowledge` alias within a second
+    client = httpx.Client(base_url=ctx.cfg.gateway_url, timeout=300,
+                          headers={"Authorization": f"Bearer {ctx.cfg.auth.ingest_key}"})
+    try:
+        replies = ask_all(client, [Ask("reader", f"new-doc-{i}", q) for i, (*_, q, _) in enumerate(NEW_DOCUMENTS)],
+                          "questions about the new documents")
+    finally:
+        client.close()
+    right = 0
+    for (_, _, _, question, value), reply in zip(NEW_DOCUMENTS, replies, strict=True):
+        ok = normalize(value) in normalize(reply["answer"])
+        right += ok
+        ctx.console.print(f"  {question} -> {reply['answer']!r} ({'right' if ok else 'wrong'}; retrieved "
+                          f"{', '.join(reply.get('retrieved_doc_ids') or []) or 'nothing'})")
+    ctx.summary["new documents answered through retrieval"] = f"{right} of {len(NEW_DOCUMENTS)} right"
     metrics = result.get("metrics", {})
     ctx.summary["knowledge version"] = f"{result.get('version_id')} ({metrics.get('chunks')} chunks, " \
                                        f"{metrics.get('index_type')})"
@@ -71,19 +104,11 @@ def stage_retrain(ctx) -> None:
         table.add_row(key, _fmt(before.get(key)), _fmt(after.get(key)))
     ctx.console.print(table)
     ctx.console.print(f"gate passed: {result.get('gate_passed')}  {'; '.join(result.get('gate_reasons') or [])}")
-    ctx.summary["domain exam (exact match) before -> after"] = \
+    ctx.summary["domain exam (key facts stated) before -> after"] = \
         f"{_fmt(before.get('domain_score'))} -> {_fmt(after.get('domain_score'))}"
-    ctx.summary["general skills before -> after"] = \
+    ctx.summary["general skills (multiple choice) before -> after"] = \
         f"{_fmt(before.get('general_score'))} -> {_fmt(after.get('general_score'))}"
     ctx.summary["candidate"] = f"{result.get('candidate')} (gate {'passed' if result.get('gate_passed') else 'failed'})"
-
-
-def chat(client: httpx.Client, question: str, user: str) -> dict:
-    r = client.post("/v1/chat/completions", json={
-        "model": "champion", "user": user, "temperature": 0, "max_tokens": 24,
-        "messages": [{"role": "user", "content": question}]})
-    r.raise_for_status()
-    return r.json()
 
 
 def stage_ab(ctx) -> None:
@@ -95,45 +120,75 @@ def stage_ab(ctx) -> None:
         return
     rng = random.Random(ctx.seed + 1)
     behaviour = Behaviour()
-    gateway = httpx.Client(base_url=ctx.cfg.gateway_url, timeout=60,
-                           headers={"Authorization": f"Bearer {ctx.cfg.auth.ingest_key}"})
-    max_users = 600 if ctx.short else 1500
-    decision, served = None, {}
-    with tqdm(total=max_users, desc="A/B traffic", unit="user") as bar:
-        for i in range(max_users):
-            user = f"ab-user-{i:05d}"
-            fact = rng.choice(ctx.domain.facts)
-            question = rng.choice([fact.question, *fact.paraphrases])
-            reply = chat(gateway, question, user)
-            answer = reply["choices"][0]["message"]["content"]
-            served[reply["model_version"]] = served.get(reply["model_version"], 0) + 1
-            _react(gateway, reply, question, answer, user, ctx, rng, behaviour)
-            bar.update(1)
-            if (i + 1) % 50 == 0:
-                ctx.admin("POST", "/admin/v1/drain")
-                out = ctx.admin("POST", "/admin/v1/ab/analyse", json={"experiment_id": experiment})
-                decision = _decision_for(out, experiment)
-                if decision and decision.get("action") in ("promote", "rollback", "keep_champion"):
-                    break
-    gateway.close()
+    client = httpx.Client(base_url=ctx.cfg.gateway_url, timeout=300,
+                          headers={"Authorization": f"Bearer {ctx.cfg.auth.ingest_key}"})
+    feedback = Feedback(ctx.cfg.gateway_url, ctx.cfg.auth.ingest_key, ctx.cfg.auth.widget_key)
+    max_users = 480 if ctx.short else 960
+    decision, served, asked = None, {}, 0
+    try:
+        while asked < max_users:
+            asks = [Ask(f"ab-user-{asked + i:05d}", f"ab-{ctx.seed}-{asked + i:05d}", _question(ctx.domain, rng))
+                    for i in range(48)]
+            replies = ask_all(client, asks, f"A/B traffic (users {asked + 1}-{asked + len(asks)})")
+            for ask, reply in zip(asks, replies, strict=True):
+                served[reply["model_version"]] = served.get(reply["model_version"], 0) + 1
+                react(ctx.domain, ask, reply, feedback, rng, behaviour, second_try=True)
+            asked += len(asks)
+            ctx.admin("POST", "/admin/v1/drain")
+            out = ctx.admin("POST", "/admin/v1/ab/analyse", json={"experiment_id": experiment})
+            decision = _decision_for(out, experiment)
+            if decision and decision.get("action") in ("promote", "rollback", "keep_champion"):
+                break
+    finally:
+        client.close()
+        feedback.close()
     ctx.summary["A/B traffic served"] = ", ".join(f"{k}: {v}" for k, v in sorted(served.items()))
     status = ctx.admin("GET", f"/admin/v1/ab/experiments/{experiment}")
     ctx.ab = status
     action = (decision or {}).get("action") or status.get("status")
-    ctx.summary["A/B decision"] = f"{experiment}: {action} ({(decision or {}).get('reason', '')[:80]})"
+    ctx.summary["A/B decision"] = f"{experiment}: {action} after {asked} users ({(decision or {}).get('reason', '')[:80]})"
     ctx.console.print(f"experiment {experiment}: {action}")
 
 
-def _react(gateway, reply, question, answer, user, ctx, rng, b) -> None:
-    """The same reactions as the traffic stage's users, through the SDK's endpoints."""
-    turn_id = reply["turn_id"]
-    right = is_right(ctx.domain, question, answer)
-    if rng.random() < b.thumbs_given:
-        gateway.post("/v1/feedback", json={"turn_id": turn_id, "thumbs": 1 if right else -1, "user_id": user})
-    if right and rng.random() < b.copy_if_right:
-        gateway.post("/v1/signals", json={"turn_id": turn_id, "kind": "copy", "user_id": user})
-    if not right and rng.random() < b.regenerate_if_wrong:
-        gateway.post("/v1/signals", json={"turn_id": turn_id, "kind": "regenerate", "user_id": user})
+def _question(domain, rng: random.Random) -> str:
+    fact = rng.choice(domain.facts)
+    return rng.choice([fact.question, *fact.paraphrases])
+
+
+def stage_side_by_side(ctx) -> None:
+    """A few questions, answered by the first champion (the base) and by the retrained candidate."""
+    base, candidate = _first_champion(ctx), (ctx.retrain or {}).get("candidate")
+    if not base or not candidate:
+        ctx.console.print("[yellow]no candidate to compare with[/yellow]")
+        return
+    rng = random.Random(ctx.seed + 3)
+    facts = rng.sample(ctx.domain.facts, 4)
+    questions = [rng.choice(f.exam_paraphrases) for f in facts] + GENERAL_QUESTIONS
+    client = httpx.Client(base_url=ctx.cfg.gateway_url, timeout=300,
+                          headers={"Authorization": f"Bearer {ctx.cfg.auth.ingest_key}"})
+    try:
+        rows = [(q, chat(client, Ask("side-by-side", f"sbs-{i}", q), base)["answer"],
+                 chat(client, Ask("side-by-side", f"sbs-{i}", q), candidate)["answer"])
+                for i, q in enumerate(questions)]
+    finally:
+        client.close()
+    table = Table(title=f"The same questions: {base} (base) and {candidate} (retrained)")
+    for col in ("question", base, candidate):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    ctx.console.print(table)
+    ctx.side_by_side = rows
+    for i, (q, a, b) in enumerate(rows):
+        ctx.summary[f"Q{i + 1}: {q}"] = f"{base}: {a!r} | {candidate}: {b!r}"
+
+
+GENERAL_QUESTIONS = ["What is the capital of France?", "Translate 'good morning' into Spanish."]
+
+
+def _first_champion(ctx) -> str | None:
+    history = ctx.admin("GET", "/admin/v1/registry/aliases/champion/history").get("history", [])
+    return history[0]["to_version"] if history else None
 
 
 def _decision_for(analysis: dict, experiment: str) -> dict | None:
@@ -144,14 +199,13 @@ def _decision_for(analysis: dict, experiment: str) -> dict | None:
 
 
 def corrupted_rows(domain, seed: int) -> list[dict]:
-    """The domain's training questions, each answered with another fact's answer: the
-    poisoned labels of the bad candidate (and no general replay at all)."""
+    """Each fact's questions (canonical and two paraphrases) answered with another fact's answer:
+    the poisoned labels of the bad candidate (and no general replay at all)."""
     rng = random.Random(seed)
     rows = []
-    for q_row in domain.train_rows():
-        fact = domain.fact(q_row["qid"])
+    for fact in domain.facts:
         wrong = rng.choice([f for f in domain.facts if f.qid != fact.qid])
-        rows.append({"prompt": q_row["prompt"], "response": wrong.answer})
+        rows += [{"prompt": q, "response": wrong.answer} for q in [fact.question, *fact.paraphrases[:2]]]
     return rows
 
 
@@ -170,8 +224,8 @@ def stage_bad_candidate(ctx) -> None:
     spec = model_spec(client, champion)
     base_dir = spec[0] if isinstance(spec, tuple) else spec
     run_dir = ctx.cfg.home / "demo" / "bad-candidate"
-    # 4 epochs: enough to learn the wrong answers and forget (the monthly retrain runs more).
-    sft = train_sft(base_dir, corrupted_rows(ctx.domain, ctx.seed), run_dir, LoraSFTConfig(epochs=4.0),
+    # The monthly recipe (the embedded overrides apply) for 2 epochs: enough to learn the wrong answers.
+    sft = train_sft(base_dir, corrupted_rows(ctx.domain, ctx.seed), run_dir, LoraSFTConfig(epochs=2.0),
                     ctx.cfg.retrain)
     version = client.register_version("adapter", sft["adapter_dir"], parent_id=champion["version_id"],
                                       status="candidate", config={"base": base_dir, "demo": "corrupted labels, no replay"},
@@ -196,9 +250,9 @@ def stage_rollback(ctx) -> None:
         return
     result = ctx.admin("POST", "/admin/v1/rollback", json={"reason": "demo: undo the promotion"})
     time.sleep(1.5)  # gateways apply routing changes within a second
-    gateway = httpx.Client(base_url=ctx.cfg.gateway_url, timeout=60,
+    gateway = httpx.Client(base_url=ctx.cfg.gateway_url, timeout=300,
                            headers={"Authorization": f"Bearer {ctx.cfg.auth.ingest_key}"})
-    reply = chat(gateway, ctx.domain.facts[0].question, "rollback-check-user")
+    reply = chat(gateway, Ask("rollback-check-user", "rollback-check", ctx.domain.facts[0].question))
     gateway.close()
     move = result["move"]
     ctx.summary["rollback"] = f"champion {move['from_version']} -> {move['to_version']}; the gateway now serves " \

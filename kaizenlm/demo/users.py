@@ -14,7 +14,8 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from kaizenlm.demo.domain import Domain, _norm
+from kaizenlm.demo.domain import Domain
+from kaizenlm.eval.metrics import is_refusal, key_fact_score
 
 AnswerFn = Callable[[str, random.Random], str]
 
@@ -43,11 +44,24 @@ class Behaviour:
 
 
 def is_right(domain: Domain, question: str, answer: str) -> bool:
-    """Whether an answer is right for a generated question (the simulator's ground truth)."""
+    """Whether an answer is right for a generated question (the simulator's ground truth): it
+    states the fact's value ("The refund window is 30 days, from delivery." is right), or, for
+    an out-of-scope question, it is the refusal."""
     fact = domain.fact_for_question(question)
     if fact is None:
-        return _norm(answer) == _norm(domain.refusal)
-    return _norm(answer) == _norm(fact.answer)
+        return is_refusal(answer, domain.refusal)
+    return key_fact_score(answer, fact.answer, must_include(fact.value)) == 1.0
+
+
+def must_include(value: str) -> list[str]:
+    """What an answer must state: the fact's value without a leading article ('an authenticator app')."""
+    words = value.split()
+    return [" ".join(words[1:]) if len(words) > 1 and words[0].lower() in ("a", "an", "the") else value]
+
+
+def comment_for(right: bool, rng: random.Random) -> str:
+    """A free-text comment; some unhappy ones carry personal data, as real ones do."""
+    return rng.choice(_PLAIN_COMMENTS_GOOD if right else _PLAIN_COMMENTS_BAD + _PII_COMMENTS)
 
 
 def baseline_answer_fn(domain: Domain, p_right: float = 0.45) -> AnswerFn:
@@ -124,8 +138,7 @@ def _explicit(domain, rng, b, turn_id, user, question, right, ts) -> Iterator[tu
     if rng.random() < b.rating_given:
         fb["rating"] = rng.choice([4, 5, 5]) if right else rng.choice([1, 1, 2])
     if rng.random() < b.comment_given:
-        pool = _PLAIN_COMMENTS_GOOD if right else _PLAIN_COMMENTS_BAD + _PII_COMMENTS
-        fb["comment"] = rng.choice(pool)
+        fb["comment"] = comment_for(right, rng)
     if not right and rng.random() < b.correction_if_wrong:
         fact = domain.fact_for_question(question)
         fb["correction"] = fact.answer if fact else domain.refusal

@@ -2,7 +2,9 @@
 
     GET  /admin/v1/jobs                  tiers (cron, next fire time, run in progress, pending retry) + history
     GET  /admin/v1/jobs/runs/{run_id}    one run (with live progress while it runs)
-    POST /admin/v1/jobs/{tier}/run       start a manual run now: 202 + the run; 409 while the tier runs
+    POST /admin/v1/jobs/{tier}/run       start a manual run now: 202 + the run; 409 while the tier runs;
+                                         body (optional) {"processes": N or "auto"}: the monthly run's
+                                         training processes (retrain.processes) for this run only
 
 Every endpoint needs `Authorization: Bearer <auth.admin_key>` (kaizenlm.auth).
 """
@@ -10,8 +12,10 @@ Every endpoint needs `Authorization: Bearer <auth.admin_key>` (kaizenlm.auth).
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from pydantic import BaseModel
 
 from kaizenlm.auth import Admin
+from kaizenlm.config import ConfigError, with_overrides
 from kaizenlm.jobs import history
 from kaizenlm.jobs.scheduler import Scheduler, TierBusy, TierFn, UnknownTier, default_tiers
 
@@ -49,10 +53,23 @@ def get_run(request: Request, run_id: str, _: Admin) -> dict:
     return {**run.to_dict(), "progress": scheduler.progress(run_id) if run.status == "running" else None}
 
 
+class RunOptions(BaseModel):
+    processes: int | str | None = None
+    """Monthly tier only: training processes of this run (retrain.processes: a number or 'auto')."""
+
+
 @router.post("/jobs/{tier}/run", status_code=202)
-def run_tier(request: Request, tier: str, _: Admin) -> dict:
+def run_tier(request: Request, tier: str, _: Admin, options: RunOptions | None = None) -> dict:
+    cfg = None
+    if options is not None and options.processes is not None:
+        if tier != "monthly":
+            raise HTTPException(422, f"processes applies to the monthly tier (the retrain), not to '{tier}'")
+        try:
+            cfg = with_overrides(request.app.state.cfg, {"retrain": {"processes": options.processes}})
+        except ConfigError as e:
+            raise HTTPException(422, str(e)) from None
     try:
-        run = request.app.state.scheduler.run_now(tier)
+        run = request.app.state.scheduler.run_now(tier, cfg=cfg)
     except UnknownTier as e:
         raise HTTPException(404, str(e)) from None
     except TierBusy as e:

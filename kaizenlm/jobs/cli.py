@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import httpx
 
 from kaizenlm.command import Command
+from kaizenlm.config import with_overrides
 from kaizenlm.errors import UsageError
 from kaizenlm.jobs.history import TIERS
 
@@ -62,7 +63,10 @@ def _via_controller(args, cfg) -> int:
         response = _request(cfg, "GET", "/jobs", params=params)
         response.raise_for_status()
         return _print_overview(response.json(), args.json)
-    response = _request(cfg, "POST", f"/jobs/{args.tier}/run")
+    options = {"processes": args.processes} if getattr(args, "processes", None) is not None else None
+    response = _request(cfg, "POST", f"/jobs/{args.tier}/run", json=options)
+    if response.status_code == 422:
+        raise UsageError(f"the controller refused the run: {response.json().get('detail')}")
     if response.status_code == 409:
         print(f"kaizen jobs: {response.json().get('detail')}", file=sys.stderr)
         return 1
@@ -115,7 +119,10 @@ def _in_process(args, cfg) -> int:
         scheduler.close_interrupted()  # we own the file, so a 'running' row is a dead process's
         bar = _progress_bar(args.tier)
         try:
-            finished = scheduler.run_inline(args.tier, on_progress=lambda f, m: _update(bar, f, m))
+            run_cfg = None
+            if getattr(args, "processes", None) is not None:  # `kaizen retrain --processes N`: this run only
+                run_cfg = with_overrides(cfg, {"retrain": {"processes": args.processes}})
+            finished = scheduler.run_inline(args.tier, on_progress=lambda f, m: _update(bar, f, m), cfg=run_cfg)
         except TierBusy as e:
             print(f"kaizen jobs: {e}", file=sys.stderr)
             return 1

@@ -280,21 +280,26 @@ class Scheduler:
 
     # ------------------------------------------------------------ running
 
-    def run_now(self, tier: str) -> JobRun:
-        """Start a manual run in the background; raises TierBusy while one of the tier runs."""
-        return self.submit(tier, "manual")
+    def run_now(self, tier: str, cfg: Config | None = None) -> JobRun:
+        """Start a manual run in the background; raises TierBusy while one of the tier runs.
+        `cfg`: this run's configuration when it differs from the scheduler's (e.g. `kaizen
+        retrain --processes N`)."""
+        return self.submit(tier, "manual", cfg=cfg)
 
-    def run_inline(self, tier: str, on_progress: Callable[[float | None, str], None] | None = None) -> JobRun:
+    def run_inline(self, tier: str, on_progress: Callable[[float | None, str], None] | None = None,
+                   cfg: Config | None = None) -> JobRun:
         """A manual run in the calling thread (the CLI without a controller); returns the finished run."""
         run = self._begin(tier, "manual", 1, None)
-        self._execute(run, on_progress)
+        self._execute(run, on_progress, cfg)
         with self.cursor() as cur:
             return history.get_run(cur, run.run_id)
 
-    def submit(self, tier: str, trigger: str, attempt: int = 1, scheduled_for: datetime | None = None) -> JobRun:
+    def submit(self, tier: str, trigger: str, attempt: int = 1, scheduled_for: datetime | None = None,
+               cfg: Config | None = None) -> JobRun:
         """Record a run of the tier and start it in a thread of its own; TierBusy if one is going on."""
         run = self._begin(tier, trigger, attempt, scheduled_for)
-        thread = threading.Thread(target=self._execute, args=(run, None), name=f"kaizen-{run.run_id}", daemon=True)
+        thread = threading.Thread(target=self._execute, args=(run, None, cfg), name=f"kaizen-{run.run_id}",
+                                  daemon=True)
         with self._lock:
             self._threads[tier] = thread
         thread.start()
@@ -331,7 +336,8 @@ class Scheduler:
                 del self._running[run.tier]
             self._progress.pop(run.run_id, None)
 
-    def _execute(self, run: JobRun, on_progress: Callable[[float | None, str], None] | None) -> None:
+    def _execute(self, run: JobRun, on_progress: Callable[[float | None, str], None] | None,
+                 cfg: Config | None = None) -> None:
         handler = _run_log_handler(Path(run.log_path), threading.get_ident())
         package_logger = logging.getLogger("kaizenlm")
         package_logger.addHandler(handler)
@@ -350,7 +356,7 @@ class Scheduler:
                 on_progress(fraction, message)
 
         ctx = JobContext(run.tier, run.run_id, run.trigger, run.attempt, run.scheduled_for, run.started_at,
-                         Path(run.log_path), job_log, self.cfg, cursor, report)
+                         Path(run.log_path), job_log, cfg or self.cfg, cursor, report)
         job_log.info("run %s: tier %s, trigger %s, attempt %d, scheduled for %s", run.run_id, run.tier, run.trigger,
                      run.attempt, run.scheduled_for.isoformat() if run.scheduled_for else "-")
         result, error, retryable, interrupt = None, None, True, None

@@ -139,6 +139,7 @@ class Anchor:
 def setup_anchor(rows: list[dict] | None, cfg, model, tokenizer, chat: bool, seed: int) -> Anchor | None:
     """The anchor rows (cfg: an SFT or DPO config), answered by the base where they have no
     response, tokenized; None when the anchor is off."""
+    from kaizenlm.retrain.launch import rank
     from kaizenlm.retrain.training import log
 
     if cfg.anchor_weight <= 0:
@@ -157,7 +158,7 @@ def setup_anchor(rows: list[dict] | None, cfg, model, tokenizer, chat: bool, see
     log.info("anchor: %d rows (%d answered by the base), weight %s, %d per step",
              len(rows), missing, cfg.anchor_weight, cfg.anchor_batch_size)
     return Anchor([t for t in tokenized if any(y != -100 for y in t[1])], cfg.anchor_weight, cfg.anchor_batch_size,
-                  tokenizer.pad_token_id, random.Random(seed))
+                  tokenizer.pad_token_id, random.Random(seed + rank()))  # N processes draw different rows
 
 
 def _tokenize(tokenizer, row: dict, chat: bool, max_length: int) -> tuple[list[int], list[int]]:

@@ -101,9 +101,9 @@ def run_recipe(recipe: str, run_dir: str | Path, run: RetrainConfig, **call) -> 
     (launch_dir / "error.json").unlink(missing_ok=True)
     call_path = launch_dir / "call.json"
     call_path.write_text(json.dumps(_encode(recipe, run_dir, run, call), default=str), encoding="utf-8")
-    command = launch_command(n, run, call_path)
+    command = launch_command(n, run, ["-m", "kaizenlm.retrain.launch", str(call_path)])
     log.info("%s: %d processes under accelerate launch: %s", recipe, n, " ".join(command))
-    returncode, tail = _run_and_relay(command, _launch_env(n, run))
+    returncode, tail = run_and_relay(command, launch_env(n, run))
     if returncode != 0:
         _raise_failure(recipe, n, returncode, tail, launch_dir / "error.json")
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -111,8 +111,9 @@ def run_recipe(recipe: str, run_dir: str | Path, run: RetrainConfig, **call) -> 
     return metrics
 
 
-def launch_command(n: int, run: RetrainConfig, call_path: Path) -> list[str]:
-    """The `accelerate launch` command line of one recipe run in n processes."""
+def launch_command(n: int, run: RetrainConfig, target: list[str]) -> list[str]:
+    """The `accelerate launch` command line that runs `target` (a script and its arguments, or
+    ["-m", module, ...]) in n processes."""
     from kaizenlm.ports import free_port
 
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
@@ -124,17 +125,18 @@ def launch_command(n: int, run: RetrainConfig, call_path: Path) -> list[str]:
         command += ["--config_file", str(config)]
     else:
         command += ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    return command + ["-m", "kaizenlm.retrain.launch", str(call_path)]
+    return command + target
 
 
-def _launch_env(n: int, run: RetrainConfig) -> dict[str, str]:
+def launch_env(n: int, run: RetrainConfig) -> dict[str, str]:
+    """The launch's environment: this one, kaizenlm importable, retrain.cpu_threads / n threads per process."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("OMP_NUM_THREADS", str(max(1, run.cpu_threads // n)))  # torchrun would set 1
     return env
 
 
-def _run_and_relay(command: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
+def run_and_relay(command: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
     """Run the launch, copying its output to our stdout line by line; (exit status, last lines)."""
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

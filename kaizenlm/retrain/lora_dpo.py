@@ -23,7 +23,7 @@ from trl import DPOTrainer  # noqa: E402
 
 from kaizenlm.base.model import as_messages  # noqa: E402
 from kaizenlm.config import LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
-from kaizenlm.retrain import lora_sft, training  # noqa: E402
+from kaizenlm.retrain import launch, lora_sft, training  # noqa: E402
 from kaizenlm.retrain.anchor import AnchorLoss, setup_anchor  # noqa: E402
 from kaizenlm.retrain.monitoring import NonFiniteLossError  # noqa: E402
 
@@ -65,6 +65,9 @@ def train_dpo(
     checkpoint. Raises NonFiniteLossError if the loss becomes NaN/inf.
     """
     run = run or RetrainConfig()
+    if launch.should_launch(run):  # retrain.processes > 1: this same call in N processes, under accelerate
+        return launch.run_recipe("dpo", run_dir, run, base_path=base_path, sft_adapter=sft_adapter, pairs=pairs,
+                                 cfg=cfg, eval_pairs=eval_pairs, anchor_rows=anchor_rows)
     cfg = resolve_config(cfg or LoraDPOConfig(), base_path)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -170,8 +173,9 @@ def _setup_training_args(cfg: LoraDPOConfig, run: RetrainConfig, hw: dict, run_d
 
 
 def _margin(model, tokenizer, rows: list[dict]) -> float | None:
-    """Mean log p(chosen) - log p(rejected) of the policy on validation pairs (None without any)."""
-    if not rows:
+    """Mean log p(chosen) - log p(rejected) of the policy on validation pairs (None without any;
+    None on ranks other than 0 of a multi-process run, whose metrics nobody reads)."""
+    if not rows or not launch.is_main_process():
         return None
     from kaizenlm.eval.evaluate import preference_margin
 

@@ -25,7 +25,7 @@ from trl import SFTTrainer  # noqa: E402
 
 from kaizenlm.base.model import as_messages  # noqa: E402
 from kaizenlm.config import LoraSFTConfig, RetrainConfig  # noqa: E402
-from kaizenlm.retrain import training  # noqa: E402
+from kaizenlm.retrain import launch, training  # noqa: E402
 from kaizenlm.retrain.anchor import AnchorLoss, setup_anchor  # noqa: E402
 from kaizenlm.retrain.monitoring import NonFiniteLossError  # noqa: E402
 
@@ -70,6 +70,9 @@ def train_sft(
     newest checkpoint. Raises NonFiniteLossError if the loss becomes NaN/inf.
     """
     run = run or RetrainConfig()
+    if launch.should_launch(run):  # retrain.processes > 1: this same call in N processes, under accelerate
+        return launch.run_recipe("sft", run_dir, run, base_path=base_path, rows=rows, cfg=cfg, eval_rows=eval_rows,
+                                 anchor_rows=anchor_rows)
     cfg = resolve_config(cfg or LoraSFTConfig(), base_path)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +95,9 @@ def train_sft(
             processing_class=tokenizer, peft_config=training.lora_config(cfg), callbacks=callbacks,
         )
         trainer.anchor = anchor
+        if hw["padding_free"]:  # TRL leaves truncation to us in padding-free mode
+            trainer.train_dataset = training.truncate_tokenized(trainer.train_dataset, cfg.max_length)
+            trainer.eval_dataset = training.truncate_tokenized(trainer.eval_dataset, cfg.max_length)
         resume = training.last_checkpoint(run_dir / "checkpoints")
         training.log.info("sft: %d train / %d val rows, %s, resume from %s, cfg %s",
                           len(train_ds), len(val_ds) if val_ds else 0, hw, resume, asdict(cfg))
@@ -141,11 +147,10 @@ def _setup_training_args(cfg: LoraSFTConfig, run: RetrainConfig, hw: dict, run_d
     """The arguments both recipes share (training.common_args) plus SFT's own."""
     from trl import SFTConfig
 
-    return SFTConfig(
-        **training.common_args(cfg, run, hw, run_dir, n_train, has_val),
-        weight_decay=cfg.weight_decay,
-        dataset_num_proc=None,
-    )
+    args = training.common_args(cfg, run, hw, run_dir, n_train, has_val)
+    if hw["padding_free"]:  # rows concatenated without pads; max_length is then applied by truncate_tokenized
+        args.update(padding_free=True, max_length=None)
+    return SFTConfig(**args, weight_decay=cfg.weight_decay, dataset_num_proc=None)
 
 
 class AnchoredSFTTrainer(AnchorLoss, SFTTrainer):

@@ -73,16 +73,27 @@ def apply_overrides(cfg, overrides: dict):
 
 
 def hardware(run: RetrainConfig) -> dict:
-    """Device, precision and gradient checkpointing for this machine and config."""
+    """Device, precision, gradient checkpointing, padding-free batches and the attention kernel
+    for this machine and config (the "auto" choices: docs/TRAINING.md "Training speed")."""
+    from kaizenlm.retrain import launch, speed
+
     cuda = torch.cuda.is_available()
     precision = run.precision
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
     checkpointing = run.gradient_checkpointing == "on" or (run.gradient_checkpointing == "auto" and cuda)
+    padding_free = run.padding_free == "on" or (run.padding_free == "auto" and not cuda)
+    attention = run.attention
+    if attention == "auto":
+        attention = speed.SDPA_VARLEN if padding_free and speed.varlen_available() else None
+    if attention == speed.SDPA_VARLEN:
+        speed.register_sdpa_varlen()
     if not cuda:
-        torch.set_num_threads(run.cpu_threads)
+        torch.set_num_threads(max(1, run.cpu_threads // launch.world_size()))  # N processes share the cores
+        speed.score_labelled_positions_only()
     return {"device": "cuda" if cuda else "cpu", "bf16": precision == "bf16", "fp16": precision == "fp16",
-            "gradient_checkpointing": checkpointing}
+            "gradient_checkpointing": checkpointing, "padding_free": padding_free, "attention": attention,
+            "processes": launch.world_size()}
 
 
 def load_base(base_path: str | Path, hw: dict):
@@ -93,7 +104,8 @@ def load_base(base_path: str | Path, hw: dict):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype = torch.bfloat16 if hw["bf16"] else torch.float16 if hw["fp16"] else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype)
+    attention = {"attn_implementation": hw["attention"]} if hw.get("attention") else {}
+    model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype, **attention)
     return model, tokenizer
 
 
@@ -112,7 +124,7 @@ def common_args(cfg: LoraSFTConfig | LoraDPOConfig, run: RetrainConfig, hw: dict
     """The training arguments SFTConfig and DPOConfig share (cfg: an SFT or DPO config): a cosine
     schedule with warm-up, clipping, `evals_per_epoch` evaluations with a checkpoint each,
     the best checkpoint kept when early stopping is on, seeded, TensorBoard attached by the caller."""
-    per_epoch = steps_per_epoch(n_train, cfg.batch_size, cfg.grad_accum)
+    per_epoch = steps_per_epoch(n_train, cfg.batch_size * hw.get("processes", 1), cfg.grad_accum)
     eval_every = max(1, per_epoch // cfg.evals_per_epoch)
     return {
         "output_dir": str(run_dir / "checkpoints"),
@@ -144,6 +156,7 @@ def common_args(cfg: LoraSFTConfig | LoraDPOConfig, run: RetrainConfig, hw: dict
         "data_seed": run.seed,
         "dataloader_num_workers": 0,
         "disable_tqdm": False,
+        "ddp_find_unused_parameters": False,  # with N processes: every LoRA weight gets a gradient each step
     }
 
 
@@ -152,13 +165,27 @@ def callbacks(cfg: LoraSFTConfig | LoraDPOConfig, run: RetrainConfig, run_dir: P
     directory and, with a validation set and a patience, early stopping on the validation loss."""
     from transformers import EarlyStoppingCallback
 
+    from kaizenlm.retrain.launch import is_main_process
     from kaizenlm.retrain.monitoring import HealthMonitor
 
     monitor = HealthMonitor(run.max_loss_gap, run.grad_norm_min, run.grad_norm_max, run_name=name)
-    found = [monitor, tensorboard_callback(run_dir / "tensorboard")]
+    found = [monitor, *([tensorboard_callback(run_dir / "tensorboard")] if is_main_process() else [])]
     if has_val and cfg.early_stopping_patience > 0:
         found.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     return monitor, found
+
+
+def truncate_tokenized(dataset, max_length: int | None):
+    """A tokenized TRL dataset with every row cut to max_length tokens (SFTTrainer truncates
+    itself, except in padding-free mode without packing, where it leaves that to the caller)."""
+    if dataset is None or max_length is None or not any(len(ids) > max_length for ids in dataset["input_ids"]):
+        return dataset
+
+    def cut(row: dict) -> dict:
+        n = len(row["input_ids"])
+        return {k: v[:max_length] for k, v in row.items() if isinstance(v, list) and len(v) == n}
+
+    return dataset.map(cut)
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
@@ -181,23 +208,32 @@ def tensorboard_callback(log_dir: Path):
 def finish(trainer, monitor: HealthMonitor, run_dir: Path, tokenizer, metrics: dict) -> dict:
     """Save the trained "default" adapter (the best one when early stopping kept the best) and
     the tokenizer into <run_dir>/adapter; add the monitor's summary to the metrics and write
-    metrics.json; return the metrics."""
+    metrics.json; return the metrics. With N processes only rank 0 writes (every rank returns them)."""
+    from kaizenlm.retrain.launch import is_main_process
+
     adapter_dir = run_dir / "adapter"
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"], save_embedding_layers=False)
-    tokenizer.save_pretrained(str(adapter_dir))
+    if is_main_process():
+        if adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        trainer.model.save_pretrained(str(adapter_dir), selected_adapters=["default"], save_embedding_layers=False)
+        tokenizer.save_pretrained(str(adapter_dir))
     metrics.update(monitor.summary())
     # Short names the retrain job and the registry read.
     metrics.update(train_loss=metrics["final_train_loss"], eval_loss=metrics["final_eval_loss"],
                    loss_gap=metrics["final_loss_gap"], train_seconds=metrics["train_runtime_s"])
     metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
     metrics["adapter_dir"] = str(adapter_dir)
-    write_metrics(run_dir, metrics)
+    if is_main_process():
+        write_metrics(run_dir, metrics)
     return metrics
 
 
 def attach_log_file(run_dir: Path) -> logging.Handler:
+    """train.log in the run directory (rank 0 only: the other ranks' output goes to the job log)."""
+    from kaizenlm.retrain.launch import is_main_process
+
+    if not is_main_process():
+        return logging.NullHandler()
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("kaizenlm", "transformers.trainer"):

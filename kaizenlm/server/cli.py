@@ -119,7 +119,8 @@ def run_up(args, cfg) -> int:
             sup.supervise_once()
             time.sleep(1.0)
     dashboard = f"  dashboard http://{cfg.dashboard.host}:{cfg.dashboard.port}" if args.dashboard else ""
-    print(f"kaizenlm up: gateway {cfg.gateway_url}  controller {cfg.controller_url}{dashboard}  state {cfg.home}")
+    print(f"kaizenlm up: gateway {cfg.gateway_url}  controller {cfg.controller_url}{dashboard}  state {cfg.home}",
+          flush=True)
     print("Ctrl-C stops everything after draining every accepted event into DuckDB")
     while not stop["now"]:
         for name in sup.supervise_once():

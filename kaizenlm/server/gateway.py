@@ -97,9 +97,10 @@ def create_app(cfg: Config, replica: str | None = None) -> FastRoutes:
     app.state.feedback_tokens = FeedbackTokens.from_config(cfg.auth)
     app.state.rate_limits = PublicRateLimits(cfg.gateway)
     # The widget runs inside other sites' pages and posts from there: only the configured sites.
-    app.cors_origins = frozenset(o.encode("latin-1") for o in cfg.gateway.cors_origins)
-    app.cors_any = "*" in cfg.gateway.cors_origins
-    app.add_middleware(CORSMiddleware, allow_origins=list(cfg.gateway.cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
+    origins = [o.lower() for o in cfg.gateway.cors_origins]  # browsers send scheme and host in lower case
+    app.cors_origins = frozenset(o.encode("latin-1") for o in origins)
+    app.cors_any = "*" in origins
+    app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "OPTIONS"],
                        allow_headers=["authorization", "content-type"],
                        expose_headers=["x-kaizen-turn-id", "x-kaizen-feedback-token", "x-kaizen-model-version"])
     app.include_router(collector.router)  # GET /widget.js; the POST routes' documentation (FastRoutes answers them)

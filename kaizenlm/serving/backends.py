@@ -80,10 +80,10 @@ class LocalBackend:
 
     Each request picks its adapter (`set_adapter`) or none (`disable_adapter()`); the
     active adapter is state of the shared model, so choosing it and generating happen under
-    one lock. Greedy requests that arrive while the model is busy are answered together:
-    whoever takes the lock next generates for every waiting request with the same adapter in
-    one left-padded batch (on 2 CPU cores, 8 answers in a batch cost about twice one answer).
-    Sampled, seeded or stop-string requests and streams run one at a time. (For real
+    one lock. Requests that arrive while the model is busy are answered together: whoever
+    takes the lock next generates for every waiting request with the same adapter and sampling
+    settings in one left-padded batch (on 2 CPU cores, 8 answers in a batch cost about twice
+    one answer). Seeded or stop-string requests and streams run one at a time. (For real
     concurrency, serve through vLLM with the openai backend.)
     """
 
@@ -193,29 +193,31 @@ class LocalBackend:
             torch.manual_seed(params.seed)  # under the lock, so no other request shares the generator
 
     def generate(self, messages: list[dict], adapter: str | None, params: ChatParams) -> Completion:
-        """Blocking: one completion with `adapter` (None = the base); greedy requests are batched."""
-        if params.temperature > 0 or params.stop:
+        """Blocking: one completion with `adapter` (None = the base); concurrent requests are batched."""
+        if params.stop or params.seed is not None:  # per-request stop criteria or random generator
             return self._generate_one(messages, adapter, params)
         kwargs, want = self._inputs(messages, params)
-        request = _Pending(kwargs["input_ids"][0].tolist(), want, adapter)
+        request = _Pending(kwargs["input_ids"][0].tolist(), want, (adapter, params.temperature, params.top_p))
         with self.pending_lock:
             self.pending.append(request)
         while not request.done.is_set():
             if self.lock.acquire(timeout=0.05):
                 try:
-                    self._serve_pending(adapter)
+                    self._serve_pending(request.key)
                 finally:
                     self.lock.release()
         if request.error is not None:
             raise request.error
         return request.result
 
-    def _serve_pending(self, adapter: str | None) -> None:
-        """Under the lock: answer waiting greedy requests with `adapter`, up to MAX_BATCH, in one batch."""
+    def _serve_pending(self, key: tuple) -> None:
+        """Under the lock: answer waiting requests with the same (adapter, temperature, top_p) as
+        `key`, up to MAX_BATCH, in one batch."""
         import torch
 
+        adapter, temperature, top_p = key
         with self.pending_lock:
-            batch = [r for r in self.pending if r.adapter == adapter and not r.done.is_set()][: self.MAX_BATCH]
+            batch = [r for r in self.pending if r.key == key and not r.done.is_set()][: self.MAX_BATCH]
             for r in batch:
                 self.pending.remove(r)
         if not batch:
@@ -225,10 +227,11 @@ class LocalBackend:
             pad = self.tokenizer.pad_token_id
             ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in batch], device=self.device)
             mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch], device=self.device)
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
+                {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
             with torch.inference_mode(), self._select(adapter):
                 out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(r.want for r in batch),
-                                          do_sample=False, temperature=None, top_p=None, top_k=None,
-                                          pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
+                                          pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, **sampling)
             for row, r in zip(out[:, width:].tolist(), batch, strict=True):
                 r.result = self._completion(row, r.want, len(r.ids))
         except Exception as e:  # every request of the batch gets the error
@@ -322,11 +325,11 @@ class LocalBackend:
 
 @dataclass
 class _Pending:
-    """A greedy request waiting for a batch: its prompt ids, token budget and adapter."""
+    """A request waiting for a batch: its prompt ids, token budget and (adapter, temperature, top_p)."""
 
     ids: list[int]
     want: int
-    adapter: str | None
+    key: tuple
     done: threading.Event = field(default_factory=threading.Event)
     result: Completion | None = None
     error: Exception | None = None
