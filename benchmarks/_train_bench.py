@@ -147,16 +147,16 @@ def chat_rows(n_rows: int, seed: int, dpo: bool) -> list[dict]:
 
 def make_model(shape: str, model_dir: str | None, dtype, device: str, attention: str | None):
     """A model directory's weights, or a LLaMA shape with random weights built on the device."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     kwargs = {"attn_implementation": attention} if attention else {}
     if model_dir:
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **kwargs).to(device)
     torch.manual_seed(0)
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192, pad_token_id=0, bos_token_id=1,
-                         eos_token_id=2, rope_theta=500000.0, **kwargs)
-    with torch.device(device):
-        return LlamaForCausalLM(config).to(dtype=dtype)
+                         eos_token_id=2, rope_theta=500000.0)
+    with torch.device(device):  # built where it trains, in its dtype: an 8B model never sits in fp32
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
 
 
 # ---------------------------------------------------------------- one setting

@@ -24,9 +24,8 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     """A 2-layer, 32-wide LlamaForCausalLM with random weights and a BPE tokenizer that has
     the embedded base's chat template. Answers are gibberish but deterministic."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from tiny_base import train_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(CORPUS * 4, vocab_size=300)

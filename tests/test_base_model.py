@@ -6,11 +6,11 @@ import os
 import pytest
 import torch
 from retrain_helpers import TINY_BASE, build_tiny_base
+from tiny_base import base_training_rows, encode_chat
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kaizenlm import cli
 from kaizenlm.demo.domain import build_domain
-from tiny_base import base_training_rows, encode_chat
 from kaizenlm.retrain.training import is_embedded_base
 
 pytestmark = pytest.mark.integration  # trains the tiny base model

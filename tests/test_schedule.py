@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from kaizenlm import config as config_mod
 from kaizenlm.cli import main
-from kaizenlm.eval.suite import Suite, write_suite
 from kaizenlm.config.cron import cron_trigger
+from kaizenlm.eval.suite import Suite, write_suite
 from kaizenlm.ingest.store import connect
 from kaizenlm.jobs import history
 from kaizenlm.jobs.scheduler import Scheduler, TierBusy, UnknownTier, default_tiers, fire_times_between

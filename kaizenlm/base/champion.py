@@ -45,7 +45,7 @@ def ensure_base_in_child(cfg, log_fn: Callable[[str], None] = print) -> Path:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_fn(f"converting the embedded base model into {base_dir} (once; log: {log_path})")
     with open(log_path, "ab") as out:
-        done = subprocess.run([sys.executable, "-m", "kaizenlm.cli", "base", "build", "--no-register",
+        done = subprocess.run([sys.executable, "-m", "kaizenlm.cli", "base", "build", "--no-register", "--no-answers",
                                "--out", str(base_dir)], stdout=out, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"building the base model failed (exit {done.returncode}); see {log_path}")

@@ -205,6 +205,8 @@ class EvalConfig:
     """Greedy decoding budget per exam answer."""
     similarity: bool = True
     """Also score domain answers by embedding similarity to the reference (all-MiniLM-L6-v2; reported, not gated)."""
+    retention_metric: str = "choices"
+    """What general_score (the retention gate's number) is: 'choices' = accuracy on the suite's multiple-choice general rows by log-likelihood; 'agreement' = token F1 of the model's answers with the base's own answers to held-out general prompts (docs/TRAINING.md shows which separates forgetting from a healthy retrain)."""
     mc_length_normalized: bool = False
     """Multiple-choice general rows: pick the choice with the highest log-likelihood per character (lm-evaluation-harness acc_norm) instead of the highest total."""
     pairwise_sample: int = 48
@@ -225,6 +227,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check(1 <= self.max_new_tokens <= 4096, "eval.max_new_tokens", "must be in 1..4096")
         _check(self.pairwise_sample >= 0, "eval.pairwise_sample", "must be >= 0")
+        _check(self.retention_metric in ("choices", "agreement"), "eval.retention_metric",
+               "must be 'choices' or 'agreement'")
         _check(-1.0 <= self.min_domain_gain <= 1.0, "eval.min_domain_gain", "must be in -1..1")
         _check(0.0 <= self.min_retention <= 1.0, "eval.min_retention", "must be in [0, 1]")
         _check(0.0 <= self.max_refusal_drop <= 1.0, "eval.max_refusal_drop", "must be in [0, 1]")

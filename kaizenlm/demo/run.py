@@ -108,7 +108,7 @@ class UpProcess:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
         deadline = time.monotonic() + timeout_s
-        with tqdm(desc="starting the stack (first start: converting the base model)", unit="s") as bar:
+        with tqdm(desc="starting the stack (first start: converting the base model)", unit="s", mininterval=10) as bar:
             while "kaizenlm up:" not in self._log_since(offset):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"`kaizen up` did not start (see {self.log_path}):\n"

@@ -61,10 +61,11 @@ def evaluate_version(cfg: Config, client: RegistryClient, name: str, against: st
                      apply_gate: bool = False, store: bool = True) -> dict:
     """Evaluate `name` (and `against`, when given) and return the result; see the module docstring."""
     from kaizenlm.eval.evaluate import evaluate, gate, retention
-    from kaizenlm.eval.suite import SuiteError, configured_suite
+    from kaizenlm.eval.suite import SuiteError
+    from kaizenlm.eval.traffic_suite import suite_for
 
     try:
-        suite = configured_suite(cfg.eval)
+        suite = suite_for(cfg)
     except SuiteError as e:
         raise UsageError(str(e)) from None
     version = _resolve(client, name)

@@ -175,13 +175,16 @@ def evaluate(
     val_rows: list[dict] | None = None,
     seed: int = 0,
     loaded=None,
+    base_answers: list[dict] | None = None,
 ) -> dict:
     """Evaluate a model on a suite; see the module docstring for the metrics.
 
     model: a directory or (base, adapter). champion: the champion's metrics dict from an
     earlier evaluate() (its `answers` are reused) or a model spec; None skips the pairwise
     comparison. val_rows: {prompt, response} rows for perplexity (default: the domain
-    references). loaded: an already loaded (model, tokenizer) to skip loading.
+    references). loaded: an already loaded (model, tokenizer) to skip loading. base_answers:
+    {prompt, response} rows the base model gave to held-out general prompts (kaizenlm.base.general):
+    general_agreement is how much of them the model still says.
     """
     cfg = cfg or EvalConfig()
     started = time.perf_counter()
@@ -190,6 +193,12 @@ def evaluate(
     metrics: dict = _domain_metrics(net, tokenizer, exam, suite.refusals(), cfg)
     answers = metrics.pop("_answers")
     metrics.update(_general_metrics(net, tokenizer, suite.general, cfg))
+    if base_answers:
+        answers_now = generate_answers(net, tokenizer, [r["prompt"] for r in base_answers], cfg.max_new_tokens)
+        metrics["general_agreement"] = _mean(token_f1(a, r["response"]) for a, r in zip(answers_now, base_answers,
+                                                                                         strict=True))
+        metrics["n_general_agreement"] = len(base_answers)
+    metrics["general_score"] = metrics.get(RETENTION_METRICS[cfg.retention_metric], metrics["general_score"])
     oos_answers = generate_answers(net, tokenizer, [r["prompt"] for r in suite.refusal], cfg.max_new_tokens)
     metrics["refusal_rate"] = _mean(is_refusal(a, r["reference"]) for a, r in zip(oos_answers, suite.refusal,
                                                                                   strict=True))
@@ -221,6 +230,9 @@ def _domain_metrics(net, tokenizer, exam: list[dict], refusals: set[str], cfg: E
     if cfg.similarity and exam:
         metrics["domain_similarity"] = _mean(similarities(answers, [r["reference"] for r in exam]))
     return metrics
+
+
+RETENTION_METRICS = {"choices": "general_mc_accuracy", "agreement": "general_agreement"}
 
 
 def _general_metrics(net, tokenizer, rows: list[dict], cfg: EvalConfig) -> dict:

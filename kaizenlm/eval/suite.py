@@ -53,6 +53,12 @@ class Suite:
     def rows(self) -> list[dict]:
         return [{"kind": kind, **r} for kind in KINDS for r in getattr(self, kind)]
 
+    def content_hash(self) -> str:
+        """sha256 of the rows (what a version records, so a later change of the file shows)."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.rows(), sort_keys=True).encode()).hexdigest()
+
 
 def load_suite(path: str | Path) -> Suite:
     """Read a suite file; a malformed row raises SuiteError naming the line and the field."""
@@ -90,8 +96,9 @@ def _parse_row(line: str, where: str) -> tuple[str, dict]:
         if not isinstance(must, list) or not all(isinstance(m, str) and m for m in must):
             raise SuiteError(f"{where}: field 'must_include' must be a list of non-empty strings")
         row["must_include"] = must
-    if raw.get("skill") is not None:
-        row["skill"] = str(raw["skill"])
+    for name in ("skill", "turn_id"):  # optional labels: a skill for retention per skill, the turn a row came from
+        if raw.get(name) is not None:
+            row[name] = str(raw[name])
     choices = raw.get("choices")
     if choices is not None:
         if kind != "general" or not isinstance(choices, list) or len(choices) < 2 \

@@ -23,9 +23,10 @@ from pathlib import Path
 import duckdb
 
 from kaizenlm.base.champion import ensure_base_in_child, register_first_champion
-from kaizenlm.base.general import ensure_answers_in_child
+from kaizenlm.base.general import answers_paths, base_key, ensure_answers_in_child
 from kaizenlm.config import Config
-from kaizenlm.eval.suite import Suite, configured_suite
+from kaizenlm.eval.suite import Suite
+from kaizenlm.eval.traffic_suite import suite_for
 from kaizenlm.jobs import runner
 from kaizenlm.registry import aliases as alias_ops
 from kaizenlm.registry import versions as version_ops
@@ -58,9 +59,12 @@ def build_inputs(cfg: Config, con: duckdb.DuckDBPyConnection, champion: version_
         raise ValueError(f"champion {champion.version_id}: no base model with a config.json in its lineage")
     if champion.kind == "adapter" and adapter_dir is None:
         raise ValueError(f"champion {champion.version_id}: no adapter_config.json under {champion.artifact_dir}")
-    has_metrics = all(k in (champion.metrics or {}) for k in EVAL_KEYS)
+    # The champion's stored metrics count only when they were measured on this very suite.
+    has_metrics = all(k in (champion.metrics or {}) for k in EVAL_KEYS) and \
+        (champion.metrics or {}).get("suite") == suite.source
     return RetrainInputs(
         base_dir=base_dir, snapshot_dir=str(snapshot_dir), suite_path=suite.source,
+        general_heldout_path=str(answers_paths(cfg.home, base_key(base_dir))[1]),
         champion_metrics=champion.metrics if has_metrics else None,
         champion_base=base_dir,
         champion_adapter=adapter_dir,
@@ -88,7 +92,7 @@ def retrain_once(cfg: Config, con: duckdb.DuckDBPyConnection,
     """One full monthly cycle; returns what happened (the snapshot, the job, the gate, the experiment)."""
     from kaizenlm.eval.evaluate import gate
 
-    suite = configured_suite(cfg.eval)  # before anything else: no suite, no gate, no retrain
+    suite = suite_for(cfg, con)  # before anything else: no suite, no gate, no retrain
     champion_id = ensure_champion(cfg, con, log_fn)
     champion = version_ops.get_version(con, champion_id)
     base_dir, _ = model_dirs(champion.to_dict(), version_lookup(con))
@@ -102,7 +106,7 @@ def retrain_once(cfg: Config, con: duckdb.DuckDBPyConnection,
                 "snapshot": snapshot.snapshot_id}
     inputs = build_inputs(cfg, con, champion, snapshot.path, suite)
     config = {"sft": inputs.sft, "dpo": inputs.dpo, "base": inputs.base_dir, "champion": champion_id,
-              "suite": suite.source}
+              "suite": suite.source, "suite_hash": suite.content_hash()}
     inputs_path = runner.jobs_tmp(cfg.home).parent / f"retrain-inputs-{snapshot.snapshot_id}.json"
     inputs_path.parent.mkdir(parents=True, exist_ok=True)
     inputs_path.write_text(inputs_as_json(inputs), encoding="utf-8")

@@ -34,6 +34,8 @@ class RetrainInputs:
     snapshot_dir: str
     suite_path: str
     """The evaluation suite (kaizenlm.eval.suite): the candidate and the champion are scored on it."""
+    general_heldout_path: str = ""
+    """The base's own answers to held-out general prompts (kaizenlm.base.general): general_agreement."""
     champion_metrics: dict | None = None
     champion_base: str | None = None
     champion_adapter: str | None = None
@@ -94,10 +96,12 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
                             ignore=shutil.ignore_patterns("checkpoint-*", "adapter"))
     runner.report_progress(0.8, "evaluating candidate and champion")
     ecfg = EvalConfig(**inputs.eval)
+    base_answers = _jsonl(inputs.general_heldout_path)
     champion = inputs.champion_metrics
     if champion is None:
-        champion = evaluate(_spec(inputs.champion_base, inputs.champion_adapter), suite, ecfg)
-    candidate = evaluate((inputs.base_dir, str(out_dir)), suite, ecfg, champion=champion)
+        champion = evaluate(_spec(inputs.champion_base, inputs.champion_adapter), suite, ecfg,
+                            base_answers=base_answers)
+    candidate = evaluate((inputs.base_dir, str(out_dir)), suite, ecfg, champion=champion, base_answers=base_answers)
     summary = {"sft": _train_summary(sft), "dpo": _train_summary(dpo) if dpo else None}
     (out_dir / "evaluation.json").write_text(json.dumps({"candidate": candidate, "champion": champion,
                                                          "training": summary}, indent=2, default=str))
@@ -117,6 +121,13 @@ def _anchor_rows(snap: Path, seed: int, sft_train: list[dict], sft_cfg, eval_pro
     except ValueError as e:  # a replay file that is gone from this machine: train without the anchor
         log.warning("no KL anchor rows from %s: %s", source, e)
         return []
+
+
+def _jsonl(path: str) -> list[dict]:
+    if not path or not Path(path).is_file():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def _spec(base: str | None, adapter: str | None):

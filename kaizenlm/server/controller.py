@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from kaizenlm import auth
 from kaizenlm.abtest import api as ab_api
 from kaizenlm.base.champion import ensure_base_in_child, register_first_champion
+from kaizenlm.base.general import ensure_answers_in_child
 from kaizenlm.config import Config
 from kaizenlm.dashboard import api as dashboard_api
 from kaizenlm.datasets import api as datasets_api
@@ -71,7 +72,8 @@ def create_app(cfg: Config, start_sink: bool = True) -> FastAPI:
 
 def first_champion(app: FastAPI) -> None:
     """Register the configured base as `champion` when there is none (converting the embedded
-    model once, in a child process), and publish the routing so every gateway serves it."""
+    model once, in a child process), publish the routing so every gateway serves it, then have
+    the base answer the general prompts (the first retrain's replay rows)."""
     cfg = app.state.cfg
     cursor = app.state.db.cursor()
     try:
@@ -83,6 +85,8 @@ def first_champion(app: FastAPI) -> None:
         if move is not None:
             log.info("registered %s from %s as champion", move["to_version"], base_dir)
             app.state.on_alias_moved(move)
+            # The self-distillation targets the first retrain replays: computed now, while users talk.
+            ensure_answers_in_child(cfg, registry.show(move["to_version"])["artifact_dir"], log.info)
     except Exception:  # a missing or broken base must not stop the controller; the log says what to fix
         log.exception("could not register the configured base model as the first champion")
     finally:
