@@ -4,9 +4,9 @@
 #
 #   1. Here, on a machine that reaches PyPI (once; .whl/ is git-ignored):
 #        bash benchmarks/gpu_train_throughput.sh fetch
-#      downloads the wheels the GPU image lacks or has older (TRL, PEFT, datasets and what it needs,
-#      Liger Kernel;
-#      pyarrow in case the image's is older than datasets wants) for CPython 3.12 x86-64.
+#      downloads the wheels the GPU image lacks or has older (TRL, PEFT, datasets and what it
+#      needs, Liger Kernel; pyarrow in case the image's is older than datasets wants) for
+#      CPython 3.12 x86-64, about 58 MB (the device tool carries up to 64 MiB with the tree).
 #   2. On the GPU machine, with the device tool:
 #        run(command="bash benchmarks/gpu_train_throughput.sh", carry=[".whl"], timeout_s=600)
 #      It installs the wheels into /tmp/site (no network there), records nvidia-smi and the
@@ -29,7 +29,7 @@ fi
 
 OUT="${OUT:-benchmarks/out/gpu}"
 mkdir -p "$OUT"
-PY=python3
+PY="${PY:-python3}"  # PY=.venv/bin/python GPU_BENCH_ARGS=--smoke: the same script on a CPU machine
 if ls .whl/*.whl >/dev/null 2>&1; then
   # Everything but pyarrow first; pyarrow only when the image's is older than datasets needs.
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -59,4 +59,4 @@ except ImportError as e:
 EOF
 } > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
-timeout 570 $PY benchmarks/train_throughput.py --gpu --out "$OUT" 2> >(tee "$OUT/driver.log" >&2)
+timeout 570 $PY benchmarks/train_throughput.py --gpu ${GPU_BENCH_ARGS:-} --out "$OUT" 2> >(tee "$OUT/driver.log" >&2)

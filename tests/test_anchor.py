@@ -40,17 +40,19 @@ def test_select_caps_the_pool_and_leaves_rows_without_skills_unbalanced():
 
 
 def test_rows_for_a_replay_file_leave_out_sft_and_evaluation_prompts(tmp_path):
-    train, heldout = general_skills(0)
-    source = write_general_jsonl(tmp_path / "replay.jsonl", train + heldout)  # held-out rows in the file too
+    train, _ = general_skills(0)
+    suite = demo_suite(0)
+    asked = [{"prompt": r["prompt"], "response": r["reference"], "skill": "asked"}
+             for r in suite.general[:20] + suite.domain[:10] + suite.refusal[:10]]
+    source = write_general_jsonl(tmp_path / "replay.jsonl", train + asked)  # evaluation prompts in the file too
     sft_rows = [{"prompt": json.dumps([{"role": "user", "content": r["prompt"]}]), "response": r["response"]}
                 for r in train[:30]]  # the snapshot's shape: prompt = JSON messages
-    suite = demo_suite(0)
     rows = anchor.rows_for(str(source), 0, sft_rows, LoraSFTConfig(anchor_weight=5.0), suite.prompts())
     texts = {anchor.prompt_key(r["messages"]) for r in rows}
     assert rows and not texts & {r["prompt"] for r in train[:30]}
-    assert not texts & {r["prompt"] for r in heldout}  # the suite's general rows
-    assert not texts & set(suite.prompts())  # no exam or out-of-scope exam question either
-    assert len(suite.prompts()) == 144 + 72 + len(heldout)
+    assert not texts & set(suite.prompts())  # no exam, general or out-of-scope exam question
+    assert "asked" not in {r["skill"] for r in rows}
+    assert len(suite.prompts()) == 144 + 160 + 72
     assert {r["skill"] for r in rows if r["response"] is not None} >= {"repeat", "add", "refusal", "recall"}
 
 

@@ -94,7 +94,12 @@ def should_launch(run: RetrainConfig) -> bool:
 def run_recipe(recipe: str, run_dir: str | Path, run: RetrainConfig, **call) -> dict:
     """Run lora_sft.train_sft (recipe 'sft') or lora_dpo.train_dpo ('dpo') with `call` as its
     keyword arguments in wanted_processes(run) processes; returns rank 0's metrics."""
+    import torch
+
     n = wanted_processes(run)
+    if torch.cuda.is_available() and n > torch.cuda.device_count():
+        raise ValueError(f"retrain.processes is {n} but {torch.cuda.device_count()} GPU(s) are visible: "
+                         "use 'auto' (one process per GPU) or a smaller number")
     run_dir = Path(run_dir)
     launch_dir = run_dir / "launch"
     launch_dir.mkdir(parents=True, exist_ok=True)
