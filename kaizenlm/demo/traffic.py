@@ -12,6 +12,7 @@ feedback token. The gateway logs every chat turn itself.
 from __future__ import annotations
 
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -82,12 +83,14 @@ class Feedback:
         self.sent = 0
 
     def post(self, route: str, body: dict, reply: dict, use_widget: bool) -> None:
-        if use_widget:
-            r = self.widget.post(route, json={**body, "feedback_token": reply["feedback_token"]})
-            self.via_widget += 1
-        else:
-            r = self.server.post(route, json=body)
+        client = self.widget if use_widget else self.server
+        body = {**body, "feedback_token": reply["feedback_token"]} if use_widget else body
+        r = client.post(route, json=body)
+        while r.status_code == 429:  # one user over the public routes' per-user limit: wait, as a page would
+            time.sleep(float(r.headers.get("retry-after", "1")))
+            r = client.post(route, json=body)
         r.raise_for_status()
+        self.via_widget += use_widget
         self.sent += 1
 
     def close(self) -> None:

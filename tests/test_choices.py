@@ -1,0 +1,40 @@
+"""Multiple-choice scoring by log-likelihood: the batched, left-padded, last-positions-only
+scorer gives the same numbers as scoring each (question, choice) sequence alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from serving_helpers import build_tiny_model
+
+from kaizenlm.base.generate import prompt_text
+from kaizenlm.base.model import load_model_and_tokenizer
+from kaizenlm.eval.choices import choice_logprobs, multiple_choice
+
+pytestmark = pytest.mark.integration  # builds a (tiny) torch model
+
+ROWS = [{"prompt": "what is the price of the plan", "choices": ["red", "blue green cat", "the quick brown fox", "dog"],
+         "answer": 1},
+        {"prompt": "hello", "choices": ["thank you very much", "apple"], "answer": 0},
+        {"prompt": "reset my password please now", "choices": ["plum", "pear plum", "bird"], "answer": 2}]
+
+
+def naive(model, tokenizer, prompt: str, choice: str) -> float:
+    context = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    tail = tokenizer(choice, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([context + tail])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    return float(sum(logp[len(context) - 1 + k, t] for k, t in enumerate(tail)))
+
+
+def test_batched_scores_equal_one_sequence_at_a_time(tmp_path):
+    model, tokenizer = load_model_and_tokenizer(build_tiny_model(tmp_path / "m"))
+    got = choice_logprobs(model, tokenizer, ROWS)
+    want = [[naive(model, tokenizer, r["prompt"], c) for c in r["choices"]] for r in ROWS]
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=1e-3)
+    scored = multiple_choice(model, tokenizer, ROWS)
+    picks = [max(range(len(w)), key=w.__getitem__) for w in want]
+    assert scored["picks"] == picks
+    assert scored["acc"] == pytest.approx(sum(p == r["answer"] for p, r in zip(picks, ROWS, strict=True)) / 3)
