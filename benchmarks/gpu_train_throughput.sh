@@ -32,8 +32,10 @@ mkdir -p "$OUT"
 PY="${PY:-python3}"  # PY=.venv/bin/python GPU_BENCH_ARGS=--smoke: the same script on a CPU machine
 if ls .whl/*.whl >/dev/null 2>&1; then
   # Everything but pyarrow first; pyarrow only when the image's is older than datasets needs.
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    $(ls .whl/*.whl | grep -v pyarrow)
+  for wheel in $(ls .whl/*.whl | grep -v pyarrow); do
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheel" \
+      || echo "not installed: $wheel (environment.txt shows what the benchmark got)" >&2
+  done
   if ! $PY -c "import pyarrow, sys; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)" 2>/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/pyarrow-*.whl
   fi

@@ -76,11 +76,13 @@ def run_child(spec: dict, log, processes: int = 1, timeout_s: float = 900) -> di
 
     spec_file = Path(tempfile.mkdtemp(prefix="kz-bench-")) / "spec.json"
     spec_file.write_text(json.dumps(spec))
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    # kaizenlm importable, and whatever PYTHONPATH already holds (the GPU script's carried wheels)
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
     if processes > 1:
         run = RetrainConfig(cpu_threads=spec.get("threads", 2) * processes)
         command = launch.launch_command(processes, run, [str(BENCH), str(spec_file)])
-        env = {**launch.launch_env(processes, run), "PYTHONPATH": str(ROOT)}
+        env = launch.launch_env(processes, run)
     else:
         command = [sys.executable, str(BENCH), str(spec_file)]
     log.write(f"\n===== {spec['method']} {spec['name']} ({processes} process{'es' if processes > 1 else ''}): "
@@ -119,7 +121,9 @@ def default_model() -> str | None:
 
 
 def base_spec(args, name: str, method: str, knobs: dict, **kw) -> dict:
-    return {"name": name, "method": method, "knobs": knobs, "out": str(Path(args.out) / "trainer"), "seed": 0,
+    # the trainers' own output_dir: scratch space, so that --out holds only the JSON and the logs
+    scratch = Path(tempfile.gettempdir()) / "kaizen-train-throughput"
+    return {"name": name, "method": method, "knobs": knobs, "out": str(scratch), "seed": 0,
             "threads": args.threads, **kw}
 
 
@@ -217,6 +221,7 @@ def gpu_part(args, log) -> dict:
         if args.smoke:  # the same plan with tiny shapes and steps: its code paths on any machine
             kw.update(shape="tiny", batch=min(batch, 4), max_length=min(max_length, 64), rows=24, warmup=1,
                       min_steps=2, seconds=0)
+            knobs = _smoke_knobs(knobs)
         spec = base_spec(args, name, method, knobs, **kw)
         result = run_child(spec, log, timeout_s=240 if "8b" in name else 150)
         if result.get("oom") and not knobs.get("gradient_checkpointing"):
@@ -226,6 +231,19 @@ def gpu_part(args, log) -> dict:
                          "knobs": knobs, **result}
         print(f"{name}: {json.dumps(result)[:300]}", file=sys.stderr, flush=True)
     return {"settings": results, "elapsed_s": round(time.perf_counter() - started, 1), "goals": _gpu_goals(results)}
+
+
+def _smoke_knobs(knobs: dict) -> dict:
+    """Without CUDA the kernels that need it give way (the varlen kernel to plain SDPA over the
+    same padding-free batch, Liger to PyTorch's layers), so every other code path still runs."""
+    import torch
+
+    if torch.cuda.is_available():
+        return knobs
+    changed = {**knobs, "liger": False}
+    if knobs.get("attention") == "sdpa_varlen":
+        changed["attention"] = "sdpa"
+    return changed
 
 
 def _gpu_goals(r: dict) -> dict:

@@ -28,7 +28,7 @@ from kaizenlm.dashboard.ui import CONFIRM_KEY
 pytestmark = pytest.mark.integration
 
 APP = Path(kaizenlm.dashboard.__file__).parent / "app.py"
-PAGES = ("overview", "experiments", "models", "training", "knowledge", "feedback", "jobs")
+PAGES = ("overview", "experiments", "models", "training", "knowledge", "feedback", "jobs", "annotate")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_every_page_says_what_to_do_next_when_empty(dash_stack):
     expected = {"overview": "No turns have landed yet", "experiments": "No A/B experiments yet",
                 "models": "The registry is empty", "training": "No adapter has been trained yet",
                 "knowledge": "No knowledge version yet", "feedback": "No turn with feedback",
-                "jobs": "No job has run yet"}
+                "jobs": "No job has run yet", "annotate": "The review queue is empty"}
     for name in PAGES:
         at = open_page(name)
         info = texts(at.info)

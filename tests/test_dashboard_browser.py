@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 # (url path, the page's title): the pages of kaizenlm/dashboard/app.py
 PAGES = [("", "Overview"), ("experiments", "Experiments"), ("models", "Models"), ("training", "Training"),
-         ("knowledge", "Knowledge"), ("feedback", "Feedback explorer"), ("jobs", "Jobs")]
+         ("knowledge", "Knowledge"), ("feedback", "Feedback explorer"), ("jobs", "Jobs"), ("annotate", "Annotate")]
 # Where to copy the screenshots when asked (`make screenshots`: docs/screenshots); a plain test run
 # writes only into its tmp dir.
 SCREENSHOTS_DIR = os.environ.get("KAIZEN_SCREENSHOTS_DIR")

@@ -76,7 +76,7 @@ def test_forget_deletes_the_users_rows_and_marks_what_was_built_from_them(world)
     before = {t: _count(con, t) for t in ("turns", "feedback", "signals")}
 
     preview = service.forget(con, cfg, "alice", dry_run=True)
-    assert preview["deleted"] == {"turns": 5, "feedback": 6, "signals": 5}
+    assert preview["deleted"] == {"turns": 5, "feedback": 6, "signals": 5, "review_labels": 0, "review_assignments": 0, "review_items": 0}
     assert preview["snapshots"] == [snap.snapshot_id]
     assert preview["model_versions"] == sorted([adapter.version_id, child.version_id])
     assert {t: _count(con, t) for t in ("turns", "feedback", "signals")} == before  # a dry run changes nothing
@@ -111,7 +111,38 @@ def test_forget_deletes_the_users_rows_and_marks_what_was_built_from_them(world)
     assert "Alice says" not in json.dumps(datasets.open_snapshot(fresh.path)["dpo_train"].to_pylist())
 
     again = service.forget(con, cfg, "alice")
-    assert again["deleted"] == {"turns": 0, "feedback": 0, "signals": 0} and again["snapshots"] == []
+    assert again["deleted"] == {"turns": 0, "feedback": 0, "signals": 0, "review_labels": 0, "review_assignments": 0, "review_items": 0} and again["snapshots"] == []
+
+
+def test_forget_covers_reviewers_copies_of_the_users_text(world):
+    from kaizenlm.annotate import labels, queue, sources
+
+    cfg, con, turns = world["cfg"], world["con"], world["turns"]
+    # alice's corrected turn and bob's turn she corrected are review items; so are two of carol's answers
+    fixes = sources.corrections(con)
+    assert {r["turn_id"] for r in fixes} == {turns["alice"][-1], turns["bob"][0]}
+    queue.enqueue(con, "correction", fixes)
+    sample = [r for r in sources.sample(con, 100) if r["user_id"] == "carol"][:2]
+    queue.enqueue(con, "sample", sample)
+    queue.assign(con, ["rev1", "rev2"], overlap=1.0)
+    for item in queue.list_items(con):
+        verdict = {"verdict": "edit", "gold_answer": f"gold for {item['item_id']}"} if item["kind"] == "correction" \
+            else {"verdict": "accept"}
+        for who in ("rev1", "rev2"):
+            labels.record_label(con, item["item_id"], who, label="correct", **verdict)
+    assert _count(con, "review_items") == 4 and _count(con, "review_labels") == 8
+
+    preview = service.forget(con, cfg, "alice", dry_run=True)
+    assert (preview["deleted"]["review_items"], preview["deleted"]["review_labels"],
+            preview["deleted"]["review_assignments"]) == (2, 4, 4)
+    assert _count(con, "review_items") == 4  # a dry run changes nothing
+    service.forget(con, cfg, "alice")
+    left = con.execute("SELECT turn_id, user_id FROM review_items ORDER BY turn_id").fetchall()
+    assert [u for _, u in left] == ["carol", "carol"]  # her turn and the turn with her correction are gone
+    assert _count(con, "review_labels") == 4 and _count(con, "review_assignments") == 4
+    assert _count(con, "review_labels", "gold_answer IS NOT NULL") == 0  # the gold answers written on her texts
+    assert not con.execute("SELECT count(*) FROM review_items WHERE correction LIKE '%lice%' OR prompt LIKE '%alice%'"
+                           ).fetchone()[0]
 
 
 def test_forget_rejects_an_empty_user(world):

@@ -117,6 +117,7 @@ JOB = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two jobs of two training processes each: 2-4 minutes on the shared 2-core machine
 def test_a_dead_rank_fails_the_job_the_registry_stays_and_the_rerun_resumes(base_dir, rows, tmp_path):
     from kaizenlm.ingest.store import connect
     from kaizenlm.jobs import runner

@@ -1,9 +1,10 @@
 """`kaizen annotate queue|label|stats|export|import`: the human review queue from the command line.
 
 `stats --from-label-studio FILE` reads a Label Studio JSON export and needs nothing else (no
-stack, no DuckDB). The other subcommands work on the review tables: on the DuckDB file
-directly while no controller runs; the controller's /admin/v1/annotate routes (which will
-let them run beside it) are not built yet, so with a controller up they say so and stop.
+stack, no DuckDB). The other subcommands work on the review tables through
+kaizenlm.annotate.client: the controller's /admin/v1/annotate routes while it runs (with the
+admin key, so `--reviewer` may name anyone), else the DuckDB file directly. Bad input exits 2
+with the field named; nothing is stored then.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ EXAMPLES = {
     "add": "kaizen annotate queue add --from sample --size 100 --since 2025-01-06 --until 2025-01-13",
     "assign": "kaizen annotate queue assign --reviewers alice,bob,carol --overlap 0.1",
     "next": "kaizen annotate queue next --reviewer alice",
+    "sweep": "kaizen annotate queue sweep --until 2025-01-13   (what the weekly tier runs)",
     "label": "kaizen annotate label rv-0123456789abcdef --reviewer alice --verdict edit --label incomplete "
              "--gold-answer 'Reset it from Settings > Security.'",
     "stats": "kaizen annotate stats --from-label-studio export.json --json",
@@ -64,6 +66,9 @@ def add_arguments(p) -> None:
     assign = _parser(qsub, "assign", "assign every unassigned item; the overlap share gets 2+ reviewers")
     assign.add_argument("--reviewers", help="comma-separated names (default: annotate.reviewers)")
     assign.add_argument("--overlap", type=float, help="share of items for 2+ reviewers (default: annotate.overlap)")
+    sweep = _parser(qsub, "sweep", "queue the week's corrections, disagreements and sample; assign to annotate.reviewers")
+    sweep.add_argument("--until", help="end of the window, exclusive (ISO date or time; default now)")
+    sweep.add_argument("--days", type=float, default=7.0, help="length of the window in days (default 7)")
     nxt = _parser(qsub, "next", "the reviewer's next open item")
     nxt.add_argument("--reviewer", required=True)
     nxt.add_argument("--kind", choices=KINDS, help="only this kind")
@@ -96,13 +101,15 @@ def add_arguments(p) -> None:
 
 
 def run(args, cfg) -> int:
+    from kaizenlm.annotate.client import AnnotateClient, AnnotateUnavailable
+
     settings = settings_of(cfg)
     try:
         if args.annotate_command == "stats" and args.from_label_studio is not None:
             result = _stats_from_label_studio(args, settings)
         else:
-            result = _with_db(cfg, lambda con: _dispatch(args, con, cfg, settings))
-    except AnnotateError as e:
+            result = _dispatch(args, AnnotateClient(cfg), settings)
+    except (AnnotateError, AnnotateUnavailable) as e:
         raise UsageError(str(e)) from None
     if args.json:
         print(json.dumps(result, indent=2, default=str))
@@ -113,59 +120,46 @@ def run(args, cfg) -> int:
     return 0
 
 
-def _with_db(cfg, operation):
-    from kaizenlm.ingest.admin_client import ControllerOrDuckDB
-
-    transport = ControllerOrDuckDB(cfg, 30.0, lambda status, detail: UsageError(detail), "/admin/v1/annotate")
-    if transport.via_controller:
-        raise UsageError(f"a controller runs at {cfg.controller_url} and holds {cfg.duckdb_path}; its "
-                         "/admin/v1/annotate routes are not built yet, so stop it to work on the file directly "
-                         "(`kaizen annotate stats --from-label-studio FILE` needs neither)")
-    return transport.direct(operation)
-
-
-def _when(value: str | None, name: str) -> datetime | None:
+def _when(value: str | None, name: str) -> str | None:
     if value is None:
         return None
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
         raise UsageError(f"--{name}: not a date or time: {value!r} (ISO 8601, e.g. 2025-01-31)") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
 
 
-def _dispatch(args, con, cfg, settings) -> dict:
-    from kaizenlm.annotate import labels, queue
-
+def _dispatch(args, client, settings) -> dict:
     command = args.annotate_command
     if command == "queue":
         action = args.queue_command
         if action == "status":
-            return queue.queue_status(con)
+            return client.status()
         if action == "list":
-            return {"items": queue.list_items(con, kind=args.kind, reviewer=args.reviewer, limit=args.limit)}
+            return client.items(kind=args.kind, reviewer=args.reviewer, limit=args.limit)
         if action == "add":
-            return _add(args, con, cfg, settings)
+            return _add(args, client)
+        if action == "sweep":
+            return client.sweep(until=_when(args.until, "until"), days=args.days)
         if action == "assign":
             reviewers = [r.strip() for r in args.reviewers.split(",")] if args.reviewers else list(settings.reviewers)
             if not reviewers:
                 raise UsageError("--reviewers: name the reviewers (e.g. --reviewers alice,bob) or set annotate.reviewers")
-            overlap = settings.overlap if args.overlap is None else args.overlap
-            return queue.assign(con, reviewers, overlap=overlap, overlap_reviewers=settings.overlap_reviewers)
-        return {"reviewer": args.reviewer, "item": queue.next_item(con, args.reviewer, kind=args.kind)}
+            return client.assign(reviewers, overlap=args.overlap)
+        return client.next_item(args.reviewer, kind=args.kind)
     if command == "label":
         gold = args.gold_answer
         if args.gold_file is not None:
             gold = _read_text(args.gold_file, "--gold-file")
-        return labels.record_label(con, args.item_id, args.reviewer, args.verdict, label=args.label,
-                                   gold_answer=gold, note=args.note, schema=settings.label_schema)
+        return client.label(args.item_id, args.reviewer, args.verdict, label=args.label, gold_answer=gold,
+                            note=args.note)
     if command == "stats":
-        min_kappa = settings.min_kappa if args.min_kappa is None else _check_kappa(args.min_kappa)
-        return {"source": str(cfg.duckdb_path),
-                **labels.agreement_summary(con, settings.label_schema, min_kappa=min_kappa)}
+        min_kappa = None if args.min_kappa is None else _check_kappa(args.min_kappa)
+        return client.stats(min_kappa=min_kappa)
     if command == "export":
-        return _export(args, con, settings)
-    return _import(args, con, settings)
+        return _export(args, client)
+    return _import(args, client)
 
 
 def _read_text(path: Path, flag: str) -> str:
@@ -175,26 +169,20 @@ def _read_text(path: Path, flag: str) -> str:
         raise UsageError(f"{flag}: cannot read {path}: {e.strerror or e}") from None
 
 
-def _add(args, con, cfg, settings) -> dict:
-    from kaizenlm.annotate import queue, sources
-
+def _add(args, client) -> dict:
     since, until = _when(args.since, "since"), _when(args.until, "until")
     batch = args.batch or f"{args.source}-{datetime.now(UTC).date().isoformat()}"
     if args.source == "file":
         if args.file is None or args.kind is None:
             raise UsageError("--from file needs --file FILE and --kind (one of " + ", ".join(KINDS) + ")")
-        return queue.enqueue(con, args.kind, _rows_of(args.file), batch=batch)
+        return client.add_rows(args.kind, _rows_of(args.file), batch=batch)
     if args.file is not None or args.kind is not None:
         raise UsageError(f"--file and --kind go with --from file, not --from {args.source}")
-    if args.source == "corrections":
-        return queue.enqueue(con, "correction", sources.corrections(con, since, until, args.limit), batch=batch)
-    if args.source == "disagreements":
-        rows = sources.disagreements(con, cfg.rewards, since, until, args.limit)
-        return queue.enqueue(con, "disagreement", rows, batch=batch)
-    size = settings.sample_size if args.size is None else args.size
-    if size < 0:
-        raise UsageError(f"--size: must be >= 0 (got {size})")
-    return queue.enqueue(con, "sample", sources.sample(con, size, since, until), batch=batch)
+    if args.size is not None and args.size < 0:
+        raise UsageError(f"--size: must be >= 0 (got {args.size})")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit: must be >= 1 (got {args.limit})")
+    return client.add_from(args.source, since=since, until=until, size=args.size, limit=args.limit, batch=batch)
 
 
 def _rows_of(path: Path) -> list:
@@ -213,38 +201,32 @@ def _rows_of(path: Path) -> list:
     return data
 
 
-def _export(args, con, settings) -> dict:
-    from kaizenlm.annotate import label_studio, queue
-
-    items = queue.list_items(con, kind=args.kind, reviewer=args.reviewer, limit=args.limit)
-    items.reverse()  # oldest first, as they were queued
-    groups = {"answers": [i for i in items if i["kind"] != "blind_pair"],
-              "blind_pairs": [i for i in items if i["kind"] == "blind_pair"]}
+def _export(args, client) -> dict:
+    result = client.export(kind=args.kind, reviewer=args.reviewer, limit=args.limit)
     out, written = args.out, {}
-    for name, group in groups.items():
+    for name in ("answers", "blind_pairs"):
+        group = result.get(name)
         if not group:
             continue
-        blind = name == "blind_pairs"
-        tasks_path = out.with_name(f"{out.stem}.blind_pairs{out.suffix or '.json'}") if blind and groups["answers"] \
+        both = "answers" in result and "blind_pairs" in result
+        tasks_path = out.with_name(f"{out.stem}.blind_pairs{out.suffix or '.json'}") if name == "blind_pairs" and both \
             else out
         config_path = tasks_path.with_suffix(".xml")
-        tasks = label_studio.export_tasks(group, settings.label_schema)
         try:
             tasks_path.parent.mkdir(parents=True, exist_ok=True)
-            tasks_path.write_text(json.dumps(tasks, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            config_path.write_text(label_studio.labelling_config(settings.label_schema, blind=blind), encoding="utf-8")
+            tasks_path.write_text(json.dumps(group["tasks"], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            config_path.write_text(group["config"], encoding="utf-8")
         except OSError as e:
             raise UsageError(f"--out: cannot write {tasks_path}: {e.strerror or e}") from None
-        written[name] = {"tasks": str(tasks_path), "config": str(config_path), "count": len(tasks)}
-    return {"format": args.format, "written": written, "items": len(items)}
+        written[name] = {"tasks": str(tasks_path), "config": str(config_path), "count": len(group["tasks"])}
+    return {"format": args.format, "written": written, "items": result["items"]}
 
 
-def _import(args, con, settings) -> dict:
-    from kaizenlm.annotate import label_studio, labels
+def _import(args, client) -> dict:
+    from kaizenlm.annotate import label_studio
 
-    records, counts = label_studio.read_records(args.file)
-    result = labels.import_labels(con, records, settings.label_schema)
-    return {"file": str(args.file), **counts, **result}
+    data = label_studio.load_export(args.file)  # read here: the controller may run on another machine
+    return {"file": str(args.file), **client.import_export(data)}
 
 
 def _check_kappa(value: float) -> float:

@@ -17,7 +17,7 @@ import duckdb
 
 from kaizenlm.annotate import agreement
 from kaizenlm.annotate.queue import get_item
-from kaizenlm.annotate.settings import BLIND_VERDICTS, KINDS, VERDICTS, AnnotateError, LabelSchema
+from kaizenlm.annotate.settings import BLIND_VERDICTS, KINDS, VERDICTS, AnnotateError, LabelSchema, NotFound
 from kaizenlm.registry.transaction import transaction
 
 LABEL_COLUMNS = ("item_id", "reviewer", "verdict", "label", "schema_id", "gold_answer", "preferred_version", "note",
@@ -76,7 +76,7 @@ def check_label(con: duckdb.DuckDBPyConnection, item_id: str, reviewer: str, ver
         raise AnnotateError("source", f"must be one of {', '.join(SOURCES)} (got {source!r})")
     item = get_item(con, item_id)
     if item is None:
-        raise AnnotateError("item_id", f"no review item {item_id!r}; `kaizen annotate queue list` shows the queue")
+        raise NotFound("item_id", f"no review item {item_id!r}; `kaizen annotate queue list` shows the queue")
     if require_assignment and not con.execute(
             "SELECT 1 FROM review_assignments WHERE item_id = ? AND reviewer = ?", [item_id, reviewer]).fetchone():
         raise AnnotateError("reviewer", f"{reviewer!r} is not assigned item {item_id}")

@@ -101,10 +101,17 @@ def answer_prompts(base_dir: str | Path, rows: list[dict], max_new_tokens: int, 
     return [{**r, "response": a} for r, a in zip(rows, answers, strict=True) if a.strip()]
 
 
+def answer_order(rows: list[dict]) -> list[dict]:
+    """A fixed order of the prompts (by a hash of the text) whose every prefix mixes the skills:
+    answering the first N gives a diverse pool for any N."""
+    return sorted(rows, key=lambda r: hashlib.sha256(("order:" + r["prompt"]).encode()).hexdigest())
+
+
 def write_answers(base_dir: str | Path, home: str | Path, prompts_path: str | Path | None = None,
-                  max_new_tokens: int = 64) -> tuple[Path, Path]:
-    """Answer the general prompts with the base and write both files (atomically); returns their paths."""
-    rows = general_prompts(prompts_path)
+                  max_new_tokens: int = 48, limit: int | None = None) -> tuple[Path, Path]:
+    """Answer the first `limit` general prompts (answer_order) with the base and write both files
+    (atomically); returns their paths."""
+    rows = answer_order(general_prompts(prompts_path))[:limit]
     started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -136,7 +143,8 @@ def ensure_answers_in_child(cfg, base_dir: str | Path, log_fn=print) -> tuple[Pa
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_fn(f"answering the general prompts with the base {base_dir} (once per base; log: {log_path})")
     argv = [sys.executable, "-m", "kaizenlm.base.general", "--base", str(base_dir), "--home", str(cfg.home),
-            "--threads", str(cfg.base.threads), "--max-new-tokens", str(cfg.base.general_max_new_tokens)]
+            "--threads", str(cfg.base.threads), "--max-new-tokens", str(cfg.base.general_max_new_tokens),
+            "--limit", str(cfg.base.general_answers)]
     if cfg.base.general_prompts_path:
         argv += ["--prompts", cfg.base.general_prompts_path]
     with open(log_path, "ab") as out:
@@ -151,14 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", required=True, help="the base model directory")
     parser.add_argument("--home", required=True, help="KAIZEN_HOME: the answers go to <home>/general/")
     parser.add_argument("--prompts", default=None, help="JSONL of {prompt, skill} (default: the shipped set)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--limit", type=int, default=None, help="answer only the first N prompts (answer_order)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
     torch.set_num_threads(args.threads)
-    train_path, heldout_path = write_answers(args.base, args.home, args.prompts, args.max_new_tokens)
+    train_path, heldout_path = write_answers(args.base, args.home, args.prompts, args.max_new_tokens, args.limit)
     print(json.dumps({"replay": str(train_path), "heldout": str(heldout_path)}), flush=True)
     return 0
 

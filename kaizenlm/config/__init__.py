@@ -8,7 +8,7 @@ What lives where (everything public is re-exported here: ``from kaizenlm.config 
 
 * ``core.py``     -- ConfigError, the ``_check`` validator, and the service sections
   PathsConfig, KafkaConfig, AuthConfig, GatewayConfig, ControllerConfig, DashboardConfig.
-* ``data.py``     -- RewardsConfig, CurationConfig and DEFAULT_BOILERPLATE.
+* ``data.py``     -- RewardsConfig, CurationConfig, DEFAULT_BOILERPLATE and AnnotateConfig.
 * ``training.py`` -- BaseModelConfig, LoraSFTConfig, LoraDPOConfig, RetrainConfig, EvalConfig.
 * ``serving.py``  -- KnowledgeConfig, ABConfig, ServingConfig, ScheduleConfig.
 * ``loader.py``   -- the root Config, ENV_OVERRIDES, from_dict, load, with_overrides, field_docs, default_toml.
@@ -27,7 +27,7 @@ from kaizenlm.config.core import (
     KafkaConfig,
     PathsConfig,
 )
-from kaizenlm.config.data import DEFAULT_BOILERPLATE, CurationConfig, RewardsConfig
+from kaizenlm.config.data import DEFAULT_BOILERPLATE, AnnotateConfig, CurationConfig, RewardsConfig
 from kaizenlm.config.loader import ENV_OVERRIDES, Config, default_toml, field_docs, from_dict, load, with_overrides
 from kaizenlm.config.serving import ABConfig, KnowledgeConfig, ScheduleConfig, ServingConfig
 from kaizenlm.config.training import BaseModelConfig, EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig
@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_BOILERPLATE",
     "ENV_OVERRIDES",
     "ABConfig",
+    "AnnotateConfig",
     "AuthConfig",
     "BaseModelConfig",
     "Config",

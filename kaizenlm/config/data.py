@@ -1,4 +1,4 @@
-"""Data sections of the configuration: `[rewards]` (the per-turn reward) and `[curation]` (feedback -> training data)."""
+"""Data sections of the configuration: `[rewards]` (the per-turn reward), `[curation]` (feedback -> training data) and `[annotate]` (human review)."""
 
 from __future__ import annotations
 
@@ -176,3 +176,40 @@ class CurationConfig:
     def processes(self) -> int:
         """The processes a build uses: ``workers``, or for 0, 2 where os.cpu_count() >= 2."""
         return self.workers or (2 if (os.cpu_count() or 1) >= 2 else 1)
+
+
+DEFAULT_REVIEW_LABELS = ("correct", "incomplete", "wrong", "unsafe", "off-topic")
+
+
+@dataclass
+class AnnotateConfig:
+    """Human review and annotation: the review queue, labels, agreement, the training gate (docs/ANNOTATION.md)."""
+
+    min_kappa: float = 0.8
+    """Least Fleiss' kappa of the schema labels over the items 2+ reviewers labelled for reviewed labels to enter training (the 0.8 convention)."""
+    overlap: float = 0.1
+    """Share of each kind's review items labelled by 2 or more reviewers, so agreement can be measured (0..1)."""
+    overlap_reviewers: int = 2
+    """Reviewers assigned to each overlap item (an item outside the overlap gets one)."""
+    sample_size: int = 100
+    """Served answers drawn at random each week into the review queue (kind 'sample'; 0: none)."""
+    blind_pairs: int = 50
+    """Most blind comparisons (champion vs candidate on the evaluation's domain questions) queued after a retrain passes its gate (0: none)."""
+    schema: list[str] = field(default_factory=lambda: list(DEFAULT_REVIEW_LABELS))
+    """The label schema: every reviewed answer gets one of these labels beside its verdict (accept, edit, reject)."""
+    reviewers: list[str] = field(default_factory=list)
+    """Named reviewers that new items are assigned to by the weekly sweep and after a retrain (empty: assign with `kaizen annotate queue assign --reviewers`)."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.min_kappa <= 1.0, "annotate.min_kappa", "must be in (0, 1]")
+        _check(0.0 <= self.overlap <= 1.0, "annotate.overlap", "must be in 0..1 (a share of the items)")
+        _check(self.overlap_reviewers >= 2, "annotate.overlap_reviewers", "must be >= 2 (agreement needs two)")
+        _check(0 <= self.sample_size <= 100_000, "annotate.sample_size", "must be in 0..100000")
+        _check(0 <= self.blind_pairs <= 100_000, "annotate.blind_pairs", "must be in 0..100000")
+        self.schema = [str(s).strip() for s in self.schema]
+        _check(len(self.schema) >= 2, "annotate.schema", "must name at least 2 labels")
+        _check(all(self.schema), "annotate.schema", "labels must not be empty")
+        _check(len(set(self.schema)) == len(self.schema), "annotate.schema", "labels must be distinct")
+        self.reviewers = [str(r).strip() for r in self.reviewers]
+        _check(all(self.reviewers), "annotate.reviewers", "names must not be empty")
+        _check(len(set(self.reviewers)) == len(self.reviewers), "annotate.reviewers", "names must be distinct")

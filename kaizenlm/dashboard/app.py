@@ -19,6 +19,7 @@ PAGES = [
     st.Page("pages/knowledge.py", title="Knowledge", icon=":material/menu_book:", url_path="knowledge"),
     st.Page("pages/feedback.py", title="Feedback explorer", icon=":material/forum:", url_path="feedback"),
     st.Page("pages/jobs.py", title="Jobs", icon=":material/schedule:", url_path="jobs"),
+    st.Page("pages/annotate.py", title="Annotate", icon=":material/rate_review:", url_path="annotate"),
 ]
 
 st.set_page_config(page_title="kaizenlm", page_icon=":material/autorenew:", layout="wide")

@@ -72,16 +72,18 @@ def needs_key_note() -> None:
         st.caption("Type the admin key in the sidebar to enable these buttons.")
 
 
-def act(call: Callable[[str], dict], done: str) -> dict | None:
-    """Run a write with the typed key; on success remember `done` and rerun so the page shows the new state."""
-    key = typed_key()
+def act(call: Callable[[str], dict], done: str, key: str | None = None) -> dict | None:
+    """Run a write with the typed key (or `key`: a reviewer's key typed on the page); on success
+    remember `done` and rerun so the page shows the new state."""
+    which = "key" if key else "admin key"
+    key = key or typed_key()
     if not key:
         st.warning("Type the admin key in the sidebar first: every change needs it.")
         return None
     try:
         result = call(key)
-    except Refused:
-        st.error("The controller refused that admin key; nothing changed.", icon=":material/key_off:")
+    except Refused as e:
+        st.error(f"The controller refused that {which}; nothing changed ({e.detail}).", icon=":material/key_off:")
         return None
     except Unreachable as e:
         st.error(f"The controller does not answer ({e.detail}); nothing changed.")

@@ -61,6 +61,7 @@ class BuildBody(BaseModel):
     replay: str | None = Field(None, description="JSONL of general examples (default: curation.replay_path; none: no replay rows)")
     dry_run: bool = False
     curation: dict = Field(default_factory=dict, description="[curation] keys to override for this build")
+    reviews: bool = Field(True, description="use human review labels while reviewers agree (docs/ANNOTATION.md)")
 
 
 class ForgetBody(BaseModel):
@@ -73,7 +74,7 @@ def build_dataset(body: BuildBody, request: Request, con: Cursor) -> dict:
     with http_errors():
         return service.build(con, request.app.state.cfg, since=body.since, until=body.until, as_of=body.as_of,
                              all_data=body.all, holdout=body.holdout, replay=body.replay, dry_run=body.dry_run,
-                             curation_overrides=body.curation)
+                             curation_overrides=body.curation, reviews=body.reviews)
 
 
 @router.get("/admin/v1/datasets")

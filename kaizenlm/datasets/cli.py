@@ -30,6 +30,8 @@ def add_arguments(p) -> None:
     b.add_argument("--replay", metavar="FILE",
                    help="JSONL of general examples to mix in (default: curation.replay_path; none: no replay rows)")
     b.add_argument("--dry-run", action="store_true", help="curate and report, write nothing")
+    b.add_argument("--no-reviews", dest="reviews", action="store_false",
+                   help="leave human review labels out (default: use them while reviewers agree, docs/ANNOTATION.md)")
     b.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
     ls = sub.add_parser("list", help="list registered snapshots, newest first")
@@ -71,7 +73,7 @@ def _dump(data) -> None:
 
 def _build(args, client) -> int:
     m = client.build(since=args.since, until=args.until, as_of=args.as_of, all_data=args.all_data,
-                     holdout=list(args.holdout), replay=args.replay, dry_run=args.dry_run)
+                     holdout=list(args.holdout), replay=args.replay, dry_run=args.dry_run, reviews=args.reviews)
     if args.json:
         _dump(m)
         return 0
@@ -118,6 +120,12 @@ def print_summary(m: dict) -> None:
     sources = m.get("pair_sources") or {}
     if sources:
         print("  pairs    " + ", ".join(f"{k} {v}" for k, v in sources.items()) + " (mined, before filters)")
+    reviews = m.get("reviews")
+    if reviews:
+        used = reviews["used"]
+        print(f"  reviews  {'used' if reviews['gate_open'] else 'NOT used'}: {reviews['reason']}"
+              + (f"; {used['sft']} reviewed sft row(s), {used['pairs']} blind-comparison pair(s), "
+                 f"{len(reviews['rejected_items'])} rejection(s)" if reviews["gate_open"] else ""))
     cur = m.get("curation", {})
     pii = {k: v for k, v in (cur.get("pii_replaced") or {}).items() if v}
     if pii:
@@ -227,7 +235,8 @@ def run_forget(args, cfg) -> int:
         return 0
     d = report["deleted"]
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"{verb} user {report['user_id']}: {d['turns']} turns, {d['feedback']} feedback, {d['signals']} signals")
+    print(f"{verb} user {report['user_id']}: {d['turns']} turns, {d['feedback']} feedback, {d['signals']} signals, "
+          f"{d.get('review_items', 0)} review items ({d.get('review_labels', 0)} labels)")
     mark = "would mark" if args.dry_run else "marked"
     print(f"snapshots holding their data ({mark} forgotten): {', '.join(report['snapshots']) or 'none'}")
     print(f"model versions built from them ({mark} tainted): {', '.join(report['model_versions']) or 'none'}")

@@ -51,7 +51,8 @@ class AdminClient:
             raise AdminError(str(e)) from None
 
     def build(self, **options) -> dict:
-        """options: since, until, as_of, all_data, holdout (files), replay (file), dry_run, curation_overrides."""
+        """options: since, until, as_of, all_data, holdout (files), replay (file), dry_run, curation_overrides,
+        reviews (use human review labels while reviewers agree; default true)."""
         if self.via_controller:
             body = {k: v for k, v in options.items() if k not in ("all_data", "curation_overrides")}
             body.update({"all": options.get("all_data", False), "curation": options.get("curation_overrides") or {}})

@@ -388,29 +388,37 @@ def balance_topics(rows: pd.DataFrame, output: str, funnel: Funnel, ratio: float
 # SFT
 
 
-SOURCE_PRIORITY = {"correction": 0, "feedback": 1}
-GOLD_REWARD = 1.0  # the reward a user correction counts with as a training target
+SOURCE_PRIORITY = {"reviewed": 0, "correction": 1, "feedback": 2}
+GOLD_REWARD = 1.0  # the reward a user correction (or a reviewed answer) counts with as a training target
 
 
 def sft_targets(frame: pd.DataFrame, cfg: CurationConfig, funnel: Funnel) -> pd.DataFrame:
-    """Step reward: one candidate target per turn. A turn with a user correction offers the
-    correction *instead of* its answer (source "correction", reward GOLD_REWARD); any other
-    turn offers its answer when its reward reaches sft_min_reward (source "feedback")."""
+    """Step reward: one candidate target per turn. A turn a reviewer accepted or edited offers
+    that text (source "reviewed", reward GOLD_REWARD; kaizenlm.datasets.reviewed); a turn with a
+    user correction offers the correction *instead of* its answer (source "correction", reward
+    GOLD_REWARD); any other turn offers its answer when its reward reaches sft_min_reward
+    (source "feedback")."""
     reward = frame["reward"].to_numpy(dtype=float)
-    corrected = (frame["correction_issue"] != "none").to_numpy()
-    no_reward = np.isnan(reward) & ~corrected
-    low = ~np.isnan(reward) & (reward < cfg.sft_min_reward) & ~corrected
-    not_explicit = (~frame["has_explicit"].to_numpy(dtype=bool) & ~corrected & ~no_reward & ~low
+    reviewed = (frame["reviewed_target"].notna().to_numpy() if "reviewed_target" in frame
+                else np.zeros(len(frame), dtype=bool))
+    corrected = (frame["correction_issue"] != "none").to_numpy() & ~reviewed
+    no_reward = np.isnan(reward) & ~corrected & ~reviewed
+    low = ~np.isnan(reward) & (reward < cfg.sft_min_reward) & ~corrected & ~reviewed
+    not_explicit = (~frame["has_explicit"].to_numpy(dtype=bool) & ~corrected & ~reviewed & ~no_reward & ~low
                     if cfg.sft_require_explicit else np.zeros(len(frame), dtype=bool))
     skip_corrections = corrected & (not cfg.include_corrections)
     keep = ~(no_reward | low | not_explicit | skip_corrections)
     rows = frame[keep]
-    is_corr = corrected[keep]
+    is_rev, is_corr = reviewed[keep], corrected[keep]
+    rev_target = rows["reviewed_target"].astype(object) if "reviewed_target" in rows else rows["response"].astype(object)
+    rev_issue = rows["reviewed_issue"].astype(object) if "reviewed_issue" in rows else rows["response_issue"].astype(object)
     rows = rows.assign(
-        source=np.where(is_corr, "correction", "feedback"),
-        target=np.where(is_corr, rows["correction"].astype(object), rows["response"].astype(object)),
-        target_issue=np.where(is_corr, rows["correction_issue"].astype(object), rows["response_issue"].astype(object)),
-        reward=np.where(is_corr, GOLD_REWARD, rows["reward"].to_numpy(dtype=float)),
+        source=np.where(is_rev, "reviewed", np.where(is_corr, "correction", "feedback")),
+        target=np.where(is_rev, rev_target, np.where(is_corr, rows["correction"].astype(object),
+                                                     rows["response"].astype(object))),
+        target_issue=np.where(is_rev, rev_issue, np.where(is_corr, rows["correction_issue"].astype(object),
+                                                          rows["response_issue"].astype(object))),
+        reward=np.where(is_rev | is_corr, GOLD_REWARD, rows["reward"].to_numpy(dtype=float)),
     )
     why = np.select([no_reward, low, not_explicit, skip_corrections],
                     ["no_reward", "low_reward", "no_explicit_feedback", "corrected_answer"], "")
@@ -471,7 +479,7 @@ def select_sft(frame: pd.DataFrame, cfg: CurationConfig, funnel: Funnel) -> pd.D
     rows = quality_filter(rows, cfg, funnel)
     rows = drop_contaminated(rows, "sft", funnel, threshold=cfg.decontam_threshold)
 
-    # best first, so that every cap below keeps the best: corrections, reward, confidence, newest
+    # best first, so that every cap below keeps the best: reviewed, corrections, reward, confidence, newest
     rows = rows.assign(_priority=rows["source"].map(SOURCE_PRIORITY), _ts=rows["ts"],
                        _confidence=rows["confidence"].fillna(1.0))
     rows = rows.sort_values(["_priority", "reward", "_confidence", "_ts", "turn_id"],

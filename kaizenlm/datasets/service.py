@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 from pathlib import Path
 
 import duckdb
@@ -18,6 +19,7 @@ from kaizenlm.config import Config, ConfigError, CurationConfig
 from kaizenlm.datasets import integrity
 from kaizenlm.datasets import snapshots as datasets
 from kaizenlm.datasets.decontam import load_holdout
+from kaizenlm.datasets.reviewed import ReviewedRows
 from kaizenlm.feedback import rewards
 from kaizenlm.registry import versions as version_ops
 from kaizenlm.registry.transaction import transaction
@@ -41,14 +43,33 @@ def _curation_with(cfg: Config, overrides: dict | None) -> Config:
     return dataclasses.replace(cfg, curation=section)
 
 
+REVIEWS_PROVIDER = "kaizenlm.annotate.training:reviewed_rows"
+"""What human reviewers decided, for a build: `f(con, cfg) -> ReviewedRows`. Named by import path
+(like the scheduler's DEFAULT_TIERS) because the annotation package sits above this one: the
+datasets package never imports it, and a build runs without it when it is not installed."""
+
+
+def reviewed_rows(con: duckdb.DuckDBPyConnection, cfg: Config) -> ReviewedRows | None:
+    """The reviews a build uses (REVIEWS_PROVIDER), gated by the reviewers' agreement; None
+    when no annotation package is installed."""
+    module, _, name = REVIEWS_PROVIDER.partition(":")
+    try:
+        provider = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError:
+        return None
+    return provider(con, cfg)
+
+
 def build(con: duckdb.DuckDBPyConnection, cfg: Config, *, since: str | None = None, until: str | None = None,
           as_of: str | None = None, all_data: bool = False, holdout: list[str] | None = None,
           replay: str | None = None, dry_run: bool = False, curation_overrides: dict | None = None,
-          accepted_corrections: list[str] | None = None) -> dict:
+          accepted_corrections: list[str] | None = None, reviews: bool = True) -> dict:
     """Curate a window and write (or reuse) its snapshot. ``holdout``: files of held-out texts
     (added to curation.holdout_path); ``replay``: a JSONL file of general examples (default:
     curation.replay_path; with neither, no replay rows). Paths are on this machine.
     ``accepted_corrections``: turn ids whose correction a reviewer accepted (kaizenlm.datasets.integrity).
+    ``reviews``: use what human reviewers decided (`reviewed_rows`; only while they agree, else
+    the manifest's ``reviews.reason`` and a warning say why not).
     Returns the manifest plus ``path``, ``reused``, ``dry_run`` and ``user_anomalies`` (the
     per-user report, kaizenlm.datasets.integrity.report_summary; not stored in the manifest)."""
     cfg = _curation_with(cfg, curation_overrides)
@@ -61,9 +82,15 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, *, since: str | None = No
                "replay_file": str(Path(replay_file).expanduser()) if replay_file else ""}
     snap = datasets.build_snapshot(con, cfg, window, holdout=texts, replay=replay_rows,
                                    replay_source=sources["replay_file"], dry_run=dry_run, sources=sources,
-                                   accepted_corrections=accepted_corrections or ())
+                                   accepted_corrections=accepted_corrections or (),
+                                   reviews=reviewed_rows(con, cfg) if reviews else None)
+    warnings = list(snap.manifest.get("warnings", []))
+    note = snap.reviews  # this build's, also when the snapshot was reused
+    if note is not None and not note["gate_open"] and note.get("labelled_items") and \
+            not any(w.startswith("reviewed labels not used") for w in warnings):
+        warnings.append(f"reviewed labels not used: {note['reason']}")
     return {**snap.manifest, "path": str(snap.path), "reused": snap.reused, "dry_run": dry_run,
-            "user_anomalies": snap.user_report}
+            "user_anomalies": snap.user_report, "reviews": note, "warnings": warnings}
 
 
 def user_anomalies(con: duckdb.DuckDBPyConnection, cfg: Config, *, since: str | None = None,
@@ -137,8 +164,12 @@ def _snapshot_roots(con: duckdb.DuckDBPyConnection, cfg: Config) -> list[Path]:
     return sorted(roots)
 
 
+REVIEW_TABLES = ("review_labels", "review_assignments", "review_items")
+
+
 def forget(con: duckdb.DuckDBPyConnection, cfg: Config, user_id: str, dry_run: bool = False) -> dict:
-    """Delete a user's turns, feedback and signals; list and mark every snapshot that holds
+    """Delete a user's turns, feedback and signals, and reviewers' copies of their texts
+    (review items of their turns, the labels and assignments on those); list and mark every snapshot that holds
     their data and, through lineage (model_versions.snapshot_id, then parents), every model
     version built from those snapshots (tainted: aliases refuse them).
 
@@ -157,11 +188,16 @@ def forget(con: duckdb.DuckDBPyConnection, cfg: Config, user_id: str, dry_run: b
     feedback_where = "user_id = ? OR list_contains(?, turn_id)"
     signals_where = ("user_id = ? OR list_contains(?, turn_id) "
                      "OR (turn_id IS NULL AND list_contains(?, conversation_id))")
+    # reviewers' copies of the user's text (kaizenlm.annotate's tables, in this DuckDB file): items
+    # of their turns or with their user id, and the labels (gold answers) and assignments on them
+    review_where = "item_id IN (SELECT item_id FROM review_items WHERE user_id = ? OR list_contains(?, turn_id))"
     counts = {
         "turns": con.execute("SELECT count(*) FROM turns WHERE user_id = ?", [user_id]).fetchall()[0][0],
         "feedback": con.execute(f"SELECT count(*) FROM feedback WHERE {feedback_where}", [user_id, turns]).fetchall()[0][0],
         "signals": con.execute(f"SELECT count(*) FROM signals WHERE {signals_where}",
                                [user_id, turns, conversations]).fetchall()[0][0],
+        **{table: con.execute(f"SELECT count(*) FROM {table} WHERE {review_where}", [user_id, touched]).fetchall()[0][0]
+           for table in REVIEW_TABLES},
     }
     snapshots = sorted({s for root in _snapshot_roots(con, cfg) for s in datasets.snapshots_with_turns(root, touched)})
     direct = _ids(con, "SELECT version_id FROM model_versions WHERE list_contains(?, snapshot_id)", [snapshots])
@@ -178,4 +214,6 @@ def forget(con: duckdb.DuckDBPyConnection, cfg: Config, user_id: str, dry_run: b
         con.execute(f"DELETE FROM feedback WHERE {feedback_where}", [user_id, turns])
         con.execute(f"DELETE FROM signals WHERE {signals_where}", [user_id, turns, conversations])
         con.execute("DELETE FROM turns WHERE user_id = ?", [user_id])
+        for table in REVIEW_TABLES:  # items last: the others find their rows through them
+            con.execute(f"DELETE FROM {table} WHERE {review_where}", [user_id, touched])
     return report

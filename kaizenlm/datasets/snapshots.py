@@ -63,7 +63,7 @@ import pyarrow.parquet as pq
 
 import kaizenlm
 from kaizenlm.config import Config, CurationConfig
-from kaizenlm.datasets import curation, integrity, pairs
+from kaizenlm.datasets import curation, integrity, pairs, reviewed
 from kaizenlm.datasets.curation import Funnel, contaminated, digest, scrub_pii
 from kaizenlm.datasets.parallel import beside
 from kaizenlm.datasets.snapshot_store import (  # re-exported: callers read snapshots through this module
@@ -122,6 +122,9 @@ class Snapshot:
     manifest: dict
     reused: bool = False
     user_report: dict | None = None  # kaizenlm.datasets.integrity.report_summary of the build (not stored)
+    # this build's review note (kaizenlm.datasets.reviewed.lineage): a reused snapshot keeps the
+    # manifest of the build that wrote it, so what this build was given is said here
+    reviews: dict | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -313,15 +316,18 @@ def default_window(cfg: CurationConfig, since=None, until=None, as_of=None, all_
 
 def curate(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, holdout: Sequence[str] = (),
            replay: Sequence[dict] | None = None, replay_holdout: Sequence[str] = (),
-           replay_source: str = "given", accepted_corrections: Collection[str] = ()) -> tuple[dict[str, pa.Table], Funnel]:
+           replay_source: str = "given", accepted_corrections: Collection[str] = (),
+           reviews: reviewed.ReviewedRows | None = None) -> tuple[dict[str, pa.Table], Funnel]:
     """Run the whole curation for a window: the four tables of a snapshot and the funnel.
 
     ``replay`` None means the file ``curation.replay_path`` names (no replay rows when it is
     empty); ``replay_holdout`` are further texts replay rows must not contain;
     ``accepted_corrections`` are turn ids whose correction a reviewer accepted (they skip the
-    agreement and flagged-user checks of kaizenlm.datasets.integrity)."""
+    agreement and flagged-user checks of kaizenlm.datasets.integrity); ``reviews``: what human
+    reviewers decided (kaizenlm.datasets.reviewed; its accepted turns join accepted_corrections)."""
+    accepted = frozenset(accepted_corrections) | (reviews.accepted_turns if reviews is not None else frozenset())
     with _gc_paused():
-        return _curate(con, cfg, window, holdout, replay, replay_holdout, replay_source, frozenset(accepted_corrections))
+        return _curate(con, cfg, window, holdout, replay, replay_holdout, replay_source, accepted, reviews)
 
 
 @contextlib.contextmanager
@@ -341,7 +347,8 @@ def _gc_paused() -> Iterator[None]:
 
 def _curate(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, holdout: Sequence[str],
             replay: Sequence[dict] | None, replay_holdout: Sequence[str],
-            replay_source: str, accepted_corrections: frozenset[str]) -> tuple[dict[str, pa.Table], Funnel]:
+            replay_source: str, accepted_corrections: frozenset[str],
+            reviews: reviewed.ReviewedRows | None = None) -> tuple[dict[str, pa.Table], Funnel]:
     ccfg = cfg.curation
     if replay is None:  # the configured file, or none
         replay_source = str(Path(ccfg.replay_path).expanduser()) if ccfg.replay_path else ""
@@ -360,17 +367,20 @@ def _curate(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, holdout
     frame = integrity.drop_flagged_users(frame, report, ccfg, accepted_corrections, funnel)
     frame = curation.prepare(frame, ccfg, holdout, funnel)
     frame = integrity.mark_contradicted(frame, ccfg, accepted_corrections, funnel)
+    frame = reviewed.apply(frame, reviews, ccfg, funnel)  # human review: reviewed targets, rejections
     # Pair mining, the costliest pair step, on the second core beside SFT selection; SFT
     # selection costs about as much as three of the four sources, so this process mines the fourth.
     mining = beside(ccfg.processes, pairs.mine_sources, frame, ccfg, pairs.PAIR_SOURCES[:3])
     sft = curation.select_sft(frame, ccfg, funnel)
     rating = pairs.mine_sources(frame, ccfg, pairs.PAIR_SOURCES[3:])
     dpo = pairs.build_pairs(frame, ccfg, funnel, mined=pairs.joined([*mining.result(), *rating]))
+    dpo = reviewed.add_pairs(dpo, reviews, ccfg, holdout, funnel)  # blind comparisons' outcomes
 
     # snapshot columns: prompt = the conversation so far (messages), response = the target
     sft = sft.drop(columns=["prompt", "response"]).rename(columns={"target": "response", "messages": "prompt"})
     dpo = dpo.drop(columns=["prompt"]).rename(columns={"messages": "prompt"})
     sft_eval_mask, dpo_eval_mask = split(sft, dpo, ccfg.eval_fraction, funnel)
+    funnel.notes["reviews"] = reviewed.lineage(reviews, sft, dpo)
     sft_train = _table(sft[~sft_eval_mask], "sft_train")
     seed_text = digest(*sorted(sft_train.column("example_id").to_pylist()), size=64)  # the train set's identity
     replay_rows = _replay_rows(replay, sft_train.num_rows, ccfg, [*holdout, *replay_holdout], seed_text,
@@ -411,13 +421,16 @@ def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, 
                    replay: Sequence[dict] | None = None, replay_source: str = "given",
                    replay_holdout: Sequence[str] = (), root: Path | None = None,
                    dry_run: bool = False, sources: dict | None = None,
-                   accepted_corrections: Collection[str] = ()) -> Snapshot:
+                   accepted_corrections: Collection[str] = (),
+                   reviews: reviewed.ReviewedRows | None = None) -> Snapshot:
     """Curate the window and write (or reuse) its snapshot under ``root`` (default:
     cfg.snapshots_dir). ``replay`` None: curation.replay_path's rows, if any. With dry_run nothing
-    is written; the Snapshot's path does not exist. ``accepted_corrections``: see `curate`."""
+    is written; the Snapshot's path does not exist. ``accepted_corrections``, ``reviews``: see
+    `curate`; the manifest's ``reviews`` says which reviews the snapshot used (None: none given)."""
     if window.as_of is None:
         window = Window(window.since, window.until, datetime.now(UTC))
-    tables, funnel = curate(con, cfg, window, holdout, replay, replay_holdout, replay_source, accepted_corrections)
+    tables, funnel = curate(con, cfg, window, holdout, replay, replay_holdout, replay_source, accepted_corrections,
+                            reviews)
     hashes = {name: table_hash(t) for name, t in tables.items()}
     chash = content_hash(hashes)
     snapshot_id = f"ds-{chash[:16]}"
@@ -430,6 +443,9 @@ def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, 
         warnings.append("no usable replay data: sft_train has no general examples")
     if sum(counts.values()) == 0:
         warnings.append("the snapshot is empty: no turn in the window passed curation")
+    review_note = funnel.notes.pop("reviews", None)  # the manifest's own key, not a curation note
+    if review_note is not None and not review_note["gate_open"] and review_note.get("labelled_items"):
+        warnings.append(f"reviewed labels not used: {review_note['reason']}")
     manifest = {
         "snapshot_id": snapshot_id,
         "content_hash": chash,
@@ -441,6 +457,7 @@ def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, 
         "counts": counts,
         "mix_ratio": mix,
         "pair_sources": funnel.notes["pair_sources"],
+        "reviews": review_note,
         "tables": {name: {"rows": counts[name], "data_hash": hashes[name]} for name in TABLES},
         "files": {},
         "curation": funnel.to_json(),
@@ -449,11 +466,11 @@ def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, 
         "warnings": warnings,
     }
     if dry_run:
-        return Snapshot(snapshot_id, chash, final, manifest, user_report=funnel.user_report)
+        return Snapshot(snapshot_id, chash, final, manifest, user_report=funnel.user_report, reviews=review_note)
     if (final / "manifest.json").is_file():
         existing = read_manifest(final)
         _record(con, existing, final)
-        return Snapshot(snapshot_id, chash, final, existing, reused=True, user_report=funnel.user_report)
+        return Snapshot(snapshot_id, chash, final, existing, reused=True, user_report=funnel.user_report, reviews=review_note)
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{snapshot_id}-{uuid.uuid4().hex[:8]}"
@@ -474,13 +491,13 @@ def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, 
             shutil.rmtree(tmp, ignore_errors=True)
             manifest = read_manifest(final)
             _record(con, manifest, final)
-            return Snapshot(snapshot_id, chash, final, manifest, reused=True, user_report=funnel.user_report)
+            return Snapshot(snapshot_id, chash, final, manifest, reused=True, user_report=funnel.user_report, reviews=review_note)
         _fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _record(con, manifest, final)
-    return Snapshot(snapshot_id, chash, final, manifest, user_report=funnel.user_report)
+    return Snapshot(snapshot_id, chash, final, manifest, user_report=funnel.user_report, reviews=review_note)
 
 
 def _as_dict(section) -> dict:

@@ -477,9 +477,11 @@ def _run_log_handler(path: Path, thread_id: int) -> logging.Handler:
 
 # Each tier's function, named by import path as kaizenlm/cli.py names its commands: the jobs
 # these run use this package (the child-process runner, the run history), so the scheduler
-# reaches them by name instead of importing them.
-DEFAULT_TIERS: dict[str, str] = {
-    "weekly": "kaizenlm.knowledge.refresh:run_weekly",
+# reaches them by name instead of importing them. A tuple names the parts of one tier, run in
+# order (`chain`): the weekly tier refreshes the knowledge index and sweeps the week's feedback
+# into the human review queue (docs/ANNOTATION.md).
+DEFAULT_TIERS: dict[str, str | tuple[str, ...]] = {
+    "weekly": ("kaizenlm.knowledge.refresh:run_weekly", "kaizenlm.annotate.weekly:run_weekly"),
     "monthly": "kaizenlm.retrain.pipeline:run_monthly",
     "quarterly": "kaizenlm.review.report:run_quarterly",
 }
@@ -487,7 +489,37 @@ DEFAULT_TIERS: dict[str, str] = {
 
 def default_tiers() -> dict[str, TierFn]:
     """The tier functions the controller (and `kaizen jobs run` without a controller) uses."""
-    return {tier: _load(target) for tier, target in DEFAULT_TIERS.items()}
+    return {tier: _load(target) if isinstance(target, str) else chain(target) for tier, target in DEFAULT_TIERS.items()}
+
+
+def chain(targets: tuple[str, ...]) -> TierFn:
+    """One tier function of several parts (import paths), run in order, each even when an earlier
+    one failed: the result is the first part's, with every further part's result under its
+    package's name ("annotate"); a failure is raised once all parts ran (several: one error
+    naming each), so the run is recorded failed and retried as a whole (the parts are idempotent)."""
+    parts = [(target, _load(target)) for target in targets]
+
+    def run(ctx: JobContext) -> dict:
+        result: dict = {}
+        errors: list[tuple[str, BaseException]] = []
+        for n, (target, fn) in enumerate(parts):
+            try:
+                out = fn(ctx) or {}
+            except Exception as e:  # the next part still runs; the run fails below
+                ctx.log.exception("tier part %s failed", target)
+                errors.append((target, e))
+                continue
+            if n == 0:
+                result.update(out)
+            else:
+                result[target.split(".")[1]] = out
+        if len(errors) == 1:
+            raise errors[0][1]
+        if errors:
+            raise RuntimeError("; ".join(f"{target}: {e}" for target, e in errors))
+        return result
+
+    return run
 
 
 def _load(target: str) -> TierFn:

@@ -103,7 +103,8 @@ def run_recipe(recipe: str, run_dir: str | Path, run: RetrainConfig, **call) -> 
     run_dir = Path(run_dir)
     launch_dir = run_dir / "launch"
     launch_dir.mkdir(parents=True, exist_ok=True)
-    (launch_dir / "error.json").unlink(missing_ok=True)
+    for stale in (launch_dir / "error.json", run_dir / "metrics.json"):  # what this launch must write anew
+        stale.unlink(missing_ok=True)
     call_path = launch_dir / "call.json"
     call_path.write_text(json.dumps(_encode(recipe, run_dir, run, call), default=str), encoding="utf-8")
     command = launch_command(n, run, ["-m", "kaizenlm.retrain.launch", str(call_path)])

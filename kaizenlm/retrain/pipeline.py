@@ -82,8 +82,11 @@ def build_training_snapshot(cfg: Config, con: duckdb.DuckDBPyConnection, suite: 
 
     replay_path = cfg.curation.replay_path or str(ensure_answers_in_child(cfg, base_dir, log_fn)[0])
     replay_path = str(Path(replay_path).expanduser())
+    from kaizenlm.annotate.training import reviewed_rows  # human review: used only while reviewers agree
+
     return build_snapshot(con, cfg, default_window(cfg.curation), holdout=suite.prompts(),
-                          replay=load_replay(replay_path), replay_source=replay_path)
+                          replay=load_replay(replay_path), replay_source=replay_path,
+                          reviews=reviewed_rows(con, cfg))
 
 
 def retrain_once(cfg: Config, con: duckdb.DuckDBPyConnection,
@@ -135,6 +138,11 @@ def retrain_once(cfg: Config, con: duckdb.DuckDBPyConnection,
     if not passed:
         version_ops.set_status(con, candidate_id, "rejected", note="; ".join(reasons))
         return summary
+    # --- human review (kaizenlm.annotate): blind A/B comparisons of candidate and champion answers
+    from kaizenlm.annotate.training import enqueue_blind_pairs
+
+    summary["blind_pairs"] = enqueue_blind_pairs(con, cfg, candidate_id, champion_id, evaluation)
+    # ---
     if start_ab:
         from kaizenlm.abtest.experiments import start_experiment
 

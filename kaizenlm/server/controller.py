@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from kaizenlm import auth
 from kaizenlm.abtest import api as ab_api
+from kaizenlm.annotate import api as annotate_api
 from kaizenlm.base.champion import ensure_base_in_child, register_first_champion
 from kaizenlm.base.general import ensure_answers_in_child
 from kaizenlm.config import Config
@@ -62,6 +63,7 @@ def create_app(cfg: Config, start_sink: bool = True) -> FastAPI:
     ab_api.install(app)  # /admin/v1/ab/..., /admin/v1/rollback, /admin/v1/routing; app.state.on_alias_moved
     app.include_router(dashboard_api.router)  # /admin/v1/dashboard/... (docs/DASHBOARD.md)
     app.include_router(datasets_api.router)  # /admin/v1/datasets..., /admin/v1/rewards, /admin/v1/forget
+    app.include_router(annotate_api.router)  # /admin/v1/annotate/... (docs/ANNOTATION.md)
 
     @app.get("/healthz")
     def healthz() -> dict:

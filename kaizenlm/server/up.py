@@ -95,7 +95,7 @@ class Supervisor:
         try:
             r = httpx.get(self.cfg.controller_url + "/admin/v1/registry/aliases", timeout=5,
                           headers={"Authorization": f"Bearer {self.cfg.auth.admin_key}"})
-            return r.json().get("champion") if r.status_code == 200 else None
+            return r.json().get("aliases", {}).get("champion") if r.status_code == 200 else None
         except httpx.HTTPError:
             return None
 

@@ -11,7 +11,7 @@ from kaizenlm.dashboard import charts, ui
 REGISTER = ("Run the monthly retrain (`kaizen jobs run monthly`): it registers the base model and each adapter "
             "it trains. Versions built elsewhere go in with `RegistryClient.register_version` (docs/REGISTRY.md).")
 # Evaluation metrics shown first when a version has them (the names the quarterly review reads).
-PREFERRED = ("domain_score", "retention", "general_score", "refusal_rate", "pairwise_win_rate")
+PREFERRED = ("domain_score", "retention", "general_score", "refusal_rate", "pairwise_win_rate", "human_win_rate")
 
 
 def flat_numbers(metrics: dict, prefix: str = "") -> dict[str, float]:
