@@ -95,7 +95,8 @@ def test_reviewers_and_the_admin_through_the_api(home, app):
 
         # a reviewer labels only the items assigned to them; the admin may label any, as anyone
         c.post(f"{base}/items", json={"kind": "sample", "rows": [{**ROWS[0], "turn_id": "t-new"}]}, headers=h["admin"])
-        new = c.get(f"{base}/items", params={"kind": "sample"}, headers=h["alice"]).json()["items"][0]["item_id"]
+        assert c.get(f"{base}/items", headers=h["alice"]).status_code == 403  # who else has an item: the admin's
+        new = c.get(f"{base}/items", params={"kind": "sample"}, headers=h["admin"]).json()["items"][0]["item_id"]
         r = c.post(f"{base}/items/{new}/labels", json={"verdict": "accept", "label": "correct"}, headers=h["alice"])
         assert r.status_code == 400 and r.json()["detail"] == f"reviewer: 'alice' is not assigned item {new}"
         r = c.post(f"{base}/items/{new}/labels", json={"verdict": "accept", "label": "correct", "reviewer": "carol"},

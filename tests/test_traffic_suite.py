@@ -6,6 +6,7 @@ the suite is written once and reused, and its prompts never reach a training sna
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from feedback_helpers import EventLog, make_config, open_store
@@ -18,24 +19,26 @@ from kaizenlm.feedback.rewards import Window
 REFUSAL = "Sorry, I can only help with Acme questions."
 
 
-WORDS = ("alpine basalt cedar delta ember fjord garnet harbor indigo juniper kestrel lagoon meadow nectar "
-         "onyx prairie quartz raven saffron tundra umber violet willow xenon yarrow zephyr amber birch coral dune "
-         "falcon glacier heron iris jasmine kelp lotus maple nimbus orchid pebble quill ridge sierra thistle").split()
+WORDS = ["alpine", "basalt", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper", "kestrel", "lagoon", "meadow", "nectar", "onyx", "prairie", "quartz", "raven", "saffron", "tundra", "umber", "violet", "willow", "xenon", "yarrow", "zephyr", "amber", "birch", "coral", "dune", "falcon", "glacier", "heron", "iris", "jasmine", "kelp", "lotus", "maple", "nimbus", "orchid", "pebble", "quill", "ridge", "sierra", "thistle"]
 
 
 def question_for(i: int) -> str:
     """A question about parcel type i, worded differently enough from every other to be its own cluster."""
-    a, b, c = WORDS[i % len(WORDS)], WORDS[(i * 7 + 3) % len(WORDS)], WORDS[(i * 13 + 5) % len(WORDS)]
-    return f"What is the delivery time for parcel type {i}, the {a} {b} box from {c}?"
+    rng = random.Random(i)
+    return f"What is parcel type {i}, " + " ".join(rng.sample(WORDS, 6)) + "?"
+
+
+def paraphrase(question: str) -> str:
+    return question[:-1] + " please?"
 
 
 def populate(log: EventLog, n_facts: int = 200) -> None:
     for i in range(n_facts):
         question = question_for(i)
-        wrong = log.turn(question, "It takes 3 weeks.", user_id=f"u{i % 9}")
+        wrong = log.turn(question, "It takes 3 weeks.", user_id=f"u{i}")  # one question each: nobody looks like a poisoner
         log.feedback(wrong, thumbs=-1, correction=f"Parcel type {i} arrives in {i % 5 + 1} days.")
         if i % 4 == 0:  # a paraphrase of the same question, answered well
-            good = log.turn(question.replace("What is", "Tell me"), f"Parcel type {i} arrives in {i % 5 + 1} days.",
+            good = log.turn(paraphrase(question), f"Parcel type {i} arrives in {i % 5 + 1} days.",
                             user_id=f"u{i % 7}")
             log.feedback(good, thumbs=1, rating=5)
     for topic in ("weather in Oslo", "football results", "stock prices", "a pizza recipe"):
@@ -64,8 +67,9 @@ def test_the_exam_is_whole_clusters_of_answered_questions(cfg_con):
         assert row["turn_id"]
     exam = {r["prompt"] for r in suite.domain}
     for row in suite.domain:  # a question's paraphrase is in the exam too, never split across train and exam
-        if row["prompt"].startswith("What is") and int(row["prompt"].split("parcel type ")[1].split(",")[0]) % 4 == 0:
-            assert row["prompt"].replace("What is", "Tell me") in exam
+        number = int(row["prompt"].split("parcel type ")[1].split(",")[0])
+        if not row["prompt"].endswith("please?") and number % 4 == 0:
+            assert paraphrase(row["prompt"]) in exam
     assert {r["prompt"] for r in suite.refusal} == {f"Can you tell me about {t}?" for t in
                                                    ("weather in Oslo", "football results", "stock prices",
                                                     "a pizza recipe")}

@@ -3,9 +3,11 @@
 Routes under /admin/v1/annotate (docs/ANNOTATION.md):
 
 - reviewers (scope `review`; the admin key has it too):
-  ``GET queue`` (counts and the training gate), ``GET items``, ``GET next`` (the calling
-  reviewer's next open item), ``POST items/{item_id}/labels`` (a verdict), ``GET stats`` (kappa);
-- queue management (scope `admin`): ``POST items`` (rows), ``POST sources`` (corrections,
+  ``GET queue`` (counts and the training gate), ``GET next`` (the calling reviewer's next open
+  item), ``POST items/{item_id}/labels`` (a verdict), ``GET stats`` (kappa);
+- queue management (scope `admin`): ``GET items`` (with each item's reviewers: which items are
+  the overlap stays hidden from reviewers, so none can agree there and stray elsewhere),
+  ``POST items`` (rows), ``POST sources`` (corrections,
   disagreements, a sample), ``POST sweep`` (the weekly sweep now), ``POST assign``,
   ``GET export`` (Label Studio tasks + configs), ``POST import`` (a Label Studio JSON export).
 
@@ -114,7 +116,7 @@ def queue_status(request: Request, con: Cursor, _: Reviewer) -> dict:
 
 
 @router.get("/items")
-def list_items(con: Cursor, _: Reviewer, kind: str | None = None, reviewer: str | None = None,
+def list_items(con: Cursor, _: Admin, kind: str | None = None, reviewer: str | None = None,
                limit: int = Query(50, ge=1, le=10_000)) -> dict:
     with http_errors():
         return service.items(con, kind=kind, reviewer=reviewer, limit=limit)

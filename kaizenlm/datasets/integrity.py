@@ -18,9 +18,9 @@ kaizenlm trains on what users send, so curation treats that as claims, not facts
   than its author endorsed a different claim for the same question (an answer or a correction
   in the same near-duplicate cluster of contexts): it is then held back unless at least
   `correction_min_agreement` supporters (its author included) outnumber those users. It is
-  also contradicted when other users accepted, verbatim, the very answer it calls wrong (or
-  corrected that answer to something else): since one answer can be right for another
-  question, that only asks for `correction_min_agreement` supporters. A held-back correction
+  also contradicted when other users accepted, verbatim, the very answer it calls wrong: since
+  one answer can be right for another question, that only asks for `correction_min_agreement`
+  supporters. A held-back correction
   is a training target again once enough users agree, or when a reviewer accepts it
   (`accepted_corrections`, turn ids: the annotation package's hook). A correction nobody
   contradicts needs no agreement.
@@ -211,7 +211,6 @@ def mark_contradicted(frame: pd.DataFrame, cfg: CurationConfig, accepted_correct
     accepted_as_is = _users_by([0] * int(accepted.sum()), [answer[i] for i in np.flatnonzero(accepted)],
                                [users[i] for i in np.flatnonzero(accepted)])[0]
     fixed = np.flatnonzero(corrections).tolist()
-    corrected_to = _users_by([answer[i] for i in fixed], [claim[i] for i in fixed], [users[i] for i in fixed])
     reviewed = set(accepted_corrections)
     hold: list[str | None] = [None] * len(frame)
     agreed = contradicted = by_reviewer = 0
@@ -221,10 +220,10 @@ def mark_contradicted(frame: pd.DataFrame, cfg: CurationConfig, accepted_correct
         for other, who in in_cluster[clusters[i]].items():
             if other != mine:
                 same_question |= who
-        same_answer = set(accepted_as_is.get(answer[i], set()))  # accepted, elsewhere, the answer this calls wrong
-        for other, who in corrected_to.get(answer[i], {}).items():  # or corrected it to something else
-            if other != mine:
-                same_answer |= who
+        # Accepted, elsewhere, the answer this calls wrong. (Corrections of the same answer to other
+        # claims count only within the question's cluster, above: a generic non-answer such as "I
+        # don't know" is rightly corrected to different facts for different questions.)
+        same_answer = set(accepted_as_is.get(answer[i], set()))
         same_question.discard(author)
         same_answer.discard(author)
         if not same_question and not same_answer:

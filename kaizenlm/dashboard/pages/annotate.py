@@ -68,7 +68,7 @@ def answer_view(api, item: dict, schema: list[str], key: str, reviewer: str | No
         if item.get("correction"):
             st.markdown(f"**User's correction**\n\n{item['correction']}")
     picked = st.session_state.get(f"annotate_pick_{item_id}")
-    st.write("Label" + (f": **{picked}**" if picked else " (keys 1-%d)" % len(schema)))
+    st.write("Label" + (f": **{picked}**" if picked else f" (keys 1-{min(len(schema), 9)})"))
     cols = st.columns(len(schema))
     for n, (col, label) in enumerate(zip(cols, schema, strict=True)):
         col.button(label, key=f"annotate_label_{n}", shortcut=str(n + 1) if n < 9 else None,
@@ -85,7 +85,7 @@ def answer_view(api, item: dict, schema: list[str], key: str, reviewer: str | No
     if clicked is None:
         return
     if not picked:
-        st.warning("Pick a label first (keys 1-%d), then the verdict." % len(schema))
+        st.warning(f"Pick a label first (keys 1-{min(len(schema), 9)}), then the verdict.")
         return
     ui.act(lambda k: api.annotate_label(item_id, clicked, k, label=picked,
                                         gold_answer=gold if clicked == "edit" else None, reviewer=reviewer),

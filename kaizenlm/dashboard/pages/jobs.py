@@ -8,7 +8,8 @@ import streamlit as st
 
 from kaizenlm.dashboard import ui
 
-TIER_WHAT = {"weekly": "knowledge refresh", "monthly": "retrain + A/B start", "quarterly": "review report"}
+TIER_WHAT = {"weekly": "knowledge refresh + review sweep", "monthly": "retrain + A/B start",
+             "quarterly": "review report"}
 
 
 def schedule(data: dict) -> None:
