@@ -249,7 +249,8 @@ def run_setting(spec: dict) -> dict:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
         "tokens_per_s": round(tokens_per_s, 1),
-        "tokens_per_cpu_s": round((n1 - n0) / max(c1 - c0, 1e-9), 2),
+        # CPU seconds of this process only: not a figure for a multi-process run
+        "tokens_per_cpu_s": round((n1 - n0) / max(c1 - c0, 1e-9), 2) if "WORLD_SIZE" not in os.environ else None,
         "step_s": round((t1 - t0) / steps, 4),
         "timed_steps": steps,
         "tokens_per_step": round((n1 - n0) / steps, 1),

@@ -144,19 +144,24 @@ def cpu_part(args, log) -> dict:
         if attempt == 0 and max(loads) <= cores:
             break  # a quiet machine: one round is enough
     settings = {name: _best(rs) for name, rs in rounds.items()}
+    pairs = [(a, b) for a, b in zip(rounds["trl_defaults"], rounds["recipe_cpu"], strict=True)
+             if "tokens_per_s" in a and "tokens_per_s" in b]
+    ratios = [round(b["tokens_per_s"] / a["tokens_per_s"], 2) for a, b in pairs]
+    cpu_ratios = [round(b["tokens_per_cpu_s"] / a["tokens_per_cpu_s"], 2) for a, b in pairs]
     ddp_spec = base_spec(args, "recipe_cpu_ddp2", "sft", RECIPE_CPU, **{**common, "rows": 48, "min_steps": 6})
     ddp_spec["threads"] = max(1, args.threads // 2)
     ddp = run_child(ddp_spec, log, processes=2)
     settings["recipe_cpu_ddp2"] = ddp
-    base, best = settings["trl_defaults"], settings["recipe_cpu"]
-    ok = "tokens_per_s" in base and "tokens_per_s" in best
     return {
         "model": model or "random-weight SmolLM2-135M shape",
         "settings": settings,
-        "rounds": {k: len(v) for k, v in rounds.items()},
-        "speedup_vs_trl_default": round(best["tokens_per_s"] / base["tokens_per_s"], 2) if ok else None,
-        "speedup_per_cpu_s": round(best["tokens_per_cpu_s"] / base["tokens_per_cpu_s"], 2) if ok else None,
-        "goal_speedup_met": bool(ok and best["tokens_per_s"] / base["tokens_per_s"] >= 1.3),
+        "rounds": len(pairs),
+        # each round measures the pair back to back; the smallest round's ratio is the one reported
+        "speedup_vs_trl_default": min(ratios, default=None),
+        "speedup_rounds": ratios,
+        "speedup_per_cpu_s": min(cpu_ratios, default=None),
+        "speedup_per_cpu_s_rounds": cpu_ratios,
+        "goal_speedup_met": bool(ratios and min(ratios) >= 1.3),
         "ddp_processes": 2,
         "ddp_loss_first": ddp.get("loss_first"),
         "ddp_loss_last": ddp.get("loss_last"),

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kaizenlm.annotate import label_studio, labels, queue
-from kaizenlm.annotate.settings import AnnotateConfig, AnnotateError, LabelSchema, settings_of
+from kaizenlm.annotate.settings import AnnotateConfig, AnnotateError, LabelSchema, label_schema, settings_of
 from kaizenlm.cli import main
 from kaizenlm.config import ConfigError
 from kaizenlm.ingest import store
@@ -191,6 +191,21 @@ def test_annotate_config_checks_name_the_key():
         with pytest.raises(ConfigError, match=key):
             AnnotateConfig(**kwargs)
     assert settings_of(object()) == AnnotateConfig()
+
+
+def test_the_annotate_section_of_kaizen_toml():
+    from kaizenlm import config as config_mod
+
+    cfg = config_mod.from_dict({"annotate": {"reviewers": ["alice", "bob"], "min_kappa": 0.7,
+                                             "schema": ["good", "bad"], "blind_pairs": 5}})
+    assert settings_of(cfg) is cfg.annotate and cfg.annotate.reviewers == ["alice", "bob"]
+    assert label_schema(cfg.annotate).labels == ("good", "bad") and cfg.annotate.blind_pairs == 5
+    for raw, key in [({"min_kappa": 1.5}, "annotate.min_kappa"), ({"blind_pairs": -1}, "annotate.blind_pairs"),
+                     ({"reviewers": ["a", "a"]}, "annotate.reviewers"), ({"sample_size": "many"}, "annotate.sample_size"),
+                     ({"no_such_key": 1}, "annotate.no_such_key")]:
+        with pytest.raises(ConfigError, match=key):
+            config_mod.from_dict({"annotate": raw})
+    assert "[annotate]" in config_mod.default_toml() and "# Least Fleiss' kappa" in config_mod.default_toml()
 
 
 def test_cli_on_the_duckdb_file(kaizen_env, tmp_path, capsys):

@@ -222,7 +222,8 @@ def test_blind_pairs_from_a_retrain_and_the_human_win_rate(world, tmp_path):
                   "champion": {"answers": {q: f"old answer {i}" for i, q in enumerate(questions)}}}
     evaluation["champion"]["answers"][questions[0]] = "new answer 0"  # answered alike: nothing to compare
     out = training.enqueue_blind_pairs(con, cfg, cand, champ, evaluation, now=T0_DT)
-    assert out == {"candidate": cand, "champion": champ, "questions": 6, "answered_alike": 1, "not_picked": 2,
+    assert out == {"candidate": cand, "champion": champ, "questions": 6, "not_answered_by_both": 0,
+                   "answered_alike": 1, "not_picked": 2,
                    "queued": 3, "already_queued": 0, "assigned": 3}
     assert training.enqueue_blind_pairs(con, cfg, cand, champ, evaluation)["already_queued"] == 3
     items = queue.list_items(con, kind="blind_pair")
@@ -254,7 +255,9 @@ def test_blind_pairs_need_two_different_answers(world):
     con, cfg = world["con"], world["cfg"]
     out = training.enqueue_blind_pairs(con, cfg, "cand", "champ", {"candidate": {"answers": {"q?": "a"}},
                                                                     "champion": {}})
-    assert out["queued"] == 0 and out["questions"] == 0
+    assert out["queued"] == 0 and out["questions"] == 0 and out["not_answered_by_both"] == 1
+    empty = {"candidate": {"answers": {"q?": " "}}, "champion": {"answers": {"q?": "b"}}}  # a model that said nothing
+    assert training.enqueue_blind_pairs(con, cfg, "cand", "champ", empty)["not_answered_by_both"] == 1
     cfg.annotate.blind_pairs = 0
     out = training.enqueue_blind_pairs(con, cfg, "cand", "champ", {"candidate": {"answers": {"q?": "a"}},
                                                                     "champion": {"answers": {"q?": "b"}}})

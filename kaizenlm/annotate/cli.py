@@ -285,6 +285,9 @@ def _text(args, result: dict) -> str:
             gate = result["gate"]
             lines.append(("labels enter training: " if gate["open"] else "labels stay out of training: ")
                          + gate["reason"])
+            for version, r in (result.get("human_win_rates") or {}).items():
+                lines.append(f"human win rate of {version} vs {r['human_win_rate_vs']}: {_k(r['human_win_rate'])} "
+                             f"over {r['human_comparisons']} blind comparison(s)")
             return "\n".join(lines)
         lines = _agreement_lines(result, f"{result['source']}, field {result['field']!r}")
         verdict = result.get("meets_min_kappa")
@@ -311,7 +314,17 @@ def _queue_text(action: str, result: dict) -> str:
         lines = [f"{k:13} {v['items']:6} items  {v['assigned']:6} assigned  {v['labelled']:6} labelled  "
                  f"{v['overlap_items']:5} overlap" for k, v in result["per_kind"].items()]
         lines += [f"open for {r}: {n}" for r, n in result["open_per_reviewer"].items()]
+        gate = result.get("gate")
+        if gate:
+            lines.append(("labels enter training: " if gate["open"] else "labels stay out of training: ")
+                         + gate["reason"])
         return "\n".join(lines)
+    if action == "sweep":
+        lines = [f"queued {sum(result['added'].values())} item(s) from {result['since']} to {result['until']}: "
+                 + ", ".join(f"{k} {v}" for k, v in result["added"].items())]
+        if result["assigned"]:
+            lines.append(f"assigned {result['assigned']['items']} item(s) to {', '.join(result['assigned']['per_reviewer'])}")
+        return "\n".join(lines + [f"warning: {w}" for w in result["warnings"]])
     if action == "list":
         return "\n".join(f"{i['item_id']}  {i['kind']:12}  {len(i['reviewers'])} reviewer(s)  {i['labels']} label(s)  "
                          f"{i['prompt'][:60]!r}" for i in result["items"]) or "no items"

@@ -119,7 +119,9 @@ def enqueue_blind_pairs(con: duckdb.DuckDBPyConnection, cfg, candidate_id: str, 
     differ = [q for q in both if normalize(cand[q]) != normalize(champ[q])]
     picked = sorted(differ, key=lambda q: hashlib.sha256(f"{candidate_id}|{champion_id}|{q}".encode()).hexdigest())
     picked = picked[:settings.blind_pairs]
-    out = {"candidate": candidate_id, "champion": champion_id, "questions": len(both), "answered_alike": len(alike),
+    asked = set(cand) | set(champ)
+    out = {"candidate": candidate_id, "champion": champion_id, "questions": len(both),
+           "not_answered_by_both": len(asked) - len(both), "answered_alike": len(alike),
            "not_picked": len(differ) - len(picked), "queued": 0, "already_queued": 0, "assigned": None}
     if not picked:
         return out

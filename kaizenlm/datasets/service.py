@@ -57,7 +57,15 @@ def reviewed_rows(con: duckdb.DuckDBPyConnection, cfg: Config) -> ReviewedRows |
         provider = getattr(importlib.import_module(module), name)
     except ModuleNotFoundError:
         return None
+    if not _has_review_tables(con):  # a file opened read-only before its review tables were added
+        return None
     return provider(con, cfg)
+
+
+def _has_review_tables(con: duckdb.DuckDBPyConnection) -> bool:
+    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name IN (SELECT unnest(?))",
+                        [list(REVIEW_TABLES)]).fetchone()[0]
+    return found == len(REVIEW_TABLES)
 
 
 def build(con: duckdb.DuckDBPyConnection, cfg: Config, *, since: str | None = None, until: str | None = None,
@@ -196,9 +204,10 @@ def forget(con: duckdb.DuckDBPyConnection, cfg: Config, user_id: str, dry_run: b
         "feedback": con.execute(f"SELECT count(*) FROM feedback WHERE {feedback_where}", [user_id, turns]).fetchall()[0][0],
         "signals": con.execute(f"SELECT count(*) FROM signals WHERE {signals_where}",
                                [user_id, turns, conversations]).fetchall()[0][0],
-        **{table: con.execute(f"SELECT count(*) FROM {table} WHERE {review_where}", [user_id, touched]).fetchall()[0][0]
-           for table in REVIEW_TABLES},
     }
+    review_tables = REVIEW_TABLES if _has_review_tables(con) else ()
+    counts.update({table: con.execute(f"SELECT count(*) FROM {table} WHERE {review_where}",
+                                      [user_id, touched]).fetchall()[0][0] for table in review_tables})
     snapshots = sorted({s for root in _snapshot_roots(con, cfg) for s in datasets.snapshots_with_turns(root, touched)})
     direct = _ids(con, "SELECT version_id FROM model_versions WHERE list_contains(?, snapshot_id)", [snapshots])
     model_versions = version_ops.descendants(con, direct)
@@ -214,6 +223,6 @@ def forget(con: duckdb.DuckDBPyConnection, cfg: Config, user_id: str, dry_run: b
         con.execute(f"DELETE FROM feedback WHERE {feedback_where}", [user_id, turns])
         con.execute(f"DELETE FROM signals WHERE {signals_where}", [user_id, turns, conversations])
         con.execute("DELETE FROM turns WHERE user_id = ?", [user_id])
-        for table in REVIEW_TABLES:  # items last: the others find their rows through them
+        for table in review_tables:  # items last: the others find their rows through them
             con.execute(f"DELETE FROM {table} WHERE {review_where}", [user_id, touched])
     return report
