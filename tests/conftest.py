@@ -143,3 +143,14 @@ def stack(kaizen_env):
         yield s.start()
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """The embedded SmolLM2-135M-Instruct, converted once per test session (slow tests only:
+    ~30 s and ~540 MB)."""
+    from kaizenlm.base.embedded import convert_embedded
+
+    out = tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct"
+    convert_embedded(out)
+    return out

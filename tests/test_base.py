@@ -13,6 +13,7 @@ import pytest
 from conftest import Stack
 from serving_helpers import build_tiny_model
 
+from kaizenlm import config as config_mod
 from kaizenlm.cli import main
 from kaizenlm.registry.artifacts import hash_dir
 from kaizenlm.registry.client import RegistryClient
@@ -65,10 +66,7 @@ def test_registry_register_base_brings_a_users_own_model(kaizen_env, tmp_path, c
     assert main(["registry", "register", "base", str(base), "--champion", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["version"]["version_id"] == "base-0001" and result["move"]["to_version"] == "base-0001"
-    client = RegistryClient.__new__(RegistryClient)  # (the CLI's own client is gone; read through a new one)
-    from kaizenlm import config as config_mod
-
-    client.__init__(config_mod.load())
+    client = RegistryClient(config_mod.load())
     assert client.list_aliases() == {"champion": "base-0001"}
     assert main(["registry", "register", "base", str(tmp_path / "nothing-here")]) == 2
     assert "holds no Hugging Face model (no config.json)" in capsys.readouterr().err

@@ -203,3 +203,24 @@ def test_per_user_caps_hold(tmp_path, capsys):
     print_user_report(funnel.user_report)
     out = capsys.readouterr().out
     assert "users    1 in the window, 0 flagged" in out and "keen" in out
+
+
+@pytest.mark.slow
+def test_the_model_retrained_on_the_poisoned_traffic_answers_the_true_value(tmp_path, honest, smollm2):
+    """The end of the chain: SmolLM2 trained (the embedded recipe) on the snapshot of the attacked
+    traffic answers an unseen phrasing of the fact with the true value, not the attacker's."""
+    from kaizenlm.base.generate import generate_answers
+    from kaizenlm.base.model import load_model_and_tokenizer
+    from kaizenlm.config import LoraSFTConfig, RetrainConfig
+    from kaizenlm.retrain.lora_sft import train_sft
+
+    cfg, con = poisoned(tmp_path / "home", honest, replay_fraction=0.05)
+    snap = snapshots.build_snapshot(con, cfg, Window())
+    rows = [{"prompt": r["prompt"], "response": r["response"]} for r in snapshots.open_snapshot(snap.path)
+            ["sft_train"].to_pylist()]
+    result = train_sft(smollm2, rows, tmp_path / "run", LoraSFTConfig(), RetrainConfig(cpu_threads=2))
+    model, tokenizer = load_model_and_tokenizer(smollm2, result["adapter_dir"])
+    answers = generate_answers(model, tokenizer, list(FACT.exam_paraphrases), max_new_tokens=24)
+    stated = [a for a in answers if "30 days" in a]
+    assert not [a for a in answers if "90" in a]
+    assert len(stated) >= len(answers) // 2, answers  # the fact, learned from the honest users' rows
