@@ -10,8 +10,9 @@
 #   2. On the GPU machine, with the device tool:
 #        run(command="bash benchmarks/gpu_train_throughput.sh", carry=[".whl"], timeout_s=600)
 #      It installs the wheels into /tmp/site (no network there), records nvidia-smi and the
-#      versions, and runs `train_throughput.py --gpu` under a 9.5-minute timeout; the benchmark
-#      itself starts no new setting after 7.5 minutes.
+#      versions, and runs `train_throughput.py --gpu`, which ends its last setting within 7
+#      minutes of its first and rewrites its JSON after every setting (a 9.5-minute timeout
+#      guards the whole).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

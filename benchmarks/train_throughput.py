@@ -7,22 +7,24 @@ settings, tokens/s and MFU, each setting in a fresh process. Prints ONE JSON lin
     .venv/bin/python benchmarks/train_throughput.py --learning-check # 50 steps each: same loss curve?
 
 CPU part (< 20 min on 2 cores): the embedded SmolLM2-135M (`--model DIR`; default the
-converted embedded base under $KAIZEN_HOME, else a random-weight 135M shape) on what the
-embedded loop trains on (demo questions and answers, chat template, 8% general rows) with the
-embedded recipe's LoRA (all linear layers, r 16, lr 1e-3), batch 8: `trl_defaults` (SFTConfig
-as TRL ships it: gradient checkpointing, padded batches, every position through the LM head)
-against `recipe_cpu` (the recipe's CPU path: no checkpointing, padding-free batches, only the
-answer positions through the LM head), then `recipe_cpu` in 2 processes under `accelerate
-launch` (DDP over gloo, 1 thread each). The pair is measured again when the load average
-rose above the core count, and the better of each is kept; the load is reported. tokens/s
-count real tokens; `tokens_per_cpu_s` (per CPU second of the training process) is the figure
-that carries over to an idle machine.
+converted embedded base under $KAIZEN_HOME, else a random-weight 135M shape on random rows of
+chat-like length) on what the embedded loop trains on (demo questions and answers, chat
+template, 8% general rows) with the embedded recipe's LoRA (all linear layers, r 16, lr 1e-3),
+batch 8: `trl_defaults` (SFTConfig as TRL ships it: gradient checkpointing, padded batches,
+every position through the LM head) against `recipe_cpu` (the recipe's CPU path: no
+checkpointing, padding-free batches, only the answer positions through the LM head), back to
+back; the pair is measured again when the load average rose above the core count, and each
+round's ratio is reported (`speedup_vs_trl_default` is the smallest). Then `recipe_cpu` in 2
+processes under `accelerate launch` (DDP over gloo, 1 thread each). tokens/s count real
+tokens; `tokens_per_cpu_s` (per CPU second of the training process) is the figure that
+carries over to an idle machine.
 
 GPU part (`--gpu`): random-weight LLaMA shapes (the 135M, a 0.5B and Llama-3-8B), bf16, TRL's
 defaults against padding-free batches with the variable-length FlashAttention kernel
 (kaizenlm.retrain.speed 'sdpa_varlen'), Liger Kernel, larger token budgets, torch.compile,
-packing, checkpointing only where memory needs it (8B), and DPO; a deadline keeps it under
-8 minutes. JSON and log go to --out (default $OUT when set). MFU: _train_bench.py's docstring.
+packing, checkpointing only where memory needs it (8B), and DPO; a time budget keeps it under
+8 minutes (the JSON is rewritten after every setting). JSON and log go to --out (default $OUT
+when set). MFU: _train_bench.py's docstring.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,7 +53,7 @@ RECIPE_CPU = {"gradient_checkpointing": False, "padding_free": True, "compact_he
 VARLEN = {"gradient_checkpointing": False, "padding_free": True, "attention": "sdpa_varlen"}
 LIGER = {**VARLEN, "liger": True}
 
-# (method, name, shape, data, batch, max_length, knobs), most important first: the deadline drops the tail.
+# (method, name, shape, data, batch, max_length, knobs), most important first: the time budget drops the tail.
 GPU_PLAN = [
     ("sft", "0.5b_trl_defaults", "llama0.5b", "random", 8, 1024, TRL_DEFAULTS),
     ("sft", "0.5b_varlen_liger_b64", "llama0.5b", "random", 64, 1024, LIGER),
@@ -65,12 +68,15 @@ GPU_PLAN = [
     ("sft", "0.5b_varlen_liger_b64_compile", "llama0.5b", "random", 64, 1024, {**LIGER, "compile": True}),
     ("sft", "8b_chat_varlen_liger_b8", "llama3-8b", "random", 8, 4096, LIGER),
 ]
-GPU_DEADLINE_S = 450  # no new setting starts after 7.5 minutes
+CPU_BUDGET_S = 17 * 60  # make bench: the CPU part within 20 minutes on the shared 2-core machine
+GPU_BUDGET_S = 420  # every setting ends within 7 minutes of the first (the wheels' install takes ~30 s more)
+MIN_SETTING_S = 45  # a setting that cannot have this much left is skipped
 OOM_FALLBACK = {"gradient_checkpointing": True}  # what a setting retries with when it ran out of memory
 
 
 def run_child(spec: dict, log, processes: int = 1, timeout_s: float = 900) -> dict:
-    """One setting in a fresh process (or `processes` under accelerate launch); its RESULT line."""
+    """One setting in a fresh process (or `processes` under accelerate launch); its RESULT line,
+    and one progress line on stderr."""
     from kaizenlm.config import RetrainConfig
     from kaizenlm.retrain import launch
 
@@ -89,19 +95,30 @@ def run_child(spec: dict, log, processes: int = 1, timeout_s: float = 900) -> di
               f"{' '.join(command)}\n")
     log.flush()
     started = time.perf_counter()
+    # its own process group, so that a timeout stops a launch's workers too
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
-    except subprocess.TimeoutExpired as e:
-        log.write((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""))
+        stdout, stderr = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        stdout, stderr = child.communicate()
+        log.write(stdout + stderr)
+        print(f"{spec['method']} {spec['name']}: timed out after {timeout_s:.0f} s", file=sys.stderr, flush=True)
         return {"error": f"timed out after {timeout_s:.0f} s"}
-    log.write(done.stdout + done.stderr)
+    log.write(stdout + stderr)
     log.flush()
-    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    line = next((x for x in stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        return {"error": f"exit {done.returncode}: {' | '.join(tail)[-400:]}"}
+        tail = (stderr or stdout).strip().splitlines()[-3:]
+        print(f"{spec['method']} {spec['name']}: failed (exit {child.returncode}; see the log)", file=sys.stderr,
+              flush=True)
+        return {"error": f"exit {child.returncode}: {' | '.join(tail)[-400:]}"}
     result = json.loads(line[len("RESULT "):])
     result["wall_s"] = round(time.perf_counter() - started, 1)
+    shown = {k: result[k] for k in ("tokens_per_s", "tokens_per_cpu_s", "mfu", "load_avg_1m", "skipped", "error")
+             if result.get(k) is not None}
+    print(f"{spec['method']} {spec['name']}: {shown} ({result['wall_s']} s)", file=sys.stderr, flush=True)
     return result
 
 
@@ -132,25 +149,27 @@ def base_spec(args, name: str, method: str, knobs: dict, **kw) -> dict:
 
 def cpu_part(args, log) -> dict:
     model = args.model or default_model()
-    common = dict(shape="smol135m", model_dir=model, data="chat" if model else "random", batch=8, max_length=256,
-                  rows=96, lora=EMBEDDED_LORA, warmup=1, min_steps=args.steps or 3, seconds=0)
+    # without the real model: random rows of chat-like length (lognormal, mean ~40 tokens below 128)
+    common = dict(shape="smol135m", model_dir=model, data="chat" if model else "random", batch=8,
+                  max_length=256 if model else 128, rows=96, lora=EMBEDDED_LORA, warmup=1, min_steps=args.steps or 3,
+                  seconds=0)
     pair = {"trl_defaults": TRL_DEFAULTS, "recipe_cpu": RECIPE_CPU}
     rounds: dict[str, list[dict]] = {k: [] for k in pair}
-    cores = os.cpu_count() or 2
+    cores, started = os.cpu_count() or 2, time.perf_counter()
     for attempt in range(2):
         for name, knobs in pair.items():
             rounds[name].append(run_child(base_spec(args, name, "sft", knobs, **common), log))
         loads = [r.get("load_avg_1m", 0) for rs in rounds.values() for r in rs[-1:]]
-        if attempt == 0 and max(loads) <= cores:
-            break  # a quiet machine: one round is enough
+        if attempt == 0 and (max(loads) <= cores or time.perf_counter() - started > CPU_BUDGET_S * 0.35):
+            break  # a quiet machine: one round is enough (or no time for a second within the budget)
     settings = {name: _best(rs) for name, rs in rounds.items()}
     pairs = [(a, b) for a, b in zip(rounds["trl_defaults"], rounds["recipe_cpu"], strict=True)
              if "tokens_per_s" in a and "tokens_per_s" in b]
     ratios = [round(b["tokens_per_s"] / a["tokens_per_s"], 2) for a, b in pairs]
     cpu_ratios = [round(b["tokens_per_cpu_s"] / a["tokens_per_cpu_s"], 2) for a, b in pairs]
-    ddp_spec = base_spec(args, "recipe_cpu_ddp2", "sft", RECIPE_CPU, **{**common, "rows": 48, "min_steps": 6})
+    ddp_spec = base_spec(args, "recipe_cpu_ddp2", "sft", RECIPE_CPU, **{**common, "rows": 48, "min_steps": 5})
     ddp_spec["threads"] = max(1, args.threads // 2)
-    ddp = run_child(ddp_spec, log, processes=2)
+    ddp = run_child(ddp_spec, log, processes=2, timeout_s=max(180.0, CPU_BUDGET_S - (time.perf_counter() - started)))
     settings["recipe_cpu_ddp2"] = ddp
     return {
         "model": model or "random-weight SmolLM2-135M shape",
@@ -214,12 +233,15 @@ def learning_check(args, log) -> dict:
 # ---------------------------------------------------------------- GPU part
 
 
-def gpu_part(args, log) -> dict:
+def gpu_part(args, log, save) -> dict:
+    """The GPU plan within GPU_BUDGET_S; `save(part)` after every setting, so that a kill still
+    leaves the figures measured so far."""
     started = time.perf_counter()
     results: dict[str, dict] = {}
     for method, name, shape, data, batch, max_length, knobs in GPU_PLAN:
-        if time.perf_counter() - started > (GPU_DEADLINE_S if not args.smoke else 1e9):
-            results[name] = {"skipped": "deadline (the whole GPU part stays under 8 minutes)"}
+        left = GPU_BUDGET_S - (time.perf_counter() - started) if not args.smoke else 1e9
+        if left < MIN_SETTING_S:
+            results[name] = {"skipped": "time budget (the whole GPU part stays under 8 minutes)"}
             continue
         kw = dict(shape=shape, data=data, batch=batch, max_length=max_length, rows=batch * 40,
                   lora=REAL_LORA, warmup=3, min_steps=5, seconds=8.0)
@@ -228,13 +250,15 @@ def gpu_part(args, log) -> dict:
                       min_steps=2, seconds=0)
             knobs = _smoke_knobs(knobs)
         spec = base_spec(args, name, method, knobs, **kw)
-        result = run_child(spec, log, timeout_s=240 if "8b" in name else 150)
-        if result.get("oom") and not knobs.get("gradient_checkpointing"):
-            retry = run_child({**spec, "knobs": {**knobs, **OOM_FALLBACK}}, log, timeout_s=240)
+        result = run_child(spec, log, timeout_s=min(240 if "8b" in name else 150, left))
+        left = GPU_BUDGET_S - (time.perf_counter() - started) if not args.smoke else 1e9
+        if result.get("oom") and not knobs.get("gradient_checkpointing") and left >= MIN_SETTING_S:
+            retry = run_child({**spec, "knobs": {**knobs, **OOM_FALLBACK}}, log, timeout_s=min(240, left))
             result = {**retry, "note": "ran out of memory without gradient checkpointing; measured with it"}
         results[name] = {"method": method, "shape": shape, "batch": batch, "max_length": max_length,
                          "knobs": knobs, **result}
-        print(f"{name}: {json.dumps(result)[:300]}", file=sys.stderr, flush=True)
+        save({"settings": results, "elapsed_s": round(time.perf_counter() - started, 1),
+              "goals": _gpu_goals(results)})
     return {"settings": results, "elapsed_s": round(time.perf_counter() - started, 1), "goals": _gpu_goals(results)}
 
 
@@ -295,19 +319,26 @@ def main() -> int:
     kind = "gpu" if args.gpu else "learning_check" if args.learning_check else "cpu"
     log_path = out / f"train_throughput_{kind}.log"
     started = time.perf_counter()
+    load_before = os.getloadavg()
+
+    def save(part: dict) -> str:
+        report = {
+            "benchmark": "train_throughput", "part": kind + ("_smoke" if args.smoke else ""),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
+            "versions": _versions(), "load_avg_before": [round(x, 2) for x in load_before],
+            "load_avg_after": [round(x, 2) for x in os.getloadavg()], "wall_s": round(time.perf_counter() - started, 1),
+            "log": str(log_path), **part,
+        }
+        line = json.dumps(report)
+        (out / f"train_throughput_{kind}.json").write_text(line + "\n")
+        return line
+
     with log_path.open("w", encoding="utf-8") as log:
-        load_before = os.getloadavg()
-        part = gpu_part(args, log) if args.gpu else learning_check(args, log) if args.learning_check else cpu_part(args, log)
-    report = {
-        "benchmark": "train_throughput", "part": kind + ("_smoke" if args.smoke else ""),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
-        "versions": _versions(), "load_avg_before": [round(x, 2) for x in load_before],
-        "load_avg_after": [round(x, 2) for x in os.getloadavg()], "wall_s": round(time.perf_counter() - started, 1),
-        "log": str(log_path), **part,
-    }
-    line = json.dumps(report)
-    (out / f"train_throughput_{kind}.json").write_text(line + "\n")
-    print(line)
+        if args.gpu:
+            part = gpu_part(args, log, save)
+        else:
+            part = learning_check(args, log) if args.learning_check else cpu_part(args, log)
+    print(save(part))
     return 0
 
 

@@ -15,18 +15,17 @@ from kaizenlm.demo.users import must_include
 from kaizenlm.eval.suite import Suite, write_suite
 
 
-def demo_suite(seed: int = 0, domain: Domain | None = None) -> Suite:
+def demo_suite(seed: int = 0, domain: Domain | None = None, per_fact: int | None = None) -> Suite:
+    """per_fact: held-out phrasings per fact in the exam (all of them: None); refusal rows shrink alike."""
     domain = domain or build_domain(seed)
-    by_answer = {f.answer: f for f in domain.facts}
-    return Suite(
-        domain=[{"prompt": r["prompt"], "reference": r["reference"],
-                 "must_include": must_include(by_answer[r["reference"]].value)} for r in domain.exam_rows()],
-        general=choice_suite_rows(),
-        refusal=[{"prompt": r["prompt"], "reference": r["response"]} for r in domain.refusal_rows(exam=True)],
-        source=f"kaizenlm.demo (seed {seed})",
-    )
+    exam = [{"prompt": q, "reference": f.answer, "must_include": must_include(f.value)}
+            for f in domain.facts for q in f.exam_paraphrases[:per_fact]]
+    refusal = [{"prompt": r["prompt"], "reference": r["response"]} for r in domain.refusal_rows(exam=True)]
+    if per_fact is not None:
+        refusal = refusal[: len(refusal) * per_fact // max(1, len(domain.facts[0].exam_paraphrases))]
+    return Suite(domain=exam, general=choice_suite_rows(), refusal=refusal, source=f"kaizenlm.demo (seed {seed})")
 
 
-def write_demo_suite(folder: Path, seed: int, domain: Domain | None = None) -> Path:
+def write_demo_suite(folder: Path, seed: int, domain: Domain | None = None, per_fact: int | None = None) -> Path:
     """Write suite.jsonl into folder; returns its path."""
-    return write_suite(Path(folder) / "suite.jsonl", demo_suite(seed, domain))
+    return write_suite(Path(folder) / "suite.jsonl", demo_suite(seed, domain, per_fact))

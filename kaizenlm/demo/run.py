@@ -171,11 +171,12 @@ max_new_tokens = 48
 """
 
 
-def _demo_config(cfg, path_given: bool, seed: int, domain: Domain):
+def _demo_config(cfg, path_given: bool, seed: int, domain: Domain, short: bool):
     """Write the demo's inputs and its kaizen.toml into $KAIZEN_HOME (if none) so every process reads it."""
     from kaizenlm import config as config_mod
 
-    suite_path = write_demo_suite(cfg.home / "demo", seed, domain)
+    # --short asks each fact once (48 exam rows, 24 refusal rows); the full demo all three phrasings.
+    suite_path = write_demo_suite(cfg.home / "demo", seed, domain, per_fact=1 if short else None)
     target = cfg.home / "kaizen.toml"
     if path_given or target.exists() or Path("kaizen.toml").exists():
         return cfg
@@ -186,7 +187,7 @@ def _demo_config(cfg, path_given: bool, seed: int, domain: Domain):
 
 def run(args, cfg) -> int:
     domain = build_domain(args.seed)
-    cfg = _demo_config(cfg, bool(args.config), args.seed, domain)
+    cfg = _demo_config(cfg, bool(args.config), args.seed, domain, args.short)
     conversations = args.conversations or (300 if args.short else 600)
     ctx = DemoContext(cfg, domain, args.short, args.seed, args.days, conversations)
     stack = UpProcess(cfg, args.config, with_dashboard=not args.no_dashboard)
