@@ -80,7 +80,9 @@ def base_key(base_dir: str | Path) -> str:
 
 
 def answers_paths(home: str | Path, key: str) -> tuple[Path, Path]:
-    """(replay and anchor rows, held-out rows) of the base whose key is `key`."""
+    """(replay and anchor rows, held-out rows) of the base whose key is `key`, in <home>/general
+    (Config.general_dir); the base answered last is also <home>/general/replay.jsonl, the default
+    replay source of a `kaizen dataset build` (Config.replay_path)."""
     folder = Path(home) / "general"
     return folder / f"{key}.jsonl", folder / f"{key}-heldout.jsonl"
 
@@ -127,6 +129,9 @@ def write_answers(base_dir: str | Path, home: str | Path, prompts_path: str | Pa
                 if is_held_out(row["prompt"]) == keep:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
+    latest = train_path.parent / f"replay.jsonl.tmp-{os.getpid()}"
+    latest.write_bytes(train_path.read_bytes())
+    os.replace(latest, train_path.parent / "replay.jsonl")
     log.info("answered %d general prompts with %s in %.0f s", len(answered), base_dir, time.perf_counter() - started)
     return train_path, heldout_path
 

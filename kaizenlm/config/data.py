@@ -108,8 +108,8 @@ class CurationConfig:
     """Leave out every turn of a user the anomaly report flags (correction rate, duplicate texts, bursts below); the report names them so a person can look."""
     anomaly_min_corrections: int = 5
     """A user is flagged for their correction rate only with at least this many corrected turns."""
-    anomaly_correction_rate: float = 0.5
-    """Flag a user whose share of corrected turns reaches this (with anomaly_min_corrections)."""
+    anomaly_correction_rate: float = 0.8
+    """Flag a user whose share of corrected turns reaches this (with anomaly_min_corrections). Honest users of a model that is often wrong correct about half of its answers (the demo's users do: its base knows none of the facts); an attacker corrects every one."""
     anomaly_duplicate_texts: int = 5
     """Flag a user who sent the same correction or comment text (normalized) this many times."""
     anomaly_burst_events: int = 30

@@ -68,6 +68,20 @@ class Config:
         return self.home / "snapshots"
 
     @property
+    def general_dir(self) -> Path:
+        """The base models' answers to the general prompts (kaizenlm/base/general.py)."""
+        return self.home / "general"
+
+    @property
+    def replay_path(self) -> Path | None:
+        """Where replay rows come from: curation.replay_path, else the answers of the base that
+        answered the general prompts last (<home>/general/replay.jsonl), else None."""
+        if self.curation.replay_path:
+            return Path(os.path.expanduser(self.curation.replay_path)).resolve()
+        latest = self.general_dir / "replay.jsonl"
+        return latest if latest.is_file() else None
+
+    @property
     def keys_file(self) -> Path:
         """The keys file (auth.keys_file, or <home>/keys.json)."""
         return Path(os.path.expanduser(self.auth.keys_file)).resolve() if self.auth.keys_file else self.home / "keys.json"

@@ -74,7 +74,8 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, *, since: str | None = No
           accepted_corrections: list[str] | None = None, reviews: bool = True) -> dict:
     """Curate a window and write (or reuse) its snapshot. ``holdout``: files of held-out texts
     (added to curation.holdout_path); ``replay``: a JSONL file of general examples (default:
-    curation.replay_path; with neither, no replay rows). Paths are on this machine.
+    Config.replay_path: curation.replay_path, else the base's own general answers; else none).
+    Paths are on this machine.
     ``accepted_corrections``: turn ids whose correction a reviewer accepted (kaizenlm.datasets.integrity).
     ``reviews``: use what human reviewers decided (`reviewed_rows`; only while they agree, else
     the manifest's ``reviews.reason`` and a warning say why not).
@@ -83,7 +84,7 @@ def build(con: duckdb.DuckDBPyConnection, cfg: Config, *, since: str | None = No
     cfg = _curation_with(cfg, curation_overrides)
     window = datasets.default_window(cfg.curation, since=since, until=until, as_of=as_of, all_data=all_data)
     holdout_files = ([cfg.curation.holdout_path] if cfg.curation.holdout_path else []) + list(holdout or [])
-    replay_file = replay or cfg.curation.replay_path or None
+    replay_file = replay or cfg.replay_path or None
     texts = [text for f in holdout_files for text in load_holdout(f)]
     replay_rows = datasets.load_replay(replay_file) if replay_file else None
     sources = {"holdout_files": [str(Path(f).expanduser()) for f in holdout_files], "holdout_texts": len(texts),

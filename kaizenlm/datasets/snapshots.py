@@ -320,8 +320,9 @@ def curate(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, holdout:
            reviews: reviewed.ReviewedRows | None = None) -> tuple[dict[str, pa.Table], Funnel]:
     """Run the whole curation for a window: the four tables of a snapshot and the funnel.
 
-    ``replay`` None means the file ``curation.replay_path`` names (no replay rows when it is
-    empty); ``replay_holdout`` are further texts replay rows must not contain;
+    ``replay`` None means Config.replay_path: the file ``curation.replay_path`` names, else the
+    base's own answers to the general prompts (kaizenlm/base/general.py), else no replay rows;
+    ``replay_holdout`` are further texts replay rows must not contain;
     ``accepted_corrections`` are turn ids whose correction a reviewer accepted (they skip the
     agreement and flagged-user checks of kaizenlm.datasets.integrity); ``reviews``: what human
     reviewers decided (kaizenlm.datasets.reviewed; its accepted turns join accepted_corrections)."""
@@ -350,8 +351,8 @@ def _curate(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, holdout
             replay_source: str, accepted_corrections: frozenset[str],
             reviews: reviewed.ReviewedRows | None = None) -> tuple[dict[str, pa.Table], Funnel]:
     ccfg = cfg.curation
-    if replay is None:  # the configured file, or none
-        replay_source = str(Path(ccfg.replay_path).expanduser()) if ccfg.replay_path else ""
+    if replay is None:  # the configured file, else the base's own general answers, or none (Config.replay_path)
+        replay_source = str(cfg.replay_path) if cfg.replay_path else ""
         replay = load_replay(replay_source) if replay_source else []
     funnel = Funnel()
     frame = curation.load_candidates(con, window, cfg.rewards)
@@ -424,7 +425,7 @@ def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, 
                    accepted_corrections: Collection[str] = (),
                    reviews: reviewed.ReviewedRows | None = None) -> Snapshot:
     """Curate the window and write (or reuse) its snapshot under ``root`` (default:
-    cfg.snapshots_dir). ``replay`` None: curation.replay_path's rows, if any. With dry_run nothing
+    cfg.snapshots_dir). ``replay`` None: Config.replay_path's rows, if any. With dry_run nothing
     is written; the Snapshot's path does not exist. ``accepted_corrections``, ``reviews``: see
     `curate`; the manifest's ``reviews`` says which reviews the snapshot used (None: none given)."""
     if window.as_of is None:
