@@ -64,10 +64,10 @@ def stage_knowledge(ctx) -> None:
         (docs / f"{doc_id}.md").write_text(f"# {title}\n\n{text}\n", encoding="utf-8")
         written.append(docs / f"{doc_id}.md")
     result = run_tier(ctx, "weekly", timeout_s=900)
-    time.sleep(2.0)  # gateways follow the new `knowledge` alias within a second
     client = httpx.Client(base_url=ctx.cfg.gateway_url, timeout=300,
                           headers={"Authorization": f"Bearer {ctx.cfg.auth.ingest_key}"})
     try:
+        _wait_for_retrieval(client, result.get("version_id"))
         replies = ask_all(client, [Ask("reader", f"new-doc-{i}", q) for i, (*_, q, _) in enumerate(NEW_DOCUMENTS)],
                           "questions about the new documents")
     finally:
@@ -90,6 +90,18 @@ def stage_knowledge(ctx) -> None:
                  *[(k, v) for k, v in metrics.items()]]:
         table.add_row(str(k), str(v))
     ctx.console.print(table)
+
+
+def _wait_for_retrieval(client: httpx.Client, version_id: str | None, timeout_s: float = 120.0) -> None:
+    """Until the gateway retrieves from the new knowledge version (it follows the alias within a
+    second, then loads the index and the sentence model)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        routing = client.get("/v1/routing").json()
+        if (routing.get("knowledge") or {}).get("serving") == version_id:
+            return
+        time.sleep(1.0)
+    raise TimeoutError(f"the gateway did not load knowledge version {version_id} in {timeout_s:.0f}s; see its log")
 
 
 def stage_retrain(ctx) -> None:
