@@ -24,7 +24,7 @@ def base_dir(tmp_path_factory):
 def test_build_writes_a_loadable_model_with_a_chat_template(base_dir):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "kaizen_base.json", "build.log"):
         assert (base_dir / name).is_file(), name
-    assert is_embedded_base(base_dir)
+    assert not is_embedded_base(base_dir)  # only the converted SmolLM2 gets the embedded recipe overrides
     metrics = json.loads((base_dir / "kaizen_base.json").read_text())
     assert metrics["steps"] == TINY_BASE.steps and metrics["params"] > 0
     tok = AutoTokenizer.from_pretrained(str(base_dir))
@@ -69,13 +69,13 @@ def test_base_never_trains_on_domain_facts_or_the_retention_exam():
     assert any(r["skill"] == "refusal" for r in train)
 
 
-def test_cli_base_build(tmp_path, monkeypatch, capsys):
+def test_cli_base_show_reads_a_model_directory_and_says_what_to_do_when_there_is_none(base_dir, tmp_path,
+                                                                                       monkeypatch, capsys):
     monkeypatch.setenv("KAIZEN_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
-    out = tmp_path / "cli-base"
-    assert cli.main(["base", "build", "--out", str(out), "--steps", "2"]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[-1])["steps"] == 2
-    assert (out / "model.safetensors").is_file()
-    assert cli.main(["base", "build", "--out", str(out), "--steps", "2"]) == 2  # exists: needs --force
-    assert cli.main(["base", "show", "--out", str(out)]) == 0
+    assert cli.main(["base", "show", "--out", str(base_dir), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["base_dir"] == str(base_dir) and shown["marker"]["steps"] == TINY_BASE.steps
+    assert cli.main(["base", "show", "--out", str(tmp_path / "nothing")]) == 2
+    assert "run `kaizen base build`" in capsys.readouterr().err
     assert os.environ["KAIZEN_HOME"].endswith("home")

@@ -32,12 +32,19 @@ def wait_for(condition, timeout: float = 60, what: str = "") -> object:
 
 
 def button(driver, label: str):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    found = [b for b in driver.find_elements(By.TAG_NAME, "button")
-             if b.text.strip().split("\n")[0] == label]
-    assert found, f"no button {label!r}: {[b.text for b in driver.find_elements(By.TAG_NAME, 'button')]}"
-    return found[0]
+    def find():
+        # Streamlit re-renders while the page settles: a button found a moment ago may be gone
+        # (stale) or not yet labelled, so look again until one with the label is there.
+        try:
+            return [b for b in driver.find_elements(By.TAG_NAME, "button")
+                    if b.text.strip().split("\n")[0] == label]
+        except StaleElementReferenceException:
+            return []
+
+    return wait_for(find, timeout=30, what=f"button {label!r}")[0]
 
 
 def body(driver) -> str:

@@ -195,8 +195,10 @@ def evaluate(
     metrics.update(_general_metrics(net, tokenizer, suite.general, cfg))
     if base_answers:
         answers_now = generate_answers(net, tokenizer, [r["prompt"] for r in base_answers], cfg.max_new_tokens)
-        metrics["general_agreement"] = _mean(token_f1(a, r["response"]) for a, r in zip(answers_now, base_answers,
-                                                                                         strict=True))
+        # The base answered once with more tokens than an evaluation generates: compare like with
+        # like, so the base itself agrees with its own answers (~1.0) and the ratio reads as retention.
+        base_now = [_first_tokens(tokenizer, r["response"], cfg.max_new_tokens) for r in base_answers]
+        metrics["general_agreement"] = _mean(token_f1(a, b) for a, b in zip(answers_now, base_now, strict=True))
         metrics["n_general_agreement"] = len(base_answers)
     metrics["general_score"] = metrics.get(RETENTION_METRICS[cfg.retention_metric], metrics["general_score"])
     oos_answers = generate_answers(net, tokenizer, [r["prompt"] for r in suite.refusal], cfg.max_new_tokens)
@@ -230,6 +232,12 @@ def _domain_metrics(net, tokenizer, exam: list[dict], refusals: set[str], cfg: E
     if cfg.similarity and exam:
         metrics["domain_similarity"] = _mean(similarities(answers, [r["reference"] for r in exam]))
     return metrics
+
+
+def _first_tokens(tokenizer, text: str, n: int) -> str:
+    """The first n tokens of text (what a generation capped at n new tokens can say)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:n]
+    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 RETENTION_METRICS = {"choices": "general_mc_accuracy", "agreement": "general_agreement"}
