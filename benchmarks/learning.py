@@ -32,12 +32,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kaizenlm.base.embedded import convert_embedded  # noqa: E402
-from kaizenlm.base.general import answer_prompts, general_prompts, is_held_out  # noqa: E402
+from kaizenlm.base.general import answers_paths, base_key, read_jsonl, write_answers  # noqa: E402
 from kaizenlm.config import EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
 from kaizenlm.demo.domain import Domain, build_domain  # noqa: E402
 from kaizenlm.demo.inputs import demo_suite  # noqa: E402
 from kaizenlm.eval import evaluate as ev  # noqa: E402
+from kaizenlm.retrain import anchor  # noqa: E402
 from kaizenlm.retrain.lora_dpo import train_dpo  # noqa: E402
+from kaizenlm.retrain.lora_sft import resolve_config as sft_config  # noqa: E402
 from kaizenlm.retrain.lora_sft import train_sft  # noqa: E402
 
 REPLAY_RATIO = 0.08  # the share the issue asks about (curation.replay_fraction's default)
@@ -73,24 +75,28 @@ def ratio(after: dict, before: dict, key: str) -> float:
     return round(after[key] / before[key], 3) if before.get(key) else 1.0
 
 
-def run_seed(seed: int, base_dir: Path, out: Path, replay_pool: list[dict], base_answers: list[dict],
+def run_seed(seed: int, base_dir: Path, out: Path, replay_file: Path, base_answers: list[dict],
              before: dict, eval_cfg: EvalConfig, run_cfg: RetrainConfig) -> dict:
     domain = build_domain(seed)
     suite = demo_suite(seed, domain)
     pairs = dpo_pairs(domain, seed, exam=True)
+    replay_pool = read_jsonl(replay_file)
+    rows = sft_rows(domain, replay_pool, seed, REPLAY_RATIO)
+    # The KL anchor's rows, chosen as the monthly retrain chooses them (retrain_job._anchor_rows).
+    anchor_rows = anchor.rows_for(str(replay_file), seed, rows, sft_config(LoraSFTConfig(), base_dir), suite.prompts())
     timings = {}
     t = time.perf_counter()
-    train_sft(base_dir, sft_rows(domain, replay_pool, seed, REPLAY_RATIO), out / "sft_replay", LoraSFTConfig(),
-              run_cfg)
+    train_sft(base_dir, rows, out / "sft_replay", LoraSFTConfig(), run_cfg, anchor_rows=anchor_rows)
     timings["sft_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     train_dpo(base_dir, out / "sft_replay" / "adapter", dpo_pairs(domain, seed, exam=False), out / "dpo",
-              LoraDPOConfig(), run_cfg)
+              LoraDPOConfig(), run_cfg, anchor_rows=anchor_rows)
     timings["dpo_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     after = evaluate((str(base_dir), str(out / "dpo" / "adapter")), suite, base_answers, pairs, eval_cfg)
     timings["eval_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
+    # The forgetting run: the same SFT with neither replay nor anchor rows (no rows: no anchor).
     train_sft(base_dir, sft_rows(domain, replay_pool, seed, 0.0), out / "sft_no_replay", LoraSFTConfig(), run_cfg)
     timings["sft_no_replay_s"] = round(time.perf_counter() - t, 1)
     no_replay = evaluate((str(base_dir), str(out / "sft_no_replay" / "adapter")), suite, base_answers, pairs,
@@ -137,10 +143,10 @@ def main() -> int:
         convert_embedded(base_dir)
     timings["base_convert_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    prompts = general_prompts()[:GENERAL_ANSWERS]
-    answered = answer_prompts(base_dir, prompts, max_new_tokens=48)
-    replay_pool = [r for r in answered if not is_held_out(r["prompt"])]
-    base_answers = [r for r in answered if is_held_out(r["prompt"])]
+    replay_file, heldout_file = answers_paths(out, base_key(base_dir))
+    if not heldout_file.is_file():
+        replay_file, heldout_file = write_answers(base_dir, out, limit=GENERAL_ANSWERS)
+    base_answers = read_jsonl(heldout_file)
     timings["general_answers_s"] = round(time.perf_counter() - t, 1)
     eval_cfg = EvalConfig(pairwise_sample=0, max_new_tokens=24, similarity=False)
     run_cfg = RetrainConfig(cpu_threads=args.threads)
@@ -152,7 +158,7 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     per_seed = []
     for seed in seeds:
-        per_seed.append(run_seed(seed, base_dir, out / f"seed{seed}", replay_pool, base_answers, before, eval_cfg,
+        per_seed.append(run_seed(seed, base_dir, out / f"seed{seed}", replay_file, base_answers, before, eval_cfg,
                                  run_cfg))
         print(json.dumps(per_seed[-1]), file=sys.stderr, flush=True)
 

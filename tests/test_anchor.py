@@ -1,8 +1,11 @@
 """The KL anchor's rows: general prompts that are neither SFT rows nor held out, balanced per
-skill, with perturbed copies left for the base to answer; and the sources they come from."""
+skill, with perturbed copies left for the base to answer; the sources they come from; and the KL
+term on answer positions."""
 
 import json
+import random
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -76,3 +79,32 @@ def test_snapshot_source_reads_the_manifest(tmp_path):
 def test_anchor_config_checks_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"sft.{field}"):
         LoraSFTConfig(**{field: value})
+
+
+def test_anchor_kl_scores_answer_positions_only_and_equals_the_full_computation():
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kaizenlm.retrain.anchor import Anchor, AnchorLoss
+
+    torch.manual_seed(0)
+    net = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2))
+    model = get_peft_model(net, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    rows = [(list(range(1, 9)), [-100] * 4 + list(range(5, 9))), (list(range(10, 16)), [-100] * 2 + list(range(12, 16)))]
+    anchor = Anchor(rows, weight=1.0, batch_size=2, pad_id=0, rng=random.Random(0))
+    trainer = AnchorLoss()
+    trainer.anchor, trainer.accelerator = anchor, SimpleNamespace(unwrap_model=lambda m: m)
+    kl = trainer._anchor_kl(model)
+
+    anchor.rng = random.Random(0)  # the same draw, scored over every position
+    ids, labels, mask = anchor.draw("cpu")
+    valid = (labels[:, 1:] != -100).float()
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1], -1)
+    with torch.no_grad(), model.disable_adapter():
+        base_logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1], -1)
+    expected = ((base_logp.exp() * (base_logp - logp)).sum(-1) * valid).sum() / valid.sum()
+    assert float(kl) > 0 and float(kl) == pytest.approx(float(expected), rel=1e-5)
+    kl.backward()  # the KL trains the adapter only
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)

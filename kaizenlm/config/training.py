@@ -31,7 +31,7 @@ class BaseModelConfig:
 
 @dataclass
 class LoraSFTConfig:
-    """LoRA SFT recipe (kaizenlm/retrain/lora_sft.py). Defaults suit real models; with the embedded base, keys left at these defaults take the tiny overrides documented in docs/TRAINING.md."""
+    """LoRA SFT recipe (kaizenlm/retrain/lora_sft.py). Defaults suit real models; with the embedded base, keys left at these defaults take the embedded SmolLM2 overrides (lora_sft.EMBEDDED_OVERRIDES) documented in docs/TRAINING.md."""
 
     lora_r: int = 16
     """LoRA rank."""
@@ -64,7 +64,7 @@ class LoraSFTConfig:
     evals_per_epoch: int = 2
     """Validation-loss evaluations (and checkpoints) per epoch."""
     anchor_weight: float = 0.0
-    """Weight of the KL anchor against forgetting: mean KL(base || adapted) over the answer tokens of general prompts that are not SFT rows (from the replay source), added to the SFT loss. 0 = off, the default for real models (it about doubles SFT time); the embedded default uses 5 (docs/TRAINING.md)."""
+    """Weight of the KL anchor against forgetting: mean KL(base || adapted) over the answer tokens of general prompts that are not SFT rows (from the replay source), added to the SFT loss. 0 = off, the default for real models (it about doubles SFT time); the embedded SmolLM2 uses 10 (docs/TRAINING.md)."""
     anchor_batch_size: int = 16
     """Anchor prompts drawn per training step."""
     anchor_pool_size: int = 1000
@@ -123,7 +123,7 @@ class LoraDPOConfig:
     evals_per_epoch: int = 2
     """Validation-loss evaluations (and checkpoints) per epoch."""
     anchor_weight: float = 0.0
-    """Weight of the KL anchor to the base model on general prompts, as sft.anchor_weight (same rows). 0 = off, the default for real models; the embedded default uses 5."""
+    """Weight of the KL anchor to the base model on general prompts, as sft.anchor_weight (same rows). 0 = off, the default for real models; the embedded SmolLM2 uses 10."""
     anchor_batch_size: int = 16
     """Anchor prompts drawn per training step."""
 

@@ -216,10 +216,12 @@ class AnchorLoss:
         import torch
 
         ids, labels, mask = self.anchor.draw(next(model.parameters()).device)
-        valid = (labels[:, 1:] != -100).float()
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float(), -1)
+        # Logits only where an answer token is predicted (position t predicts token t+1): the LM
+        # head over a 49k vocabulary is most of a small model's cost, and prompts are half the tokens.
+        keep = torch.cat([labels[:, 1:] != -100, torch.zeros_like(labels[:, :1], dtype=torch.bool)], dim=1)
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False,
+                                       logits_to_keep=keep).logits.float(), -1)
         with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
-            base_logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-        base_logp = torch.log_softmax(base_logits, -1)
-        kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
-        return (kl * valid).sum() / valid.sum().clamp(min=1)
+            base_logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+        base_logp = torch.log_softmax(base_logits.float(), -1)
+        return (base_logp.exp() * (base_logp - logp)).sum(-1).mean()

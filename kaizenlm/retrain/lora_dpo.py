@@ -39,6 +39,8 @@ EMBEDDED_OVERRIDES = {
     "max_length": 256,
     "early_stopping_patience": 2,
     "evals_per_epoch": 1,
+    "anchor_weight": 10.0,  # as lora_sft.EMBEDDED_OVERRIDES: DPO drifts too
+    "anchor_batch_size": 8,
 }
 
 
