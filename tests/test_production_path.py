@@ -6,6 +6,7 @@ the evaluation or the registry. A real retrain: the monthly pipeline with its ch
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,9 +26,11 @@ from kaizenlm.config import (
 )
 from kaizenlm.demo.domain import DOMAIN_NAME, REFUSAL, build_domain
 from kaizenlm.demo.general import general_skills
+from kaizenlm.eval.cli import evaluate_version
 from kaizenlm.eval.suite import Suite, write_suite
 from kaizenlm.ingest import store
 from kaizenlm.registry import versions
+from kaizenlm.registry.client import RegistryClient
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +73,20 @@ def leaks(text: str, strings: set[str]) -> list[str]:
 
 
 def test_a_deployment_is_trained_and_judged_on_its_own_data_only(tmp_path):
-    base = build_tiny_model(tmp_path / "models" / "acme-base")
+    trained_and_judged_on_own_data(tmp_path, build_tiny_model(tmp_path / "models" / "acme-base"), max_new_tokens=4)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_deployment_of_a_real_model_directory_is_trained_and_judged_on_its_own_data_only(tmp_path, smollm2):
+    """The converted SmolLM2 copied elsewhere, without kaizenlm's marker: a user's own model
+    (the real-model recipe defaults, no embedded overrides)."""
+    base = tmp_path / "models" / "acme-smollm2"
+    shutil.copytree(smollm2, base, ignore=shutil.ignore_patterns("kaizen_base.json"))
+    trained_and_judged_on_own_data(tmp_path, base, max_new_tokens=16)
+
+
+def trained_and_judged_on_own_data(tmp_path: Path, base: Path, max_new_tokens: int) -> None:
     suite = Suite(
         domain=[{"prompt": asked, "reference": a} for _, a, asked in FACTS],
         general=[{"prompt": "Spell tyre backwards.", "reference": "eryt"},
@@ -82,7 +98,8 @@ def test_a_deployment_is_trained_and_judged_on_its_own_data_only(tmp_path):
     replay_path.write_text("".join(json.dumps(r) + "\n" for r in GENERAL), encoding="utf-8")
     cfg = Config(paths=PathsConfig(home=str(tmp_path / "home")), base=BaseModelConfig(path=str(base)),
                  curation=CurationConfig(window_days=0, replay_path=str(replay_path), eval_fraction=0.1),
-                 eval=EvalConfig(suite_path=str(suite_path), max_new_tokens=4, pairwise_sample=4),
+                 eval=EvalConfig(suite_path=str(suite_path), max_new_tokens=max_new_tokens, pairwise_sample=4,
+                                 similarity=False),
                  sft=LoraSFTConfig(epochs=1.0, val_fraction=0.0), dpo=LoraDPOConfig(epochs=1.0, val_fraction=0.0),
                  retrain=RetrainConfig(cpu_threads=1))
     log = EventLog()
@@ -119,4 +136,11 @@ def test_a_deployment_is_trained_and_judged_on_its_own_data_only(tmp_path):
     registry_text = json.dumps([candidate.to_dict(), evaluation], default=str)
     assert leaks(registry_text, strings) == []
     assert candidate.config["suite"] == str(suite_path)
+
+    # `kaizen eval` (its function, on this process's connection) reads the same suite only.
+    result = evaluate_version(cfg, RegistryClient(cfg, con=con), summary["candidate"], "champion", store=False)
+    metrics = result["metrics"]
+    assert metrics["suite"] == str(suite_path)
+    assert (metrics["n_exam"], metrics["n_general"], metrics["n_refusal"]) == (6, 2, 2)
+    assert leaks(json.dumps(result, default=str), strings) == []
     con.close()

@@ -25,29 +25,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Annotated
 
 import duckdb
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from kaizenlm.annotate import service
 from kaizenlm.annotate.settings import KINDS, AnnotateError, NotFound
 from kaizenlm.auth import ADMIN, Admin, KeyInfo, Reviewer
+from kaizenlm.ingest.cursor import Cursor
 
 PREFIX = "/admin/v1/annotate"
 router = APIRouter(prefix=PREFIX, tags=["annotate"])
-
-
-def db_cursor(request: Request) -> Iterator[duckdb.DuckDBPyConnection]:
-    cursor = request.app.state.db.cursor()
-    try:
-        yield cursor
-    finally:
-        cursor.close()
-
-
-Cursor = Annotated[duckdb.DuckDBPyConnection, Depends(db_cursor)]
 
 
 @contextlib.contextmanager

@@ -19,27 +19,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Annotated
 
-import duckdb
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from kaizenlm.auth import require_admin
 from kaizenlm.datasets import service
+from kaizenlm.ingest.cursor import Cursor
 
 router = APIRouter(tags=["datasets"], dependencies=[Depends(require_admin)])
-
-
-def db_cursor(request: Request) -> Iterator[duckdb.DuckDBPyConnection]:
-    cursor = request.app.state.db.cursor()
-    try:
-        yield cursor
-    finally:
-        cursor.close()
-
-
-Cursor = Annotated[duckdb.DuckDBPyConnection, Depends(db_cursor)]
 
 
 @contextlib.contextmanager

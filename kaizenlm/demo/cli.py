@@ -12,7 +12,7 @@ def add_arguments(p) -> None:
     p.add_argument("--short", action="store_true", help="the same stages, smaller (for CI)")
     p.add_argument("--no-dashboard", action="store_true", help="exit after the summary instead of serving the dashboard")
     p.add_argument("--days", type=float, default=30.0, help="days of simulated traffic (compressed in time)")
-    p.add_argument("--conversations", type=int, help="simulated conversations (default 4000, 1500 with --short)")
+    p.add_argument("--conversations", type=int, help="simulated conversations (default 600, 150 with --short)")
     p.add_argument("--seed", type=int, default=0, help="seed for the domain and the users")
 
 

@@ -188,7 +188,7 @@ def _demo_config(cfg, path_given: bool, seed: int, domain: Domain, short: bool):
 def run(args, cfg) -> int:
     domain = build_domain(args.seed)
     cfg = _demo_config(cfg, bool(args.config), args.seed, domain, args.short)
-    conversations = args.conversations or (300 if args.short else 600)
+    conversations = args.conversations or (150 if args.short else 600)
     ctx = DemoContext(cfg, domain, args.short, args.seed, args.days, conversations)
     stack = UpProcess(cfg, args.config, with_dashboard=not args.no_dashboard)
     console.print(f"[bold]kaizen demo[/bold]: state in {cfg.home}; starting broker, controller and gateway")

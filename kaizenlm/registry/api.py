@@ -20,19 +20,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from kaizenlm.auth import require_admin
+from kaizenlm.ingest.cursor import db_cursor
 from kaizenlm.registry import service
 from kaizenlm.registry.errors import Conflict, NotFound, RegistryError
 
 router = APIRouter(prefix="/admin/v1/registry", tags=["registry"])
-
-
-def db_cursor(request: Request) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A cursor (its own DuckDB connection and transaction) on the controller's database."""
-    cursor = request.app.state.db.cursor()
-    try:
-        yield cursor
-    finally:
-        cursor.close()
 
 
 @contextmanager

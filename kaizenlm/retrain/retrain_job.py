@@ -76,9 +76,10 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
     suite = load_suite(inputs.suite_path)
     run = RetrainConfig(**inputs.retrain)
     sft_cfg, dpo_cfg = LoraSFTConfig(**inputs.sft), LoraDPOConfig(**inputs.dpo)
-    anchored = (lora_sft.resolve_config(sft_cfg, inputs.base_dir).anchor_weight > 0
-                or lora_dpo.resolve_config(dpo_cfg, inputs.base_dir).anchor_weight > 0)
-    anchor_rows = _anchor_rows(snap, inputs.seed, sft_train, sft_cfg, suite.prompts()) if anchored else []
+    # The rows are chosen with the config the run uses (the embedded overrides set the anchor's pool).
+    sft_resolved = lora_sft.resolve_config(sft_cfg, inputs.base_dir)
+    anchored = sft_resolved.anchor_weight > 0 or lora_dpo.resolve_config(dpo_cfg, inputs.base_dir).anchor_weight > 0
+    anchor_rows = _anchor_rows(snap, inputs.seed, sft_train, sft_resolved, suite.prompts()) if anchored else []
     runner.report_progress(0.05, f"SFT on {len(sft_train)} rows ({len(anchor_rows)} anchor rows)")
     sft = lora_sft.train_sft(inputs.base_dir, sft_train, work_dir / "sft", sft_cfg, run,
                              eval_rows=sft_eval or None, anchor_rows=anchor_rows)
