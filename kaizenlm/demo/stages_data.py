@@ -5,7 +5,27 @@ runs), with its counts per curation step.
 
 from __future__ import annotations
 
+import time
+
 from rich.table import Table
+
+# The controller has the base answer the general prompts once, in the background after its
+# first start (minutes on 2 cores, while the traffic stage runs). Replay and the KL anchor come
+# from those answers, so curating before they exist would train without them.
+GENERAL_ANSWERS_TIMEOUT_S = 900.0
+
+
+def wait_for_general_answers(ctx, timeout_s: float = GENERAL_ANSWERS_TIMEOUT_S) -> None:
+    """Block until the base's answers to the general prompts (cfg.replay_path) are on disk."""
+    if ctx.cfg.replay_path is not None:
+        return
+    deadline = time.monotonic() + timeout_s
+    with ctx.console.status("waiting for the base's answers to the general prompts (replay and anchor data)"):
+        while ctx.cfg.replay_path is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the base has not answered the general prompts after {timeout_s:.0f} s; "
+                                   f"see {ctx.cfg.home / 'logs' / 'general-answers.log'} and rerun `kaizen demo`")
+            time.sleep(2.0)
 
 
 def _public_addresses(ctx) -> list[str]:
@@ -15,6 +35,7 @@ def _public_addresses(ctx) -> list[str]:
 
 def stage_dataset(ctx) -> None:
     """Curation: rewards, PII scrub, quality, dedup, topic balance, split, replay -> a snapshot."""
+    wait_for_general_answers(ctx)
     m = ctx.admin("POST", "/admin/v1/datasets/build", timeout=600,
                   json={"all": True, "curation": {"pii_keep": _public_addresses(ctx)}})
     ctx.dataset = m
