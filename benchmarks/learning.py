@@ -113,6 +113,8 @@ def run_seed(seed: int, base_dir: Path, out: Path, replay_file: Path, base_answe
         "agreement_retention_without_replay": ratio(no_replay, seed_before, "general_agreement"),
         "mc_retention_with_replay": ratio(after, seed_before, "general_mc_accuracy"),
         "mc_retention_without_replay": ratio(no_replay, seed_before, "general_mc_accuracy"),
+        "choice_prob_retention_with_replay": ratio(after, seed_before, "general_mc_prob"),
+        "choice_prob_retention_without_replay": ratio(no_replay, seed_before, "general_mc_prob"),
         "domain_after_no_replay": round(no_replay["domain_score"], 3),
         "dpo_margin_before": round(seed_before["dpo_margin"], 3),
         "dpo_margin_after": round(after["dpo_margin"], 3),
@@ -168,7 +170,8 @@ def main() -> int:
 
     keys = ("domain_before", "domain_after", "retention_with_replay", "retention_without_replay",
             "agreement_retention_with_replay", "agreement_retention_without_replay", "mc_retention_with_replay",
-            "mc_retention_without_replay", "dpo_margin_before", "dpo_margin_after", "domain_after_no_replay")
+            "mc_retention_without_replay", "choice_prob_retention_with_replay",
+            "choice_prob_retention_without_replay", "dpo_margin_before", "dpo_margin_after", "domain_after_no_replay")
     result = {
         "benchmark": "learning",
         "model": "SmolLM2-135M-Instruct (embedded)",
@@ -177,7 +180,7 @@ def main() -> int:
         "ranges": {k: agg(k) for k in keys},
         "retention_metric": eval_cfg.retention_metric,
         "gate_passed": [r["gate_passed"] for r in per_seed],
-        "base": {k: before.get(k) for k in ("domain_score", "general_mc_accuracy", "general_agreement",
+        "base": {k: before.get(k) for k in ("domain_score", "general_mc_accuracy", "general_mc_prob", "general_agreement",
                                             "refusal_rate", "dpo_margin")},
         "per_seed": per_seed,
         "timings_s": timings,

@@ -208,8 +208,8 @@ class EvalConfig:
     """Greedy decoding budget per exam answer."""
     similarity: bool = True
     """Also score domain answers by embedding similarity to the reference (all-MiniLM-L6-v2; reported, not gated)."""
-    retention_metric: str = "choices"
-    """What general_score (the retention gate's number) is: 'choices' = accuracy on the suite's multiple-choice general rows by log-likelihood; 'agreement' = token F1 of the model's answers with the base's own answers to held-out general prompts (docs/TRAINING.md shows which separates forgetting from a healthy retrain)."""
+    retention_metric: str = "choice_prob"
+    """What general_score (the retention gate's number) is, from the suite's general rows: 'choice_prob' = the mean probability of the right choice of each multiple-choice question, the model's log-likelihoods renormalised over the choices; 'choices' = multiple-choice accuracy by log-likelihood (lm-evaluation-harness acc: one flipped question out of 160 moves it 0.6 points); 'agreement' = token F1 of the model's answers with the base's own answers to held-out general prompts. docs/TRAINING.md "Retention metric" shows which separates forgetting from a healthy retrain."""
     mc_length_normalized: bool = False
     """Multiple-choice general rows: pick the choice with the highest log-likelihood per character (lm-evaluation-harness acc_norm) instead of the highest total."""
     pairwise_sample: int = 48
@@ -230,8 +230,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check(1 <= self.max_new_tokens <= 4096, "eval.max_new_tokens", "must be in 1..4096")
         _check(self.pairwise_sample >= 0, "eval.pairwise_sample", "must be >= 0")
-        _check(self.retention_metric in ("choices", "agreement"), "eval.retention_metric",
-               "must be 'choices' or 'agreement'")
+        _check(self.retention_metric in ("choice_prob", "choices", "agreement"), "eval.retention_metric",
+               "must be 'choice_prob', 'choices' or 'agreement'")
         _check(-1.0 <= self.min_domain_gain <= 1.0, "eval.min_domain_gain", "must be in -1..1")
         _check(0.0 <= self.min_retention <= 1.0, "eval.min_retention", "must be in [0, 1]")
         _check(0.0 <= self.max_refusal_drop <= 1.0, "eval.max_refusal_drop", "must be in [0, 1]")

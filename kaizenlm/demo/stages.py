@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from kaizenlm.demo.traffic import Ask, Feedback, ask_all, chat, react
 from kaizenlm.demo.users import Behaviour
-from kaizenlm.eval.metrics import normalize
+from kaizenlm.eval.metrics import key_fact_score
 
 
 def run_tier(ctx, tier: str, timeout_s: float) -> dict:
@@ -74,7 +74,7 @@ def stage_knowledge(ctx) -> None:
         client.close()
     right = 0
     for (_, _, _, question, value), reply in zip(NEW_DOCUMENTS, replies, strict=True):
-        ok = normalize(value) in normalize(reply["answer"])
+        ok = key_fact_score(reply["answer"], value) == 1.0  # as the exam scores: "40%" states "40 percent"
         right += ok
         ctx.console.print(f"  {question} -> {reply['answer']!r} ({'right' if ok else 'wrong'}; retrieved "
                           f"{', '.join(reply.get('retrieved_doc_ids') or []) or 'nothing'})")

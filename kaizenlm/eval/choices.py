@@ -6,7 +6,10 @@ one that forgot (e.g. "CPU stands for Central Processing Unit" -> "Control Unit"
     scores = multiple_choice(model, tokenizer, rows)   # rows: {prompt, choices, answer (index)}
 
 `acc` compares summed log-probabilities; `acc_norm` divides each by the choice's length in
-characters (lm-evaluation-harness's acc_norm uses bytes; the same for ASCII choices).
+characters (lm-evaluation-harness's acc_norm uses bytes; the same for ASCII choices). `prob` is
+the mean probability of the right choice when the model's likelihoods are renormalised over the
+choices (softmax of the summed log-probabilities): the same evidence as `acc` without the
+threshold, so a question the model was unsure of moves it a little instead of a whole point.
 
 Cost: a question's context (the chat template, ~40 tokens) runs once, its choices (~3 tokens
 each) on top of its KV cache; questions are batched (on CPU the batch size, not the number of
@@ -71,13 +74,18 @@ def choice_logprobs(model, tokenizer, rows: list[dict]) -> list[list[float]]:
 
 
 def multiple_choice(model, tokenizer, rows: list[dict]) -> dict:
-    """acc, acc_norm and the chosen index per row for rows {prompt, choices, answer (index)}."""
-    picks, picks_norm = [], []
+    """acc, acc_norm, prob and the chosen index per row for rows {prompt, choices, answer (index)}."""
+    import math
+
+    picks, picks_norm, probs = [], [], []
     for row, scores in zip(rows, choice_logprobs(model, tokenizer, rows), strict=True):
+        top = max(scores)
+        weights = [math.exp(s - top) for s in scores]
+        probs.append(weights[row["answer"]] / sum(weights))
         normed = [s / max(1, len(c)) for s, c in zip(scores, row["choices"], strict=True)]
         picks.append(max(range(len(scores)), key=scores.__getitem__))
         picks_norm.append(max(range(len(normed)), key=normed.__getitem__))
     n = max(1, len(rows))
     return {"acc": sum(p == r["answer"] for p, r in zip(picks, rows, strict=True)) / n,
             "acc_norm": sum(p == r["answer"] for p, r in zip(picks_norm, rows, strict=True)) / n,
-            "picks": picks, "picks_norm": picks_norm}
+            "prob": sum(probs) / n, "picks": picks, "picks_norm": picks_norm}

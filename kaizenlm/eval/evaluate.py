@@ -240,7 +240,8 @@ def _first_tokens(tokenizer, text: str, n: int) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-RETENTION_METRICS = {"choices": "general_mc_accuracy", "agreement": "general_agreement"}
+RETENTION_METRICS = {"choice_prob": "general_mc_prob", "choices": "general_mc_accuracy",
+                     "agreement": "general_agreement"}
 
 
 def _general_metrics(net, tokenizer, rows: list[dict], cfg: EvalConfig) -> dict:
@@ -258,6 +259,7 @@ def _general_metrics(net, tokenizer, rows: list[dict], cfg: EvalConfig) -> dict:
         for pick, r in zip(picks, mc, strict=True):
             by_skill[r.get("skill", "general")].append(float(r["choices"][pick] == r["reference"]))
         metrics["general_mc_accuracy"] = scored["acc_norm"] if cfg.mc_length_normalized else scored["acc"]
+        metrics["general_mc_prob"] = scored["prob"]
     if free:
         answers = generate_answers(net, tokenizer, [r["prompt"] for r in free], cfg.max_new_tokens)
         agreement = [token_f1(a, r["reference"]) for a, r in zip(answers, free, strict=True)]
