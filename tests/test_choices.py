@@ -3,6 +3,8 @@ scorer gives the same numbers as scoring each (question, choice) sequence alone.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from serving_helpers import build_tiny_model
@@ -38,3 +40,6 @@ def test_batched_scores_equal_one_sequence_at_a_time(tmp_path):
     picks = [max(range(len(w)), key=w.__getitem__) for w in want]
     assert scored["picks"] == picks
     assert scored["acc"] == pytest.approx(sum(p == r["answer"] for p, r in zip(picks, ROWS, strict=True)) / 3)
+    # prob: the right choice's share once the likelihoods are renormalised over the choices.
+    shares = [math.exp(w[r["answer"]]) / sum(math.exp(x) for x in w) for w, r in zip(want, ROWS, strict=True)]
+    assert 0 < scored["prob"] < 1 and scored["prob"] == pytest.approx(sum(shares) / 3, abs=1e-3)
