@@ -9,6 +9,7 @@ prompts once (the self-distillation targets of replay and the KL anchor; cached 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from kaizenlm.base.model import base_marker, is_hf_model_dir, resolve_base_path
@@ -38,7 +39,8 @@ def run(args, cfg) -> int:
         if args.force or not is_hf_model_dir(base_dir):
             from kaizenlm.base.embedded import EmbeddedModelMissing, convert_embedded
 
-            print(f"converting the embedded base model into {base_dir} ...", flush=True)
+            # Progress to stderr: stdout carries the report (JSON with --json).
+            print(f"converting the embedded base model into {base_dir} ...", file=sys.stderr, flush=True)
             try:
                 report["converted"] = convert_embedded(base_dir)
             except EmbeddedModelMissing as e:
@@ -70,7 +72,7 @@ def _answer(cfg, base_dir: Path) -> dict:
     from kaizenlm.base.general import ensure_answers_in_child
 
     target = _registered_base_dir(cfg) or base_dir
-    train_path, heldout_path = ensure_answers_in_child(cfg, target, lambda m: print(m, flush=True))
+    train_path, heldout_path = ensure_answers_in_child(cfg, target, lambda m: print(m, file=sys.stderr, flush=True))
     return {"replay": str(train_path), "heldout": str(heldout_path)}
 
 
