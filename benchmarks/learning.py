@@ -3,16 +3,16 @@ demo's 48 facts without breaking its general skills, and what does replay buy? P
 
     .venv/bin/python benchmarks/learning.py [--seeds 0,1,2] [--out benchmarks/out/learning] [--base DIR]
 
-For each seed (the seed draws the facts' values, the phrasings and the training order):
+For each seed (the seed draws the held-out phrasings, the held-out refusal questions and the training order):
   1. LoRA SFT with the embedded recipe on the domain's training phrasings + 8% replay (the base's
      own answers to the shipped general prompts, kaizenlm/base/general.py); then LoRA DPO on
      (correct answer, plausible wrong answer) pairs on top of it;
-  2. the ablation: the same SFT without replay.
+  2. the ablation: the same SFT without replay and without the KL anchor (the recipe adds it in 1).
 Each model is evaluated on the demo's suite (kaizenlm/demo/inputs.py: held-out phrasings of the
 48 facts scored by key facts; the shipped multiple-choice general questions by log-likelihood)
 and by agreement (token F1) with the base's own answers to held-out general prompts.
-retention_* = the candidate's general score as a fraction of the base's, for both general
-measures; the gate uses `eval.retention_metric`. DPO margins: mean log p(chosen) - log p(rejected)
+retention_* = the candidate's general score as a fraction of the base's, for
+every general measure (choice_prob, accuracy, agreement); the gate uses `eval.retention_metric`. DPO margins: mean log p(chosen) - log p(rejected)
 on held-out pairs (exam phrasings). The base is evaluated once (it does not depend on the seed's
 training). Figures per seed and their mean/min; seconds per stage.
 """
