@@ -18,6 +18,8 @@ sequences, decides the speed).
 
 from __future__ import annotations
 
+import math
+
 from kaizenlm.base.generate import prompt_text
 
 QUESTIONS_PER_BATCH = 16  # x 4 choices = 64 short sequences on top of the cache
@@ -75,8 +77,6 @@ def choice_logprobs(model, tokenizer, rows: list[dict]) -> list[list[float]]:
 
 def multiple_choice(model, tokenizer, rows: list[dict]) -> dict:
     """acc, acc_norm, prob and the chosen index per row for rows {prompt, choices, answer (index)}."""
-    import math
-
     picks, picks_norm, probs = [], [], []
     for row, scores in zip(rows, choice_logprobs(model, tokenizer, rows), strict=True):
         top = max(scores)

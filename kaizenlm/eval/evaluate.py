@@ -247,8 +247,9 @@ RETENTION_METRICS = {"choice_prob": "general_mc_prob", "choices": "general_mc_ac
 def _general_metrics(net, tokenizer, rows: list[dict], cfg: EvalConfig) -> dict:
     """General skills: multiple-choice rows by log-likelihood (general_mc_accuracy), free-form rows by
     agreement with their reference (general_agreement: token F1; for a suite built from the base's
-    own answers, how much of what the base said the model still says). general_score, which the
-    retention gate compares, is the multiple-choice accuracy when the suite has such rows."""
+    own answers, how much of what the base said the model still says), and general_mc_prob. The
+    general_score set here (multiple-choice accuracy, else that agreement) is the fallback:
+    evaluate() replaces it by eval.retention_metric's measure whenever that was measured."""
     mc = [r for r in rows if r.get("choices")]
     free = [r for r in rows if not r.get("choices")]
     by_skill: dict[str, list[float]] = defaultdict(list)
