@@ -144,14 +144,19 @@ def wait_gateway(stack, predicate, timeout: float = 15.0, url: str | None = None
     raise TimeoutError(f"gateway routing never matched; last: {last}")
 
 
-def drain_until(stack, table: str, n: int, timeout: float = 20.0) -> int:
+def drain_until(stack, table: str, n: int, timeout: float = 60.0) -> int:
     """Drain the sink until `table` holds at least n rows (gateways log turns in batches
-    up to 100 ms after answering); returns the count."""
+    up to 100 ms after answering; a loaded CI machine can take seconds); returns the count.
+    Fails with the gateway's and controller's log tails when n rows never arrive."""
     deadline = time.monotonic() + timeout
     while True:
         count = stack.drain()[table]
-        if count >= n or time.monotonic() > deadline:
+        if count >= n:
             return count
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{table} holds {count} rows after {timeout:.0f} s, expected {n}\n"
+                                 f"gateway log:\n{stack.log_tail('gateway')}\n"
+                                 f"controller log:\n{stack.log_tail('controller')}")
         time.sleep(0.2)
 
 

@@ -75,10 +75,25 @@ def test_snapshot_source_reads_the_manifest(tmp_path):
 
 
 @pytest.mark.parametrize("field,value", [("anchor_weight", -1.0), ("anchor_batch_size", 0),
-                                         ("anchor_pool_size", 0), ("anchor_perturb_copies", -1)])
+                                         ("anchor_pool_size", 0), ("anchor_perturb_copies", -1),
+                                         ("anchor_answer_tokens", -1)])
 def test_anchor_config_checks_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"sft.{field}"):
         LoraSFTConfig(**{field: value})
+
+
+def test_anchor_rows_keep_the_first_answer_tokens_when_capped():
+    class WordTokenizer:  # one id per word: the cut is easy to read
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [len(w) for w in text.split()]}
+
+    r = {"messages": "why is the sky blue", "response": "light scatters off the air molecules"}
+    ids, labels = anchor._tokenize(WordTokenizer(), r, chat=False, max_length=64)
+    assert len(ids) == 11 and [y for y in labels if y != -100] == [5, 8, 3, 3, 3, 9]
+    ids, labels = anchor._tokenize(WordTokenizer(), r, chat=False, max_length=64, answer_tokens=2)
+    assert ids == [3, 2, 3, 3, 4, 5, 8] and labels == [-100] * 5 + [5, 8]
+    ids, labels = anchor._tokenize(WordTokenizer(), r, chat=False, max_length=6, answer_tokens=2)
+    assert len(ids) == 6 and labels == [-100] * 5 + [5]  # max_length still wins
 
 
 def test_anchor_kl_scores_answer_positions_only_and_equals_the_full_computation():

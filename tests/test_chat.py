@@ -243,7 +243,7 @@ def test_chat_completions_with_openai_client(stack, served, references):
     models = {m.id for m in client.models.list()}
     assert {"champion", served["base"], served["a1"], served["a2"]} <= models
     # Every answered turn is in DuckDB with its version, latency and token counts.
-    drain_until(stack, "turns", 4)
+    assert drain_until(stack, "turns", 4) == 4
     turns = httpx.get(stack.cfg.controller_url + "/admin/v1/turns", headers=stack.admin_headers,
                       params={"user_id": "alice"}).json()["items"]
     [turn] = turns

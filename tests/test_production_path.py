@@ -137,6 +137,17 @@ def trained_and_judged_on_own_data(tmp_path: Path, base: Path, max_new_tokens: i
     assert leaks(registry_text, strings) == []
     assert candidate.config["suite"] == str(suite_path)
 
+    # A second retrain reuses the champion's stored metrics (measured on this suite by the first),
+    # which carry no answers: the pairwise comparison asks the champion model again.
+    stored = versions.get_version(con, summary["champion"]).metrics
+    assert stored["suite"] == str(suite_path) and "answers" not in stored
+    again = retrain_once(cfg, con, start_ab=False)
+    assert again["status"] == "trained", again
+    second = json.loads((Path(versions.get_version(con, again["candidate"]).artifact_dir) / "evaluation.json")
+                        .read_text())
+    assert second["champion"]["domain_score"] == stored["domain_score"]
+    assert "answers" not in second["champion"] and second["candidate"]["pairwise_n"] == 4
+
     # `kaizen eval` (its function, on this process's connection) reads the same suite only.
     result = evaluate_version(cfg, RegistryClient(cfg, con=con), summary["candidate"], "champion", store=False)
     metrics = result["metrics"]

@@ -67,6 +67,8 @@ class LoraSFTConfig:
     """Weight of the KL anchor against forgetting: mean KL(base || adapted) over the answer tokens of general prompts that are not SFT rows (from the replay source), added to the SFT loss. 0 = off, the default for real models (it about doubles SFT time); the embedded SmolLM2 uses 10 (docs/TRAINING.md)."""
     anchor_batch_size: int = 16
     """Anchor prompts drawn per training step."""
+    anchor_answer_tokens: int = 0
+    """Answer tokens of each anchor row the KL covers (the first N; 0 = the whole answer). A cap cuts the anchor's cost: a row's forward passes stop N tokens into its answer."""
     anchor_pool_size: int = 1000
     """Most general prompts taken from the replay source for the anchor (before balancing and perturbed copies)."""
     anchor_balance_skills: bool = True
@@ -90,6 +92,7 @@ class LoraSFTConfig:
         _check(self.evals_per_epoch >= 1, "sft.evals_per_epoch", "must be >= 1")
         _check(self.anchor_weight >= 0, "sft.anchor_weight", "must be >= 0 (0 turns the KL anchor off)")
         _check(self.anchor_batch_size >= 1, "sft.anchor_batch_size", "must be >= 1")
+        _check(self.anchor_answer_tokens >= 0, "sft.anchor_answer_tokens", "must be >= 0 (0 = the whole answer)")
         _check(self.anchor_pool_size >= 1, "sft.anchor_pool_size", "must be >= 1")
         _check(self.anchor_perturb_copies >= 0, "sft.anchor_perturb_copies", "must be >= 0")
 
@@ -126,6 +129,8 @@ class LoraDPOConfig:
     """Weight of the KL anchor to the base model on general prompts, as sft.anchor_weight (same rows). 0 = off, the default for real models; the embedded SmolLM2 uses 10."""
     anchor_batch_size: int = 16
     """Anchor prompts drawn per training step."""
+    anchor_answer_tokens: int = 0
+    """Answer tokens of each anchor row the KL covers, as sft.anchor_answer_tokens (0 = the whole answer)."""
 
     def __post_init__(self) -> None:
         _check(self.beta > 0, "dpo.beta", "must be > 0")
@@ -141,6 +146,7 @@ class LoraDPOConfig:
         _check(self.evals_per_epoch >= 1, "dpo.evals_per_epoch", "must be >= 1")
         _check(self.anchor_weight >= 0, "dpo.anchor_weight", "must be >= 0 (0 turns the KL anchor off)")
         _check(self.anchor_batch_size >= 1, "dpo.anchor_batch_size", "must be >= 1")
+        _check(self.anchor_answer_tokens >= 0, "dpo.anchor_answer_tokens", "must be >= 0 (0 = the whole answer)")
 
 
 @dataclass

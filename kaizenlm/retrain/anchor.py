@@ -154,14 +154,16 @@ def setup_anchor(rows: list[dict] | None, cfg, model, tokenizer, chat: bool, see
     missing = sum(r["response"] is None for r in rows)
     with model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext():
         rows = answer_missing(rows, model, tokenizer)  # the base's answers, never an adapter's
-    tokenized = [_tokenize(tokenizer, r, chat, cfg.max_length) for r in rows]
+    tokenized = [_tokenize(tokenizer, r, chat, cfg.max_length, cfg.anchor_answer_tokens) for r in rows]
     log.info("anchor: %d rows (%d answered by the base), weight %s, %d per step",
              len(rows), missing, cfg.anchor_weight, cfg.anchor_batch_size)
     return Anchor([t for t in tokenized if any(y != -100 for y in t[1])], cfg.anchor_weight, cfg.anchor_batch_size,
                   tokenizer.pad_token_id, random.Random(seed + rank()))  # N processes draw different rows
 
 
-def _tokenize(tokenizer, row: dict, chat: bool, max_length: int) -> tuple[list[int], list[int]]:
+def _tokenize(tokenizer, row: dict, chat: bool, max_length: int, answer_tokens: int = 0) -> tuple[list[int], list[int]]:
+    """Input ids and labels (prompt masked), cut to max_length and to the first answer_tokens
+    answer tokens when that is > 0."""
     from kaizenlm.base.model import as_messages
 
     if chat:
@@ -172,7 +174,9 @@ def _tokenize(tokenizer, row: dict, chat: bool, max_length: int) -> tuple[list[i
     else:
         prompt, full = row["messages"], f"{row['messages']} {row['response']}"
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    f_ids = tokenizer(full, add_special_tokens=False)["input_ids"][:max_length]
+    f_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    cut = min(max_length, len(p_ids) + answer_tokens) if answer_tokens > 0 else max_length
+    f_ids = f_ids[:cut]
     return f_ids, ([-100] * len(p_ids) + f_ids[len(p_ids):])[:max_length]
 
 

@@ -98,11 +98,15 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
     runner.report_progress(0.8, "evaluating candidate and champion")
     ecfg = EvalConfig(**inputs.eval)
     base_answers = _jsonl(inputs.general_heldout_path)
+    champion_spec = _spec(inputs.champion_base, inputs.champion_adapter)
     champion = inputs.champion_metrics
     if champion is None:
-        champion = evaluate(_spec(inputs.champion_base, inputs.champion_adapter), suite, ecfg,
-                            base_answers=base_answers)
-    candidate = evaluate((inputs.base_dir, str(out_dir)), suite, ecfg, champion=champion, base_answers=base_answers)
+        champion = evaluate(champion_spec, suite, ecfg, base_answers=base_answers)
+    # Stored metrics carry no answers (the registry keeps them small): the pairwise comparison
+    # then asks the champion model its sample of questions again.
+    compare_with = champion if "answers" in champion else champion_spec
+    candidate = evaluate((inputs.base_dir, str(out_dir)), suite, ecfg, champion=compare_with,
+                         base_answers=base_answers)
     summary = {"sft": _train_summary(sft), "dpo": _train_summary(dpo) if dpo else None}
     (out_dir / "evaluation.json").write_text(json.dumps({"candidate": candidate, "champion": champion,
                                                          "training": summary}, indent=2, default=str))
