@@ -76,7 +76,7 @@ def test_snapshot_source_reads_the_manifest(tmp_path):
 
 @pytest.mark.parametrize("field,value", [("anchor_weight", -1.0), ("anchor_batch_size", 0),
                                          ("anchor_pool_size", 0), ("anchor_perturb_copies", -1),
-                                         ("anchor_answer_tokens", -1)])
+                                         ("anchor_answer_tokens", -1), ("min_steps", -1), ("max_epochs", 0.0)])
 def test_anchor_config_checks_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"sft.{field}"):
         LoraSFTConfig(**{field: value})

@@ -172,6 +172,19 @@ def test_embedded_overrides_apply_only_to_untouched_keys_of_the_embedded_base(ba
     assert LoraSFTConfig().anchor_weight == LoraDPOConfig().anchor_weight == 0.0
 
 
+@pytest.mark.parametrize("n_rows,min_steps,max_epochs,epochs", [
+    (68, 60, 8.0, 7.0),    # the demo's --short snapshot: 9 steps per epoch, 7 passes reach 60 steps
+    (384, 60, 8.0, 3.0),   # enough rows: epochs as given
+    (16, 60, 8.0, 8.0),    # 2 steps per epoch: capped at max_epochs
+    (68, 60, 1.0, 3.0),    # max_epochs never lowers epochs
+    (68, 0, 8.0, 3.0),     # min_steps 0: off
+])
+def test_min_steps_raises_epochs_for_small_snapshots(n_rows, min_steps, max_epochs, epochs):
+    cfg = LoraSFTConfig(epochs=3.0, batch_size=8, min_steps=min_steps, max_epochs=max_epochs)
+    assert lora_sft._setup_epochs(cfg, n_rows, {"processes": 1}).epochs == epochs
+    assert lora_sft._setup_epochs(cfg, n_rows * 2, {"processes": 2}).epochs == epochs  # steps count all processes
+
+
 class _State:
     def __init__(self, step):
         self.global_step = step

@@ -45,6 +45,10 @@ class LoraSFTConfig:
     """Peak learning rate (cosine decay after warm-up)."""
     epochs: float = 3.0
     """Passes over the training rows (early stopping may end sooner)."""
+    min_steps: int = 0
+    """Least optimizer steps a run takes: a small snapshot gets more passes than `epochs` (at most `max_epochs`), as hosted fine-tuning APIs choose epochs by dataset size. 0 = `epochs` as given."""
+    max_epochs: float = 10.0
+    """Most passes `min_steps` may raise `epochs` to (it never lowers `epochs`)."""
     batch_size: int = 8
     """Rows per device step."""
     grad_accum: int = 1
@@ -83,6 +87,8 @@ class LoraSFTConfig:
         _check(bool(self.target_modules), "sft.target_modules", "must name at least one module")
         _check(0.0 < self.learning_rate < 1.0, "sft.learning_rate", "must be in (0, 1)")
         _check(self.epochs > 0, "sft.epochs", "must be > 0")
+        _check(self.min_steps >= 0, "sft.min_steps", "must be >= 0 (0 = epochs as given)")
+        _check(self.max_epochs > 0, "sft.max_epochs", "must be > 0")
         _check(self.batch_size >= 1 and self.grad_accum >= 1, "sft.batch_size", "batch_size and grad_accum must be >= 1")
         _check(0.0 <= self.warmup_ratio < 1.0, "sft.warmup_ratio", "must be in [0, 1)")
         _check(self.max_grad_norm > 0, "sft.max_grad_norm", "must be > 0")

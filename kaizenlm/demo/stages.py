@@ -236,9 +236,10 @@ def stage_bad_candidate(ctx) -> None:
     spec = model_spec(client, champion)
     base_dir = spec[0] if isinstance(spec, tuple) else spec
     run_dir = ctx.cfg.home / "demo" / "bad-candidate"
-    # The monthly recipe (the embedded overrides apply) for 2 epochs: enough to learn the wrong answers.
-    sft = train_sft(base_dir, corrupted_rows(ctx.domain, ctx.seed), run_dir, LoraSFTConfig(epochs=2.0),
-                    ctx.cfg.retrain)
+    # The monthly recipe (the embedded overrides apply) for exactly one pass over the 144
+    # corrupted rows: enough to learn wrong answers and forget (retention ~0.6 after two).
+    sft = train_sft(base_dir, corrupted_rows(ctx.domain, ctx.seed), run_dir,
+                    LoraSFTConfig(epochs=1.0, max_epochs=1.0), ctx.cfg.retrain)
     version = client.register_version("adapter", sft["adapter_dir"], parent_id=champion["version_id"],
                                       status="candidate", config={"base": base_dir, "demo": "corrupted labels, no replay"},
                                       note="demo: deliberately bad candidate (corrupted labels, no replay)")
