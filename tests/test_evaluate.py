@@ -105,6 +105,13 @@ def test_evaluate_a_real_model(tmp_path):
     assert champ["val_perplexity"] > 1.0 and len(champ["answers"]) == 24
     again = ev.evaluate(str(base), suite, cfg, champion=champ)
     assert again["pairwise_n"] == 10 and again["pairwise_win_rate"] == 0.5  # same model, greedy: all ties
+    # Free-form general rows are scored against their references under their own key; agreement
+    # with the base's answers only exists when those answers are given.
+    free = Suite(domain=suite.domain[:2], general=[{"prompt": "Say hello.", "reference": again["answers"][
+        suite.domain[0]["prompt"]]}], refusal=suite.refusal[:1], source="test")
+    scored = ev.evaluate(str(base), free, EvalConfig(max_new_tokens=8, pairwise_sample=0, similarity=False))
+    assert "general_agreement" not in scored and 0.0 <= scored["general_reference_f1"] <= 1.0
+    assert scored["general_score"] == scored["general_reference_f1"]  # no choices: the fallback
     model, tok = ev.load_for_eval(str(base))
     pairs = [{"prompt": "Hello!", "chosen": "Hi.", "rejected": "Hi."}]
     assert ev.preference_margin(model, tok, pairs) == pytest.approx(0.0, abs=1e-5)

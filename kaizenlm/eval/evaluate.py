@@ -7,9 +7,12 @@ Metrics (all in [0, 1] unless said otherwise; greedy decoding; kaizenlm/eval/met
   domain_score          key facts stated: the reference's numbers, names, codes, addresses (or the row's
                         must_include) found in the answer, averaged (what the gate compares)
   domain_exact_match / domain_token_f1 / domain_rouge_l / domain_similarity (all-MiniLM-L6-v2 cosine)
-  general_score         multiple-choice accuracy by log-likelihood on the suite's general rows with
-                        choices (kaizenlm/eval/choices.py), else agreement (token F1) with free-form
-                        references; general_mc_accuracy, general_agreement, general_by_skill
+  general_score         eval.retention_metric's measure (what the retention gate compares):
+                        general_mc_prob (choice_prob: probability of the right choice, renormalised
+                        over the choices; kaizenlm/eval/choices.py), general_mc_accuracy (choices),
+                        general_agreement (agreement: token F1 with the base's own answers to held-out
+                        general prompts); when that one was not measured, multiple-choice accuracy,
+                        else general_reference_f1 (token F1 of free-form general rows); general_by_skill
   refusal_rate          share of the suite's refusal rows answered with their refusal
   false_refusal_rate    share of domain questions wrongly refused
   val_perplexity        exp(mean token NLL) of the reference answers (or the given val_rows)
@@ -245,11 +248,10 @@ RETENTION_METRICS = {"choice_prob": "general_mc_prob", "choices": "general_mc_ac
 
 
 def _general_metrics(net, tokenizer, rows: list[dict], cfg: EvalConfig) -> dict:
-    """General skills: multiple-choice rows by log-likelihood (general_mc_accuracy), free-form rows by
-    agreement with their reference (general_agreement: token F1; for a suite built from the base's
-    own answers, how much of what the base said the model still says), and general_mc_prob. The
-    general_score set here (multiple-choice accuracy, else that agreement) is the fallback:
-    evaluate() replaces it by eval.retention_metric's measure whenever that was measured."""
+    """General skills: multiple-choice rows by log-likelihood (general_mc_accuracy, general_mc_prob),
+    free-form rows by token F1 against their reference (general_reference_f1). The general_score
+    set here (multiple-choice accuracy, else that F1) is the fallback: evaluate() replaces it by
+    eval.retention_metric's measure whenever that was measured."""
     mc = [r for r in rows if r.get("choices")]
     free = [r for r in rows if not r.get("choices")]
     by_skill: dict[str, list[float]] = defaultdict(list)
@@ -267,8 +269,8 @@ def _general_metrics(net, tokenizer, rows: list[dict], cfg: EvalConfig) -> dict:
         if not mc:
             for score, r in zip(agreement, free, strict=True):
                 by_skill[r.get("skill", "general")].append(score)
-        metrics["general_agreement"] = _mean(agreement)
-    metrics["general_score"] = metrics.get("general_mc_accuracy", metrics.get("general_agreement", 0.0))
+        metrics["general_reference_f1"] = _mean(agreement)
+    metrics["general_score"] = metrics.get("general_mc_accuracy", metrics.get("general_reference_f1", 0.0))
     metrics["general_by_skill"] = {k: _mean(v) for k, v in sorted(by_skill.items())}
     return metrics
 
