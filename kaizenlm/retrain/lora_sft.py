@@ -14,11 +14,10 @@ docs/TRAINING.md for the measurements behind it).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,8 +39,8 @@ EMBEDDED_OVERRIDES = {
     "learning_rate": 1e-3,
     "epochs": 3.0,
     # A month of a small deployment's corrections is a few dozen rows: 3 passes are ~25 steps,
-    # too few to learn the values (the demo's --short snapshot: domain 0.25 after 3 epochs,
-    # 0.48 after 6, retention 0.999 / 0.992; docs/TRAINING.md "Small snapshots").
+    # too few to learn the values (the demo's --short snapshot: domain 0.27 after 3 passes,
+    # 0.52 after 7 and DPO, retention 0.997 / 0.993; docs/TRAINING.md "Small snapshots").
     "min_steps": 60,
     "max_epochs": 8.0,
     "batch_size": 8,
@@ -54,10 +53,10 @@ EMBEDDED_OVERRIDES = {
     # The KL anchor holds general skills: without it the demo's retrain kept 0.84-0.90 of the
     # base's multiple-choice accuracy, with weight 10 on 8 of 64 general prompts per step 0.99
     # (docs/TRAINING.md "Replay and anchor data"). The base's own answers, so no generation.
-    # 4 rows per step and the first 32 answer tokens of each keep it (retention 0.999) at
-    # ~5.7 s per step instead of ~8.
+    # The first 32 answer tokens of each row hold as much for ~7.3 s per step instead of ~8.5;
+    # with 4 rows per step (~6 s) retention after the demo's 63 steps + DPO fell to 0.987.
     "anchor_weight": 10.0,
-    "anchor_batch_size": 4,
+    "anchor_batch_size": 8,
     "anchor_answer_tokens": 32,
     "anchor_pool_size": 64,
     "anchor_perturb_copies": 0,
@@ -169,7 +168,7 @@ def _setup_epochs(cfg: LoraSFTConfig, n_train: int, hw: dict) -> LoraSFTConfig:
     if epochs != cfg.epochs:
         training.log.info("sft: %d rows make %d steps per epoch; %g epochs instead of %g to reach min_steps %d",
                           n_train, per_epoch, epochs, cfg.epochs, cfg.min_steps)
-    return dataclasses.replace(cfg, epochs=float(epochs))
+    return replace(cfg, epochs=float(epochs))
 
 
 def _setup_training_args(cfg: LoraSFTConfig, run: RetrainConfig, hw: dict, run_dir: Path, n_train: int, has_val: bool):
