@@ -173,7 +173,7 @@ def test_embedded_overrides_apply_only_to_untouched_keys_of_the_embedded_base(ba
 
 
 @pytest.mark.parametrize("n_rows,min_steps,max_epochs,epochs", [
-    (68, 60, 8.0, 7.0),    # the demo's --short snapshot: 9 steps per epoch, 7 passes reach 60 steps
+    (68, 45, 8.0, 5.0),    # the demo's --short snapshot: 9 steps per epoch, 5 passes reach 45 steps
     (384, 60, 8.0, 3.0),   # enough rows: epochs as given
     (16, 60, 8.0, 8.0),    # 2 steps per epoch: capped at max_epochs
     (68, 60, 1.0, 3.0),    # max_epochs never lowers epochs
