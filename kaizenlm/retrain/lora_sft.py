@@ -164,7 +164,7 @@ def _setup_data(rows: list[dict], eval_rows: list[dict] | None, cfg: LoraSFTConf
 def _setup_epochs(cfg: LoraSFTConfig, n_train: int, hw: dict) -> LoraSFTConfig:
     """cfg with epochs raised so the run takes at least cfg.min_steps optimizer steps (capped
     at cfg.max_epochs): a few dozen corrections are too few steps to learn from in 3 passes."""
-    per_epoch = training.steps_per_epoch(n_train, cfg.batch_size * hw.get("processes", 1), cfg.grad_accum)
+    per_epoch = training.steps_per_epoch(cfg, hw, n_train)
     epochs = max(cfg.epochs, min(math.ceil(cfg.min_steps / per_epoch), cfg.max_epochs))
     if epochs != cfg.epochs:
         training.log.info("sft: %d rows make %d steps per epoch; %g epochs instead of %g to reach min_steps %d",

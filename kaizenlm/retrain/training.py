@@ -124,7 +124,7 @@ def common_args(cfg: LoraSFTConfig | LoraDPOConfig, run: RetrainConfig, hw: dict
     """The training arguments SFTConfig and DPOConfig share (cfg: an SFT or DPO config): a cosine
     schedule with warm-up, clipping, `evals_per_epoch` evaluations with a checkpoint each,
     the best checkpoint kept when early stopping is on, seeded, TensorBoard attached by the caller."""
-    per_epoch = steps_per_epoch(n_train, cfg.batch_size * hw.get("processes", 1), cfg.grad_accum)
+    per_epoch = steps_per_epoch(cfg, hw, n_train)
     eval_every = max(1, per_epoch // cfg.evals_per_epoch)
     return {
         "output_dir": str(run_dir / "checkpoints"),
@@ -254,5 +254,6 @@ def write_metrics(run_dir: Path, metrics: dict) -> Path:
     return path
 
 
-def steps_per_epoch(n_rows: int, batch_size: int, grad_accum: int) -> int:
-    return max(1, -(-n_rows // (batch_size * grad_accum)))
+def steps_per_epoch(cfg: LoraSFTConfig | LoraDPOConfig, hw: dict, n_rows: int) -> int:
+    """Optimizer steps in one pass over n_rows: every process takes cfg.batch_size rows per micro-step."""
+    return max(1, -(-n_rows // (cfg.batch_size * hw.get("processes", 1) * cfg.grad_accum)))
