@@ -28,7 +28,7 @@ from serving_helpers import (
 
 from kaizenlm.abtest.routing import Target, assign_arm
 from kaizenlm.cli import main
-from kaizenlm.serving.backends import BackendError, ChatParams, LocalBackend, LocalServing, OpenAIBackend
+from kaizenlm.serving.backends import BackendError, ChatParams, Chunk, LocalBackend, LocalServing, OpenAIBackend
 
 pytestmark = pytest.mark.integration  # starts echo upstreams and a real stack
 
@@ -188,6 +188,57 @@ def test_openai_backend_timeout_and_unreachable(echo):
     with pytest.raises(BackendError) as e:
         call(OpenAIBackend(f"http://127.0.0.1:{free_port()}/v1", retries=1, backoff_s=0.01), "m")
     assert e.value.status == 502 and "unreachable after 2 attempts" in e.value.message
+
+
+class _SlowToCloseBackend:
+    """Streams two pieces, then takes 0.3 s to clean up: what a loaded machine does (the
+    generation thread's join), which a fast test machine never shows on its own."""
+
+    async def stream(self, target, messages, params):
+        try:
+            yield Chunk("Hello")
+            yield Chunk(" there", finish_reason="length", prompt_tokens=3, completion_tokens=2)
+        finally:
+            await asyncio.sleep(0.3)
+
+
+def test_a_streamed_turn_is_logged_when_the_client_hangs_up_after_done():
+    """The OpenAI SDK closes the connection as soon as it reads [DONE]; the server sees the
+    disconnect and cancels the response. The turn must be logged all the same (CI lost it)."""
+    from types import SimpleNamespace
+
+    from kaizenlm.abtest.routing import Route
+    from kaizenlm.ingest.metrics import Metrics
+    from kaizenlm.serving import chat
+
+    logged = []
+    state = SimpleNamespace(serving=SimpleNamespace(turns=SimpleNamespace(add=lambda _r, e: logged.append(e))),
+                            metrics=Metrics())
+    request = SimpleNamespace(app=SimpleNamespace(state=state))
+    turn = chat._Turn("t1", "c1", "carol", Route("adapter-0002", Target("adapter-0002", "adapter")),
+                      [{"role": "user", "content": "hi"}], time.perf_counter())
+    sent, done = [], asyncio.Event()
+
+    async def send(message):
+        sent.append(message)
+        if b"[DONE]" in message.get("body", b""):
+            done.set()
+
+    async def receive():  # the client reads [DONE], then hangs up
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def go():
+        response = await chat._stream(request, _SlowToCloseBackend(), turn, GREEDY)
+        scope = {"type": "http", "asgi": {"spec_version": "2.3"}}  # what uvicorn sends
+        await response(scope, receive, send)
+
+    asyncio.run(go())
+    assert done.is_set() and len(logged) == 1
+    payload = logged[0]["payload"]
+    assert payload["turn_id"] == "t1" and payload["response"] == "Hello there"
+    assert payload["completion_tokens"] == 2 and payload["model_version"] == "adapter-0002"
+    assert state.metrics.get("chat_requests_total", status="200", model_version="adapter-0002", variant="-") == 1
 
 
 # --------------------------------------------------------------------------------------

@@ -76,7 +76,9 @@ def _kill_rank_one_after_a_checkpoint(marker: str, checkpoints: Path, done: thre
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not done.is_set():
             pid = _rank_one_of(marker)
-            if pid and list(checkpoints.glob("checkpoint-*")):
+            # After a complete checkpoint (its trainer_state.json is written last): the kill may
+            # still land while a later one is half written, which the rerun must skip.
+            if pid and list(checkpoints.glob("checkpoint-*/trainer_state.json")):
                 os.kill(pid, 9)
                 killed.append(pid)
                 return

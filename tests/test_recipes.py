@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from kaizenlm.base.embedded import EMBEDDED_NAME
 from kaizenlm.config import LoraDPOConfig, LoraSFTConfig
 from kaizenlm.demo.domain import build_domain
-from kaizenlm.retrain import lora_dpo, lora_sft
+from kaizenlm.retrain import lora_dpo, lora_sft, training
 from kaizenlm.retrain.monitoring import HealthMonitor, NonFiniteLossError
 
 pytestmark = pytest.mark.integration  # trains LoRA adapters on a tiny base (seconds each)
@@ -137,9 +137,30 @@ def test_dpo_on_top_of_sft_changes_the_adapter(base_dir, domain, tmp_path):
 def test_rerun_resumes_from_the_last_checkpoint(base_dir, domain, tmp_path):
     first = lora_sft.train_sft(base_dir, sft_rows(domain), tmp_path / "run", sft_cfg(epochs=1.0), FAST_RUN)
     assert first["resumed_from"] is None
+    # A newer checkpoint the run was killed while saving (trainer_state.json comes last) is skipped.
+    saved = tmp_path / "run" / "checkpoints" / f"checkpoint-{first['steps']}"
+    half = saved.with_name(f"checkpoint-{first['steps'] + 1}")
+    shutil.copytree(saved, half)
+    (half / "trainer_state.json").write_text('{"global_step": ')
     second = lora_sft.train_sft(base_dir, sft_rows(domain), tmp_path / "run", sft_cfg(epochs=2.0), FAST_RUN)
     assert second["resumed_from"].endswith(f"checkpoint-{first['steps']}")
     assert second["steps"] == 2 * first["steps"]
+
+
+def test_resume_skips_and_removes_checkpoints_a_crash_left_half_written(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step, state in [(2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, None), (8, '{"global_st')]:
+        (root / f"checkpoint-{step}").mkdir(parents=True)
+        (root / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (root / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (root / "checkpoint-10.tmp").mkdir()  # not a checkpoint name
+    assert training.last_checkpoint(root) == str(root / "checkpoint-4")
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-10.tmp", "checkpoint-2", "checkpoint-4"]
+    assert training.last_checkpoint(tmp_path / "none") is None
+    shutil.rmtree(root / "checkpoint-2")
+    shutil.rmtree(root / "checkpoint-4")
+    assert training.last_checkpoint(root) is None
 
 
 def test_nan_loss_stops_the_run_with_a_clear_message(base_dir, domain, tmp_path):

@@ -189,12 +189,28 @@ def truncate_tokenized(dataset, max_length: int | None):
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest complete Trainer checkpoint, to resume from; None for a fresh run."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete Trainer checkpoint, to resume from; None for a fresh run.
+    The Trainer writes trainer_state.json last, and a run killed while saving (a dead rank
+    takes the others down) leaves a newer directory without it, or with half of it: those
+    are removed, so the rerun saves them afresh instead of resuming from them."""
     if not checkpoint_dir.is_dir():
         return None
-    return get_last_checkpoint(str(checkpoint_dir))
+    found = sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                   key=lambda p: int(p.name[11:]), reverse=True)
+    for path in found:
+        if _complete(path):
+            return str(path)
+        log.warning("removing the incomplete checkpoint %s (the run stopped while saving it)", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def tensorboard_callback(log_dir: Path):

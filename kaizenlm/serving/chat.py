@@ -476,13 +476,15 @@ async def _stream(request: Request, backend, turn: _Turn, params: ChatParams) ->
             yield b"data: " + orjson.dumps({"error": {"message": e.message, "type": "server_error",
                                                       "code": e.code}}) + b"\n\n"
         finally:
-            await chunks.aclose()
+            # Log before the first await: a client that hangs up (the OpenAI SDK does, right after
+            # [DONE]) cancels this generator at its next await, and the turn would be lost.
             if failed:
                 _log_turn(request, turn, "", None)
             else:  # also when the client went away mid-answer: log what it was shown
                 _log_turn(request, turn, text, Completion(text, last.finish_reason or "stop", last.prompt_tokens,
                                                           last.completion_tokens))
             _count(request, turn, 502 if failed else 200)
+            await chunks.aclose()
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={**_headers(turn), "Cache-Control": "no-cache"})
