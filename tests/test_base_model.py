@@ -79,3 +79,50 @@ def test_cli_base_show_reads_a_model_directory_and_says_what_to_do_when_there_is
     assert cli.main(["base", "show", "--out", str(tmp_path / "nothing")]) == 2
     assert "run `kaizen base build`" in capsys.readouterr().err
     assert os.environ["KAIZEN_HOME"].endswith("home")
+
+
+@pytest.mark.parametrize(("response", "ended", "expect"), [
+    ("Paris", True, "Paris"),  # the model ended it: kept whole, punctuation or not
+    ("Water boils at 100 degrees Celsius. At higher altitudes it boils at a lower", False,
+     "Water boils at 100 degrees Celsius."),
+    ('He said "stop!" and left. Then the', False, 'He said "stop!" and left.'),
+    ("Here are some ideas:\n\n1. Oats with berries\n2. Eggs", False, None),  # list numbers are not sentence ends
+    ("Try a fruit, e.g. an apple or a", False, None),
+    ("The answer is 3.5 apples (roughly). Because", False, "The answer is 3.5 apples (roughly)."),
+    ("It costs $3.50 per", False, None),  # a decimal point is not followed by a space
+])
+def test_a_replay_target_never_stops_mid_sentence(response, ended, expect):
+    from kaizenlm.base.general import replay_target
+
+    row = replay_target({"prompt": "q", "skill": "science", "response": response, "ended": ended})
+    if expect is None:
+        assert row is None
+    else:
+        assert row["response"] == expect and row["prompt"] == "q" and row.get("trimmed", False) == (expect != response)
+
+
+def test_general_answers_replay_complete_sentences_and_hold_out_answers_as_given(base_dir, tmp_path, monkeypatch):
+    """write_answers' files, with scripted answers in place of the tiny model's gibberish (the
+    demo's end-to-end test checks the same on the real model's answers)."""
+    from kaizenlm.base import general, generate
+
+    prompts = [f"What is the capital of country number {i}?" for i in range(40)]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p, "skill": "geography"}) + "\n"
+                                                    for p in prompts))
+    scripted = {p: [("Lyon.", True), ("It is Lyon. It has a river and a", False), ("Lyon, Paris and", False),
+                    ("", True)][i % 4] for i, p in enumerate(prompts)}
+    monkeypatch.setattr(generate, "generate_with_ends",
+                        lambda _m, _t, batch, *_a, **_k: [scripted[p] for p in batch])
+    replay, heldout = general.write_answers(base_dir, tmp_path / "home", tmp_path / "prompts.jsonl", 12)
+    assert (replay, heldout) == general.answers_paths(tmp_path / "home", general.base_key(base_dir))
+    train, held = general.read_jsonl(replay), general.read_jsonl(heldout)
+    # Empty answers are dropped; a cut answer with no complete sentence is not replayed.
+    assert {r["prompt"] for r in train} | {r["prompt"] for r in held} == {
+        p for i, p in enumerate(prompts) if i % 4 in (0, 1) or (i % 4 == 2 and general.is_held_out(p))}
+    for row in held:  # as given
+        assert general.is_held_out(row["prompt"]) and (row["response"], row["ended"]) == scripted[row["prompt"]]
+    for row in train:
+        assert not general.is_held_out(row["prompt"])
+        assert row["response"] == {"Lyon.": "Lyon.", "It is Lyon. It has a river and a": "It is Lyon."}[
+            scripted[row["prompt"]][0]]
+    assert (tmp_path / "home" / "general" / "replay.jsonl").read_bytes() == replay.read_bytes()

@@ -28,7 +28,8 @@ from serving_helpers import (
 
 from kaizenlm.abtest.routing import Target, assign_arm
 from kaizenlm.cli import main
-from kaizenlm.serving.backends import BackendError, ChatParams, Chunk, LocalBackend, LocalServing, OpenAIBackend
+from kaizenlm.serving.backends import BackendError, ChatParams, Chunk, LocalBackend, LocalServing
+from kaizenlm.serving.openai_backend import OpenAIBackend
 
 pytestmark = pytest.mark.integration  # starts echo upstreams and a real stack
 

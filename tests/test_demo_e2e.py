@@ -91,6 +91,13 @@ def check_demo_state(home: Path, text: str) -> None:
     assert aliases["champion"] == champion
     con.close()
 
+    # The real base's general answers: replay rows never stop mid-sentence (most answers hit the
+    # 48-token budget; those are trimmed to their last sentence), held-out rows stay as given.
+    replay = [json.loads(line) for line in (home / "general" / "replay.jsonl").read_text().splitlines()]
+    assert len(replay) > 40 and all("ended" in r for r in replay)
+    cut = [r for r in replay if not r["ended"]]
+    assert cut and all(r["trimmed"] and r["response"].rstrip("\"')”’]").endswith((".", "!", "?")) for r in cut)
+
     reports = list((home / "reviews").rglob("report.md"))
     assert reports and list((home / "reviews").rglob("*.png"))
     assert "kaizen demo: summary" in text and "rollback skipped" not in text

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -89,18 +90,38 @@ def answers_paths(home: str | Path, key: str) -> tuple[Path, Path]:
 
 def answer_prompts(base_dir: str | Path, rows: list[dict], max_new_tokens: int, batch_size: int = 32,
                    on_batch=None) -> list[dict]:
-    """Greedy answers of the base at `base_dir` to `rows` ({prompt, skill}); adds `response`."""
-    from kaizenlm.base.generate import generate_answers
+    """Greedy answers of the base at `base_dir` to `rows` ({prompt, skill}); adds `response` and
+    `ended` (False: the answer was cut at max_new_tokens)."""
+    from kaizenlm.base.generate import generate_with_ends
     from kaizenlm.base.model import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(base_dir)
-    answers: list[str] = []
+    answers: list[tuple[str, bool]] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        answers += generate_answers(model, tokenizer, [r["prompt"] for r in chunk], max_new_tokens, batch_size)
+        answers += generate_with_ends(model, tokenizer, [r["prompt"] for r in chunk], max_new_tokens, batch_size)
         if on_batch is not None:
             on_batch(len(answers), len(rows))
-    return [{**r, "response": a} for r, a in zip(rows, answers, strict=True) if a.strip()]
+    return [{**r, "response": a, "ended": ended} for r, (a, ended) in zip(rows, answers, strict=True) if a.strip()]
+
+
+# A sentence ends at . ! or ? (closing quotes and brackets included) before a space or the end;
+# not after a list number ("2.") or a common abbreviation.
+_SENTENCE_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s|$)")
+_NOT_AN_END = re.compile(r"(?:^|\n)\s*\d+$|\b(?:e\.g|i\.e|Mr|Mrs|Ms|Dr|vs|St)$")
+
+
+def replay_target(row: dict) -> dict | None:
+    """The row as a replay (SFT) target. An answer cut at max_new_tokens is trimmed back to its
+    last complete sentence, so replay never teaches the model to stop mid-sentence; None when no
+    complete sentence is left. An answer the model ended itself is kept as it is."""
+    text = row["response"]
+    if row.get("ended", True):
+        return row
+    ends = [m.end() for m in _SENTENCE_END.finditer(text) if not _NOT_AN_END.search(text[:m.start()])]
+    if not ends:
+        return None
+    return {**row, "response": text[:ends[-1]].rstrip(), "trimmed": True}
 
 
 def answer_order(rows: list[dict]) -> list[dict]:
@@ -124,10 +145,14 @@ def write_answers(base_dir: str | Path, home: str | Path, prompts_path: str | Pa
     for path, keep in ((train_path, False), (heldout_path, True)):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        # Held out: the answers as the base gave them within the budget (what an evaluation's
+        # answers, under the same budget, are compared with). Replay: complete sentences only.
+        rows = [r for r in answered if is_held_out(r["prompt"]) == keep]
+        if not keep:
+            rows = [t for t in map(replay_target, rows) if t is not None]
         with tmp.open("w", encoding="utf-8") as f:
-            for row in answered:
-                if is_held_out(row["prompt"]) == keep:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
     latest = train_path.parent / f"replay.jsonl.tmp-{os.getpid()}"
     latest.write_bytes(train_path.read_bytes())

@@ -15,9 +15,15 @@ def prompt_text(tokenizer, prompt: str) -> str:
 
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 32) -> list[str]:
     """Greedy answers, batched with left padding; special tokens and surrounding space removed."""
+    return [text for text, _ in generate_with_ends(model, tokenizer, prompts, max_new_tokens, batch_size)]
+
+
+def generate_with_ends(model, tokenizer, prompts: list[str], max_new_tokens: int = 32,
+                       batch_size: int = 32) -> list[tuple[str, bool]]:
+    """generate_answers, each with whether the model ended it (False: cut at max_new_tokens)."""
     import torch
 
-    answers: list[str] = []
+    answers: list[tuple[str, bool]] = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
@@ -29,7 +35,8 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int =
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
             width = enc["input_ids"].shape[1]
-            answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+            answers += [(tokenizer.decode(row[width:], skip_special_tokens=True).strip(),
+                         bool((row[width:] == tokenizer.eos_token_id).any())) for row in out]
     finally:
         tokenizer.padding_side = side
     return answers

@@ -51,7 +51,8 @@ from kaizenlm.config import Config
 from kaizenlm.feedback import collector
 from kaizenlm.ingest.events import ID_PATTERN, MAX_ID, MAX_MESSAGES, MAX_TEXT, make_envelope, validation_message
 from kaizenlm.ingest.spool import SpoolFull
-from kaizenlm.serving.backends import BackendError, ChatParams, Completion, LocalServing, make_backend
+from kaizenlm.serving.backends import BackendError, ChatParams, Completion, LocalServing
+from kaizenlm.serving.openai_backend import OpenAIBackend
 from kaizenlm.serving.retrieval import KnowledgeServing
 from kaizenlm.serving.turn_shipper import ShipperClient, shipper_argv
 
@@ -120,6 +121,14 @@ class Serving:
     backend: object
     knowledge: KnowledgeServing
     turns: TurnLog = field(default_factory=TurnLog)
+
+
+def make_backend(serving) -> LocalServing | OpenAIBackend:
+    """The backend the `[serving]` config names."""
+    if serving.backend == "openai":
+        return OpenAIBackend(serving.upstream_url, serving.upstream_api_key, serving.timeout_s, serving.retries,
+                             serving.retry_backoff_s, serving.max_new_tokens)
+    return LocalServing(serving.device, serving.threads, serving.max_new_tokens, serving.merge_adapters_max_params)
 
 
 def start_serving(cfg: Config) -> Serving:
