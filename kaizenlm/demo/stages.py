@@ -44,13 +44,19 @@ def run_tier(ctx, tier: str, timeout_s: float) -> dict:
 
 
 # Documents published after the retrain: facts no training row has taught; retrieval puts
-# them in the prompt (knowledge.chat_retrieval), so the model can answer them today.
+# them in the prompt (knowledge.chat_retrieval), so the model can answer them today. Each opens
+# with a sentence that names its subject, as the rest of the demo's knowledge base does: the
+# 135M model copies such a sentence from the context, and misreads looser phrasing ("During
+# public holidays the support line is open ..." got "The support line is open on public
+# holidays."; docs/KNOWLEDGE.md, "What a small model reads").
 NEW_DOCUMENTS = [
-    ("holiday-support", "Holiday support", "During public holidays the support line is open from 10 to 4.",
+    ("holiday-support", "Holiday support", "The support line on public holidays is open from 10 to 4.",
      "When is the support line open on public holidays?", "10 to 4"),
-    ("data-export", "Data export", "A full data export is ready within 6 hours of the request.",
+    ("data-export", "Data export",
+     "The full data export time is 6 hours. A full data export is ready within 6 hours of the request.",
      "How long does a full data export take?", "6 hours"),
-    ("student-discount", "Student discount", "Students get a 40 percent discount on the Pro plan.",
+    ("student-discount", "Student discount",
+     "The student discount is 40 percent. Students get a 40 percent discount on the Pro plan.",
      "How big is the student discount?", "40 percent"),
 ]
 
