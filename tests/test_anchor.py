@@ -68,6 +68,21 @@ def test_a_replay_file_is_an_anchor_source_and_a_missing_one_is_a_clear_error(tm
         anchor.pool_from_source(str(tmp_path / "gone.jsonl"))
 
 
+def test_the_anchor_keeps_the_base_answer_a_replay_target_was_trimmed_from(tmp_path):
+    from kaizenlm.base.general import replay_target
+    from kaizenlm.datasets.snapshots import load_replay
+
+    cut = {"prompt": "Why is the sky blue?", "skill": "science", "ended": False,
+           "response": "Sunlight scatters off air. Blue light scatters the most, so the"}
+    row = replay_target(cut)
+    path = tmp_path / "replay.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({"prompt": "Say a.", "response": "a"}) + "\n")
+    replay = load_replay(path)  # the SFT target: complete sentences
+    assert [r["response"] for r in replay] == ["Sunlight scatters off air.", "a"]
+    pool = anchor.pool_from_source(str(path))  # the KL anchor: the base's whole answer
+    assert [r["response"] for r in pool] == [cut["response"], "a"] and pool[0]["skill"] == "science"
+
+
 def test_snapshot_source_reads_the_manifest(tmp_path):
     assert anchor.snapshot_source(tmp_path) is None
     (tmp_path / "manifest.json").write_text(json.dumps({"mix_ratio": {"source": "/data/general.jsonl"}}))

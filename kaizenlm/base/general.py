@@ -113,15 +113,18 @@ _NOT_AN_END = re.compile(r"(?:^|\n)\s*\d+$|\b(?:e\.g|i\.e|Mr|Mrs|Ms|Dr|vs|St)$")
 
 def replay_target(row: dict) -> dict | None:
     """The row as a replay (SFT) target. An answer cut at max_new_tokens is trimmed back to its
-    last complete sentence, so replay never teaches the model to stop mid-sentence; None when no
-    complete sentence is left. An answer the model ended itself is kept as it is."""
+    last complete sentence, so replay never teaches the model to stop mid-sentence (the whole
+    answer stays in `anchor_response`); None when no complete sentence is left. An answer the
+    model ended itself is kept as it is."""
     text = row["response"]
     if row.get("ended", True):
         return row
     ends = [m.end() for m in _SENTENCE_END.finditer(text) if not _NOT_AN_END.search(text[:m.start()])]
     if not ends:
         return None
-    return {**row, "response": text[:ends[-1]].rstrip(), "trimmed": True}
+    # The KL anchor reads `anchor_response`: it pulls towards the base's own next-token
+    # distributions, where a cut answer teaches no stop, so it keeps the whole of it.
+    return {**row, "response": text[:ends[-1]].rstrip(), "trimmed": True, "anchor_response": text}
 
 
 def answer_order(rows: list[dict]) -> list[dict]:

@@ -133,7 +133,7 @@ class CurationConfig:
     replay_fraction_override: bool = False
     """Allow a replay_fraction outside 0.05-0.10 (0 = no replay); only when you know why."""
     replay_path: str = ""
-    """JSONL file of general examples to replay and to anchor on (prompt or messages, and response; skill optional). Empty: no replay rows, and the snapshot warns; `kaizen demo` writes and sets its own."""
+    """JSONL file of general examples to replay and to anchor on (prompt or messages, and response; skill and anchor_response, the KL anchor's target when it differs, optional). Empty: no replay rows, and the snapshot warns; `kaizen demo` writes and sets its own."""
     workers: int = 0
     """CPU processes of a dataset build: 2 runs independent steps (halves of the PII scrub, near-duplicate clusters beside decontamination, pair mining beside SFT selection) in a forked child too; 1 runs all in one process; 0 = 2 where the machine has 2 or more cores. The snapshot is the same either way."""
 

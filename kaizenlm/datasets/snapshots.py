@@ -215,6 +215,8 @@ def load_replay(path: str | Path) -> list[dict]:
         row = {"messages": messages, "response": response}
         if isinstance(rec.get("skill"), str):  # kept for the KL anchor's per-skill balance
             row["skill"] = rec["skill"]
+        if isinstance(rec.get("anchor_response"), str):  # the KL anchor's target, when it differs from response
+            row["anchor_response"] = rec["anchor_response"]
         out.append(row)
     return out
 

@@ -31,10 +31,12 @@ def prompt_key(prompt: str | list[dict]) -> str:
 
 def pool_from_source(source: str) -> list[dict]:
     """General rows {messages, response, skill} of a replay file (as curation.replay_path reads it;
-    `skill` when the file's records carry one)."""
+    `skill` when the file's records carry one). The response is the record's `anchor_response`
+    when it has one: the base's whole answer where the replay target was trimmed."""
     from kaizenlm.datasets.snapshots import load_replay
 
-    return [{**r, "skill": r.get("skill")} for r in load_replay(source)]
+    return [{"messages": r["messages"], "response": r.get("anchor_response") or r["response"],
+             "skill": r.get("skill")} for r in load_replay(source)]
 
 
 def snapshot_source(snapshot_dir: str | Path) -> str | None:
