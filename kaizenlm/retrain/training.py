@@ -195,8 +195,9 @@ def last_checkpoint(checkpoint_dir: Path) -> str | None:
     are removed, so the rerun saves them afresh instead of resuming from them."""
     if not checkpoint_dir.is_dir():
         return None
-    found = sorted((p for p in checkpoint_dir.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
-                   key=lambda p: int(p.name[11:]), reverse=True)
+    prefix = "checkpoint-"  # the Trainer's PREFIX_CHECKPOINT_DIR, then the global step
+    found = sorted((p for p in checkpoint_dir.glob(prefix + "*") if p.is_dir() and p.name[len(prefix):].isdigit()),
+                   key=lambda p: int(p.name[len(prefix):]), reverse=True)
     for path in found:
         if _complete(path):
             return str(path)
