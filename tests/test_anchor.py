@@ -129,7 +129,7 @@ def test_anchor_kl_scores_answer_positions_only_and_equals_the_full_computation(
     kl = trainer._anchor_kl(model)
 
     anchor.rng = random.Random(0)  # the same draw, scored over every position
-    ids, labels, mask = anchor.draw("cpu")
+    ids, labels, mask, _ = anchor.draw("cpu")
     valid = (labels[:, 1:] != -100).float()
     logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1], -1)
     with torch.no_grad(), model.disable_adapter():
@@ -138,3 +138,32 @@ def test_anchor_kl_scores_answer_positions_only_and_equals_the_full_computation(
     assert float(kl) > 0 and float(kl) == pytest.approx(float(expected), rel=1e-5)
     kl.backward()  # the KL trains the adapter only
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_the_base_log_probs_computed_once_give_the_same_kl_as_the_base_at_every_step():
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kaizenlm.retrain.anchor import Anchor, AnchorLoss, base_logprobs
+
+    torch.manual_seed(0)
+    net = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=2))
+    model = get_peft_model(net, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    row_a = (list(range(1, 9)), [-100] * 4 + list(range(5, 9)))
+    row_b = (list(range(10, 16)), [-100] * 2 + list(range(12, 16)))
+    rows = [row_a, row_b, row_a, (list(range(20, 31)), [-100] * 6 + list(range(26, 31)))]  # a repeated row, as skill balancing makes
+    trainer = AnchorLoss()
+    trainer.accelerator = SimpleNamespace(unwrap_model=lambda m: m)
+    trainer.anchor = Anchor(rows, weight=1.0, batch_size=3, pad_id=0, rng=random.Random(0))
+    every_step = [float(trainer._anchor_kl(model)) for _ in range(4)]
+
+    model.train()
+    pre = Anchor(rows, weight=1.0, batch_size=3, pad_id=0, rng=random.Random(0))
+    pre.base_logp = base_logprobs(pre, model)
+    assert model.training  # left as it was
+    assert pre.base_logp[0] is pre.base_logp[2] and pre.base_logp[0].shape == (4, 64)  # one tensor per distinct row
+    trainer.anchor = pre
+    once = [float(trainer._anchor_kl(model)) for _ in range(4)]
+    assert once == pytest.approx(every_step, rel=1e-5) and min(once) > 0

@@ -59,3 +59,60 @@ def test_seeded_requests_are_not_batched(tmp_path):
     two = backend.generate([{"role": "user", "content": "hello"}], None,
                            ChatParams(max_tokens=4, temperature=0.8, seed=3))
     assert one.text == two.text and not backend.pending  # seeded sampling: reproducible, never queued
+
+
+def test_the_gateways_concurrent_requests_fill_a_whole_batch(tmp_path):
+    """Through LocalServing.complete (what the gateway awaits): MAX_BATCH requests that arrive
+    while the model is busy all wait for it at once and are answered in one batch. (asyncio's
+    default thread pool has cpu_count + 4 threads, which on 2 cores capped a batch at ~5.)"""
+    import asyncio
+
+    from kaizenlm.abtest.routing import Target
+    from kaizenlm.serving.backends import LocalServing
+
+    serving = LocalServing("cpu", 1)
+    target = Target("base-0001", "base", model_dir=build_tiny_model(tmp_path / "m"))
+    backend, _ = serving.backend_for(target)
+    n = LocalBackend.MAX_BATCH
+    calls = []
+    original = backend.model.generate
+    backend.model.generate = lambda *a, **kw: calls.append(kw["input_ids"].shape[0]) or original(*a, **kw)
+
+    async def main():
+        backend.lock.acquire()  # the model is busy while all of them arrive
+        try:
+            tasks = [asyncio.create_task(serving.complete(target, [{"role": "user", "content": f"question {i}"}],
+                                                          ChatParams(max_tokens=3, temperature=0))) for i in range(n)]
+            for _ in range(500):
+                if len(backend.pending) == n:
+                    break
+                await asyncio.sleep(0.01)
+            queued = len(backend.pending)
+        finally:
+            backend.lock.release()
+        answers = await asyncio.wait_for(asyncio.gather(*tasks), 120)
+        await serving.aclose()
+        return queued, answers
+
+    queued, answers = asyncio.run(main())
+    assert queued == n
+    assert calls == [n] and len(answers) == n and all(a.completion_tokens <= 3 for a in answers)
+
+
+def test_a_burst_of_requests_to_an_idle_model_shares_the_first_batch(tmp_path):
+    """The first request of a burst waits BATCH_WINDOW_S for the others instead of being
+    answered alone while the rest wait a whole generation."""
+    backend = LocalBackend(build_tiny_model(tmp_path / "m"), device="cpu", threads=1)
+    calls = []
+    original = backend.model.generate
+    backend.model.generate = lambda *a, **kw: calls.append(kw["input_ids"].shape[0]) or original(*a, **kw)
+    start = threading.Barrier(len(QUESTIONS))
+
+    def ask(i):
+        start.wait()
+        return backend.generate([{"role": "user", "content": QUESTIONS[i]}], None, ChatParams(max_tokens=3, temperature=0))
+
+    with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+        answers = list(pool.map(ask, range(len(QUESTIONS))))
+    assert len(answers) == len(QUESTIONS) and sum(calls) == len(QUESTIONS)
+    assert calls[0] > 1, calls  # without the window the first request goes alone: [1, 7]

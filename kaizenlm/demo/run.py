@@ -32,7 +32,7 @@ from kaizenlm.demo.stages import (
     stage_rollback,
     stage_side_by_side,
 )
-from kaizenlm.demo.stages_data import stage_dataset
+from kaizenlm.demo.stages_data import stage_dataset, wait_for_general_answers
 from kaizenlm.demo.traffic import run_traffic
 from kaizenlm.demo.users import Behaviour
 
@@ -63,6 +63,10 @@ class DemoContext:
 
 def stage_traffic(ctx: DemoContext) -> None:
     """Simulated users ask the real model through the gateway and react to its real answers."""
+    # The controller's first start has the base answer the general prompts in a child process;
+    # on 2 cores that and the gateway's answers slow each other down several times over
+    # (oversubscribed threads), so the users start once it is done.
+    wait_for_general_answers(ctx)
     cfg = ctx.cfg
     result = run_traffic(ctx.domain, cfg.gateway_url, cfg.auth.ingest_key, cfg.auth.widget_key, ctx.conversations,
                          ctx.seed, DEMO_BEHAVIOUR)
@@ -192,11 +196,18 @@ def run(args, cfg) -> int:
     ctx = DemoContext(cfg, domain, args.short, args.seed, args.days, conversations)
     stack = UpProcess(cfg, args.config, with_dashboard=not args.no_dashboard)
     console.print(f"[bold]kaizen demo[/bold]: state in {cfg.home}; starting broker, controller and gateway")
+    started = time.monotonic()
     stack.start()
+    seconds = {"start": time.monotonic() - started}
     try:
         for stage in STAGES:
             console.rule(stage.__doc__.split("\n")[0] if stage.__doc__ else stage.__name__)
+            name, stage_started = stage.__name__.removeprefix("stage_"), time.monotonic()
             stage(ctx)
+            seconds[name] = time.monotonic() - stage_started
+            console.print(f"[dim]({name} took {seconds[name]:.0f} s)[/dim]")
+        ctx.summary["seconds per stage"] = ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+        ctx.summary["seconds in all"] = f"{time.monotonic() - started:.0f}"
         ctx.summary["state"] = str(cfg.home)
         if not args.no_dashboard:
             ctx.summary["dashboard"] = f"http://{cfg.dashboard.host}:{cfg.dashboard.port}"

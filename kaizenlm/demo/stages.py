@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from rich.table import Table
@@ -184,12 +185,14 @@ def stage_side_by_side(ctx) -> None:
     questions = [rng.choice(f.exam_paraphrases) for f in facts] + GENERAL_QUESTIONS
     client = httpx.Client(base_url=ctx.cfg.gateway_url, timeout=300,
                           headers={"Authorization": f"Bearer {ctx.cfg.auth.ingest_key}"})
+    asks = [Ask("side-by-side", f"sbs-{i}", q) for i, q in enumerate(questions)]
     try:
-        rows = [(q, chat(client, Ask("side-by-side", f"sbs-{i}", q), base)["answer"],
-                 chat(client, Ask("side-by-side", f"sbs-{i}", q), candidate)["answer"])
-                for i, q in enumerate(questions)]
+        with ThreadPoolExecutor(2 * len(asks)) as pool:  # all at once: each model answers them in one batch
+            base_answers = list(pool.map(lambda a: chat(client, a, base)["answer"], asks))
+            candidate_answers = list(pool.map(lambda a: chat(client, a, candidate)["answer"], asks))
     finally:
         client.close()
+    rows = list(zip(questions, base_answers, candidate_answers, strict=True))
     table = Table(title=f"The same questions: {base} (base) and {candidate} (retrained)")
     for col in ("question", base, candidate):
         table.add_column(col, overflow="fold")

@@ -10,8 +10,8 @@ import time
 from rich.table import Table
 
 # The controller has the base answer the general prompts once, in the background after its
-# first start (minutes on 2 cores, while the traffic stage runs). Replay and the KL anchor come
-# from those answers, so curating before they exist would train without them.
+# first start (about 35 s on 2 idle cores; the traffic stage waits for them). Replay and the KL
+# anchor come from those answers, so curating before they exist would train without them.
 GENERAL_ANSWERS_TIMEOUT_S = 900.0
 
 
