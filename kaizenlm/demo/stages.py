@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from rich.table import Table
@@ -187,9 +186,8 @@ def stage_side_by_side(ctx) -> None:
                           headers={"Authorization": f"Bearer {ctx.cfg.auth.ingest_key}"})
     asks = [Ask("side-by-side", f"sbs-{i}", q) for i, q in enumerate(questions)]
     try:
-        with ThreadPoolExecutor(2 * len(asks)) as pool:  # all at once: each model answers them in one batch
-            base_answers = list(pool.map(lambda a: chat(client, a, base)["answer"], asks))
-            candidate_answers = list(pool.map(lambda a: chat(client, a, candidate)["answer"], asks))
+        base_answers = [r["answer"] for r in ask_all(client, asks, f"side by side: {base}", model=base)]
+        candidate_answers = [r["answer"] for r in ask_all(client, asks, f"side by side: {candidate}", model=candidate)]
     finally:
         client.close()
     rows = list(zip(questions, base_answers, candidate_answers, strict=True))

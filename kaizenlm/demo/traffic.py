@@ -60,11 +60,12 @@ def chat(client: httpx.Client, ask: Ask, model: str = "champion") -> dict:
     return reply
 
 
-def ask_all(client: httpx.Client, asks: list[Ask], desc: str, concurrency: int = 16) -> list[dict]:
-    """Every question at once (up to `concurrency` in flight): the backend batches them."""
+def ask_all(client: httpx.Client, asks: list[Ask], desc: str, concurrency: int = 16,
+            model: str = "champion") -> list[dict]:
+    """Every question to `model` at once (up to `concurrency` in flight): the backend batches them."""
     with ThreadPoolExecutor(concurrency) as pool, tqdm(total=len(asks), desc=desc, unit="chat") as bar:
         def one(ask: Ask) -> dict:
-            reply = chat(client, ask)
+            reply = chat(client, ask, model)
             bar.update(1)
             return reply
 

@@ -81,8 +81,8 @@ class LocalBackend:
     active adapter is state of the shared model, so choosing it and generating happen under
     one lock. Requests that arrive while the model is busy, or within BATCH_WINDOW_S of each
     other, are answered together: whoever takes the lock next generates for every waiting
-    request with the same adapter and sampling settings in one left-padded batch (on 2 CPU cores, 8 answers in a batch cost about twice
-    one answer). Seeded or stop-string requests and streams run one at a time. (For real
+    request with the same adapter and sampling settings in one left-padded batch (on 2 CPU
+    cores, 8 answers in a batch cost about twice one answer). Seeded or stop-string requests and streams run one at a time. (For real
     concurrency, serve through vLLM with the openai backend.)
     """
 
