@@ -66,3 +66,22 @@ def test_general_skills(tmp_path):
     assert reverse["response"].split() == reverse["prompt"].removeprefix("Reverse: ").split()[::-1]
     path = write_general_jsonl(tmp_path / "g.jsonl", heldout)
     assert read_general_jsonl(path) == heldout
+
+
+def test_side_by_side_general_questions_are_neither_trained_on_nor_out_of_scope():
+    """The demo's side-by-side shows whether the retrain kept general skills: its general questions
+    are no shipped general prompt (replay and anchor rows) and match no out-of-scope template
+    (questions the assistant is taught to decline)."""
+    import re
+
+    from kaizenlm.base.general import general_prompts
+    from kaizenlm.demo.domain import _OUT_OF_SCOPE
+    from kaizenlm.demo.stages import GENERAL_QUESTIONS
+
+    shipped = {r["prompt"] for r in general_prompts()}
+    templates = [re.compile(re.escape(t).replace(re.escape("{x}"), ".+"), re.IGNORECASE) for t, _ in _OUT_OF_SCOPE]
+    assert len(GENERAL_QUESTIONS) == 2
+    for question in GENERAL_QUESTIONS:
+        assert question not in shipped and not build_domain(0).is_out_of_scope(question)
+        assert not any(t.fullmatch(question) for t in templates), question
+    assert any(t.fullmatch("What is the capital of France?") for t in templates)  # the check can fail

@@ -11,7 +11,7 @@ from serving_helpers import build_adapter, build_tiny_model
 from kaizenlm import config as config_mod
 from kaizenlm.cli import main
 from kaizenlm.demo.inputs import demo_suite
-from kaizenlm.eval.suite import write_suite
+from kaizenlm.eval.suite import load_suite, write_suite
 from kaizenlm.registry.client import RegistryClient
 
 pytestmark = pytest.mark.integration  # evaluates real (tiny) models: tens of seconds
@@ -87,3 +87,22 @@ def test_a_malformed_suite_row_names_the_line_and_field(registered, tmp_path, ca
     (tmp_path / "kaizen.toml").write_text(f"[eval]\nsuite_path = '{bad}'\n", encoding="utf-8")
     assert main(["eval", registered["adapter"]]) == 2
     assert f"{bad}:2: field 'prompt' must be a non-empty string" in capsys.readouterr().err
+
+
+def test_stored_metrics_of_the_version_compared_with_are_reused_until_the_suite_changes(registered, tmp_path, capsys):
+    client = registered["client"]
+    assert main(["eval", "champion", "--against", "none", "--json"]) == 0
+    stored = json.loads(capsys.readouterr().out)["metrics"]
+    assert stored["eval_key"] == client.show(registered["base"])["metrics"]["eval_key"]
+    # A marker value only the stored metrics hold: the comparison reads them instead of evaluating again.
+    client.set_metrics(registered["base"], {"general_score": 0.123})
+    assert main(["eval", registered["adapter"], "--json", "--no-store"]) == 0
+    against = json.loads(capsys.readouterr().out)["against"]
+    assert against["reused"] is True and against["general_score"] == 0.123
+    # One exam row changed: measured on other rows, the stored metrics no longer count.
+    suite = load_suite(tmp_path / "suite.jsonl")
+    suite.domain[0]["reference"] += " (changed)"
+    write_suite(tmp_path / "suite.jsonl", suite)
+    assert main(["eval", registered["adapter"], "--json", "--no-store"]) == 0
+    against = json.loads(capsys.readouterr().out)["against"]
+    assert against["reused"] is False and against["general_score"] != 0.123

@@ -91,6 +91,22 @@ def test_gate_thresholds_come_from_config_and_first_model_passes():
     assert ev.gate(cand, None) == (True, ["pass: no champion to compare with"])
 
 
+def test_stored_metrics_are_reused_only_under_the_same_evaluation_key():
+    suite = Suite(domain=[{"prompt": "Q?", "reference": "A."}], source="traffic")
+    answers = [{"prompt": "Hi?", "response": "Hello."}]
+    key = ev.evaluation_key(suite, EvalConfig(), answers)
+    stored = {"domain_score": 0.4, "general_score": 0.9, "refusal_rate": 1.0, "eval_key": key}
+    assert ev.reusable(stored, key)
+    # Next month's traffic suite has the same name and other rows; other settings score otherwise.
+    next_month = Suite(domain=[{"prompt": "Q2?", "reference": "A."}], source="traffic")
+    assert not ev.reusable(stored, ev.evaluation_key(next_month, EvalConfig(), answers))
+    assert not ev.reusable(stored, ev.evaluation_key(suite, EvalConfig(max_new_tokens=8), answers))
+    assert not ev.reusable(stored, ev.evaluation_key(suite, EvalConfig(retention_metric="choices"), answers))
+    assert not ev.reusable(stored, ev.evaluation_key(suite, EvalConfig(), []))
+    assert not ev.reusable({k: v for k, v in stored.items() if k != "refusal_rate"}, key)
+    assert not ev.reusable(None, key) and not ev.reusable({**stored, "eval_key": None}, key)
+
+
 def test_evaluate_a_real_model(tmp_path):
     base = build_tiny_base(tmp_path / "base")
     full = build_domain(0)

@@ -202,7 +202,12 @@ def stage_side_by_side(ctx) -> None:
         ctx.summary[f"Q{i + 1}: {q}"] = f"{base}: {a!r} | {candidate}: {b!r}"
 
 
-GENERAL_QUESTIONS = ["What is the capital of France?", "Translate 'good morning' into Spanish."]
+# General questions the base answers right ("mice", "5"), so the table shows whether the retrain
+# kept a skill. Neither is a shipped general prompt (no replay or anchor row trained on it) nor an
+# out-of-scope question of the demo's domain: "What is the capital of {x}?" and "Translate {x}
+# into Spanish." are out-of-scope templates there (domain._OUT_OF_SCOPE), which the assistant is
+# taught to decline, so its free-form answers to them waver between a refusal and an answer.
+GENERAL_QUESTIONS = ["What is the plural of mouse?", "What is 10 percent of 50?"]
 
 
 def _first_champion(ctx) -> str | None:

@@ -69,13 +69,13 @@ def evaluate_version(cfg: Config, client: RegistryClient, name: str, against: st
     except SuiteError as e:
         raise UsageError(str(e)) from None
     version = _resolve(client, name)
-    baseline = None
+    baseline, compare_with = None, None
     if against and against.lower() != "none":
         baseline_version = _resolve(client, against)
         if baseline_version["version_id"] != version["version_id"]:
-            baseline = evaluate(model_spec(client, baseline_version), suite, cfg.eval)
-            baseline["version_id"] = baseline_version["version_id"]
-    metrics = evaluate(model_spec(client, version), suite, cfg.eval, champion=baseline)
+            baseline, compare_with = _baseline(cfg, client, baseline_version, suite)
+    spec = model_spec(client, version)
+    metrics = evaluate(spec, suite, cfg.eval, champion=compare_with, base_answers=_base_answers(cfg, spec))
     metrics.pop("answers", None)
     result = {"version_id": version["version_id"], "metrics": metrics, "against": None, "gate": None}
     if baseline is not None:
@@ -83,7 +83,7 @@ def evaluate_version(cfg: Config, client: RegistryClient, name: str, against: st
         metrics["forgetting"] = round(baseline["general_score"] - metrics["general_score"], 4)
         passed, reasons = gate(metrics, baseline, cfg.eval)
         result["gate"] = {"passed": passed, "reasons": reasons}
-        result["against"] = {"version_id": baseline["version_id"],
+        result["against"] = {"version_id": baseline["version_id"], "reused": baseline.get("reused", False),
                              **{k: baseline[k] for k in ("domain_score", "general_score", "refusal_rate")}}
     if store:
         client.set_metrics(version["version_id"], {**metrics, **({"gate": result["gate"]} if result["gate"] else {}),
@@ -93,6 +93,31 @@ def evaluate_version(cfg: Config, client: RegistryClient, name: str, against: st
         client.set_status(version["version_id"], "rejected", note=failing)
         result["status"] = "rejected"
     return result
+
+
+def _baseline(cfg: Config, client: RegistryClient, version: dict, suite) -> tuple[dict, object]:
+    """The metrics of the version compared with, and what the pairwise comparison asks: its stored
+    metrics when they were measured under the same evaluation key (the retrain evaluated the
+    candidate that is champion now; no answers are stored, so its model answers the pairwise
+    sample again), else a fresh evaluation (whose answers are reused)."""
+    from kaizenlm.eval.evaluate import evaluate, evaluation_key, reusable
+
+    spec, base_answers = model_spec(client, version), _base_answers(cfg, model_spec(client, version))
+    stored = version.get("metrics") or {}
+    if reusable(stored, evaluation_key(suite, cfg.eval, base_answers)):
+        return {**stored, "version_id": version["version_id"], "reused": True}, spec
+    baseline = evaluate(spec, suite, cfg.eval, base_answers=base_answers)
+    baseline["version_id"] = version["version_id"]
+    return baseline, baseline
+
+
+def _base_answers(cfg: Config, spec) -> list[dict]:
+    """The base's own answers to the held-out general prompts (general_agreement's references), as
+    the monthly retrain evaluates with them; none when the base has not answered them yet."""
+    from kaizenlm.base.general import answers_paths, base_key, read_jsonl
+
+    heldout = answers_paths(cfg.home, base_key(spec[0] if isinstance(spec, tuple) else spec))[1]
+    return read_jsonl(heldout) if heldout.is_file() else []
 
 
 def run(args, cfg: Config) -> int:

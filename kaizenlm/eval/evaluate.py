@@ -18,10 +18,14 @@ Metrics (all in [0, 1] unless said otherwise; greedy decoding; kaizenlm/eval/met
   val_perplexity        exp(mean token NLL) of the reference answers (or the given val_rows)
   pairwise_win_rate     blind comparison with the champion's answers on a sample (ties count half)
 Forgetting is the caller's subtraction: champion general_score minus candidate general_score.
+Each result carries `eval_key` (evaluation_key): a version's stored metrics stand in for a new
+evaluation of it only under the same key (same suite rows, settings and base answers).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -169,6 +173,26 @@ def pairwise(questions: list[str], candidate: list[str], champion: list[str], re
 
 # ---------------------------------------------------------------- evaluation and gates
 
+GATED_KEYS = ("domain_score", "general_score", "refusal_rate")
+
+
+def evaluation_key(suite: Suite, cfg: EvalConfig, base_answers: list[dict] | None) -> str:
+    """What a model's scores depend on besides the model: the suite's rows (a traffic-built suite
+    changes every month under the same name), the settings that change a score, and the base
+    answers general agreement compares with."""
+    parts = {"suite": suite.content_hash(), "max_new_tokens": cfg.max_new_tokens,
+             "retention_metric": cfg.retention_metric, "mc_length_normalized": cfg.mc_length_normalized,
+             "similarity": cfg.similarity,
+             "base_answers": [[r["prompt"], r["response"]] for r in base_answers or []]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reusable(stored: dict | None, key: str) -> bool:
+    """True when a version's stored metrics were measured under `key` and hold what the gates compare:
+    they then stand in for evaluating that version again."""
+    return bool(stored) and stored.get("eval_key") == key and all(k in stored for k in GATED_KEYS)
+
+
 
 def evaluate(
     model: ModelSpec,
@@ -214,6 +238,7 @@ def evaluate(
     if champion is not None and cfg.pairwise_sample > 0:
         metrics.update(_compare_with_champion(champion, exam, answers, cfg, seed))
     metrics["suite"] = suite.source
+    metrics["eval_key"] = evaluation_key(suite, cfg, base_answers)
     metrics["eval_seconds"] = round(time.perf_counter() - started, 1)
     return metrics
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 
 from kaizenlm.base.champion import ensure_base_in_child, register_first_champion
-from kaizenlm.base.general import answers_paths, base_key, ensure_answers_in_child
+from kaizenlm.base.general import answers_paths, base_key, ensure_answers_in_child, read_jsonl
 from kaizenlm.config import Config
 from kaizenlm.eval.suite import Suite
 from kaizenlm.eval.traffic_suite import suite_for
@@ -37,9 +37,6 @@ from kaizenlm.retrain.retrain_job import RetrainInputs, inputs_as_json
 log = logging.getLogger(__name__)
 JOB_NAME = "retrain"
 CHAMPION = "champion"
-EVAL_KEYS = ("domain_score", "general_score", "refusal_rate")
-
-
 def ensure_champion(cfg: Config, con: duckdb.DuckDBPyConnection, log_fn: Callable[[str], None] = print) -> str:
     """The champion's version id; on a fresh install the configured base is registered as `base` +
     champion first (kaizenlm.base.champion; the embedded model is converted once, in a child)."""
@@ -59,13 +56,16 @@ def build_inputs(cfg: Config, con: duckdb.DuckDBPyConnection, champion: version_
         raise ValueError(f"champion {champion.version_id}: no base model with a config.json in its lineage")
     if champion.kind == "adapter" and adapter_dir is None:
         raise ValueError(f"champion {champion.version_id}: no adapter_config.json under {champion.artifact_dir}")
-    # The champion's stored metrics count only when they were measured on this very suite.
-    has_metrics = all(k in (champion.metrics or {}) for k in EVAL_KEYS) and \
-        (champion.metrics or {}).get("suite") == suite.source
+    from kaizenlm.eval.evaluate import evaluation_key, reusable
+
+    heldout = answers_paths(cfg.home, base_key(base_dir))[1]
+    # The champion's stored metrics count only when they were measured on these very suite rows,
+    # settings and base answers (the job evaluates with the same ones).
+    key = evaluation_key(suite, cfg.eval, read_jsonl(heldout) if heldout.is_file() else [])
     return RetrainInputs(
         base_dir=base_dir, snapshot_dir=str(snapshot_dir), suite_path=suite.source,
-        general_heldout_path=str(answers_paths(cfg.home, base_key(base_dir))[1]),
-        champion_metrics=champion.metrics if has_metrics else None,
+        general_heldout_path=str(heldout),
+        champion_metrics=champion.metrics if reusable(champion.metrics, key) else None,
         champion_base=base_dir,
         champion_adapter=adapter_dir,
         sft=dataclasses.asdict(cfg.sft), dpo=dataclasses.asdict(cfg.dpo), retrain=dataclasses.asdict(cfg.retrain),
