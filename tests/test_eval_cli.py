@@ -53,6 +53,10 @@ def test_eval_compares_with_the_champion_applies_the_gate_and_stores_metrics(reg
     assert stored["status"] == "rejected" and "domain score" in stored["note"]
     assert stored["metrics"]["retention"] == m["retention"] and stored["metrics"]["gate"]["passed"] is False
     assert stored["metrics"]["evaluated_against"] == registered["base"]
+    # The champion's fresh evaluation is stored too: the next comparison with it reuses it.
+    champion = registered["client"].show(registered["base"])["metrics"]
+    assert champion["general_score"] == against["general_score"] and champion["eval_key"] == m["eval_key"]
+    assert "answers" not in champion and "reused" not in champion
 
 
 def test_eval_without_comparison_or_storing(registered, capsys):

@@ -85,6 +85,9 @@ def evaluate_version(cfg: Config, client: RegistryClient, name: str, against: st
         result["gate"] = {"passed": passed, "reasons": reasons}
         result["against"] = {"version_id": baseline["version_id"], "reused": baseline.get("reused", False),
                              **{k: baseline[k] for k in ("domain_score", "general_score", "refusal_rate")}}
+    if store and baseline is not None and not baseline.get("reused"):  # the next comparison reuses them
+        client.set_metrics(baseline["version_id"], {k: v for k, v in baseline.items()
+                                                    if k not in ("answers", "version_id", "reused")})
     if store:
         client.set_metrics(version["version_id"], {**metrics, **({"gate": result["gate"]} if result["gate"] else {}),
                                                    "evaluated_against": baseline and baseline["version_id"]})
@@ -102,7 +105,8 @@ def _baseline(cfg: Config, client: RegistryClient, version: dict, suite) -> tupl
     sample again), else a fresh evaluation (whose answers are reused)."""
     from kaizenlm.eval.evaluate import evaluate, evaluation_key, reusable
 
-    spec, base_answers = model_spec(client, version), _base_answers(cfg, model_spec(client, version))
+    spec = model_spec(client, version)
+    base_answers = _base_answers(cfg, spec)
     stored = version.get("metrics") or {}
     if reusable(stored, evaluation_key(suite, cfg.eval, base_answers)):
         return {**stored, "version_id": version["version_id"], "reused": True}, spec
