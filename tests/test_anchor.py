@@ -167,3 +167,34 @@ def test_the_base_log_probs_computed_once_give_the_same_kl_as_the_base_at_every_
     trainer.anchor = pre
     once = [float(trainer._anchor_kl(model)) for _ in range(4)]
     assert once == pytest.approx(every_step, rel=1e-5) and min(once) > 0
+
+
+def test_the_next_recipe_reuses_the_base_log_probs_of_the_same_rows_and_base():
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kaizenlm.retrain.anchor import Anchor, base_logprobs
+
+    def base(seed):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=2))
+
+    def anchor(rows):
+        return Anchor(rows, weight=1.0, batch_size=2, pad_id=0, rng=random.Random(0))
+
+    forwards = []
+    sft_base = base(0)
+    sft_base.register_forward_hook(lambda *_: forwards.append(1))
+    rows = [(list(range(1, 9)), [-100] * 4 + list(range(5, 9))), (list(range(10, 16)), [-100] * 2 + list(range(12, 16)))]
+    first = base_logprobs(anchor(rows), sft_base)
+    assert len(forwards) == 1
+    # DPO: the same base under the SFT adapter (disabled for the base pass), the same rows.
+    dpo_model = get_peft_model(sft_base, LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    assert base_logprobs(anchor(rows), dpo_model) is first and len(forwards) == 1
+    # Other rows, or another base with other weights: computed anew.
+    other_rows = base_logprobs(anchor(rows[:1]), dpo_model)
+    assert len(forwards) == 2 and len(other_rows) == 1
+    other_base = base_logprobs(anchor(rows[:1]), base(1))
+    assert not torch.equal(other_base[0], other_rows[0])

@@ -189,14 +189,25 @@ def _keep(labels):
     return torch.cat([labels[:, 1:] != -100, torch.zeros_like(labels[:, :1], dtype=torch.bool)], dim=1)
 
 
+# The retrain job runs SFT, then DPO, in one process on the same anchor rows (when both recipes
+# cut them alike): the base's log-probs of the last call are kept for the next one.
+_LAST_BASE_LOGP: dict = {}
+
+
 def base_logprobs(anchor: Anchor, model, batch_size: int = 8) -> list | None:
     """The base's log-probs at each anchor row's answer positions (on the CPU), rows with equal
-    ids computed once; None when they would take more than BASE_LOGP_MAX_BYTES."""
+    ids computed once; None when they would take more than BASE_LOGP_MAX_BYTES. The same rows
+    of the same base as the previous call: that call's result."""
     import torch
     from peft import PeftModel
 
     from kaizenlm.retrain.training import log
 
+    key = _base_logp_key(anchor, model.get_base_model() if isinstance(model, PeftModel) else model)
+    if _LAST_BASE_LOGP.get("key") == key:
+        log.info("anchor: the base's log-probs of the previous recipe reused (same rows, same base)")
+        return _LAST_BASE_LOGP["logp"]
+    _LAST_BASE_LOGP.clear()
     unique = list({tuple(ids): i for i, (ids, _) in enumerate(anchor.rows)}.values())
     vocab = model.get_output_embeddings().weight.shape[0]
     size = sum(sum(y != -100 for y in anchor.rows[i][1]) for i in unique) * vocab * 4
@@ -218,7 +229,19 @@ def base_logprobs(anchor: Anchor, model, batch_size: int = 8) -> list | None:
     finally:
         model.train(training)
     log.info("anchor: the base's log-probs of %d rows computed once (%.0f MB)", len(unique), size / 2**20)
-    return [by_ids[tuple(ids)] for ids, _ in anchor.rows]
+    logp = [by_ids[tuple(ids)] for ids, _ in anchor.rows]
+    _LAST_BASE_LOGP.update(key=key, logp=logp)
+    return logp
+
+
+def _base_logp_key(anchor: Anchor, base) -> str:
+    """The anchor rows, the base's path and dtype, and a fingerprint of its output layer's weights."""
+    import hashlib
+
+    head = base.get_output_embeddings().weight
+    parts = [anchor.rows, str(getattr(base.config, "_name_or_path", "")), str(head.dtype), list(head.shape),
+             float(head.detach().double().sum())]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def _tokenize(tokenizer, row: dict, chat: bool, max_length: int, answer_tokens: int = 0) -> tuple[list[int], list[int]]:
