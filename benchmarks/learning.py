@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kaizenlm.base.embedded import convert_embedded  # noqa: E402
-from kaizenlm.base.general import answers_paths, base_key, read_jsonl, write_answers  # noqa: E402
+from kaizenlm.base.general import answers_key, answers_paths, read_jsonl, write_answers  # noqa: E402
 from kaizenlm.config import EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
 from kaizenlm.demo.domain import Domain, build_domain  # noqa: E402
 from kaizenlm.demo.inputs import demo_suite  # noqa: E402
@@ -145,7 +145,7 @@ def main() -> int:
         convert_embedded(base_dir)
     timings["base_convert_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    replay_file, heldout_file = answers_paths(out, base_key(base_dir))
+    replay_file, heldout_file = answers_paths(out, answers_key(base_dir, limit=GENERAL_ANSWERS))
     if not heldout_file.is_file():
         replay_file, heldout_file = write_answers(base_dir, out, limit=GENERAL_ANSWERS)
     base_answers = read_jsonl(heldout_file)

@@ -114,7 +114,8 @@ def test_general_answers_replay_complete_sentences_and_hold_out_answers_as_given
     monkeypatch.setattr(generate, "generate_with_ends",
                         lambda _m, _t, batch, *_a, **_k: [scripted[p] for p in batch])
     replay, heldout = general.write_answers(base_dir, tmp_path / "home", tmp_path / "prompts.jsonl", 12)
-    assert (replay, heldout) == general.answers_paths(tmp_path / "home", general.base_key(base_dir))
+    assert (replay, heldout) == general.answers_paths(
+        tmp_path / "home", general.answers_key(base_dir, tmp_path / "prompts.jsonl", 12))
     train, held = general.read_jsonl(replay), general.read_jsonl(heldout)
     # Empty answers are dropped; a cut answer with no complete sentence is not replayed.
     assert {r["prompt"] for r in train} | {r["prompt"] for r in held} == {
@@ -126,3 +127,24 @@ def test_general_answers_replay_complete_sentences_and_hold_out_answers_as_given
         assert row["response"] == {"Lyon.": "Lyon.", "It is Lyon. It has a river and a": "It is Lyon."}[
             scripted[row["prompt"]][0]]
     assert (tmp_path / "home" / "general" / "replay.jsonl").read_bytes() == replay.read_bytes()
+
+
+def test_the_general_answers_are_cached_per_base_and_per_what_was_asked(tmp_path):
+    """Changing [base] general_prompts_path, general_answers or general_max_new_tokens answers anew."""
+    from kaizenlm.base import general
+    from kaizenlm.config import BaseModelConfig, Config, PathsConfig
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    key = general.answers_key(base, None, 48, 96)
+    assert key == general.answers_key(base, None, 48, 96) and key.startswith(general.base_key(base))
+    own = tmp_path / "own.jsonl"
+    own.write_text(json.dumps({"prompt": "Name a colour.", "skill": "language"}) + "\n")
+    others = {general.answers_key(base, None, 48, 64), general.answers_key(base, None, 32, 96),
+              general.answers_key(base, own, 48, 96)}
+    assert key not in others and len(others) == 3
+    cfg = Config(paths=PathsConfig(home=str(tmp_path / "home")), base=BaseModelConfig(general_answers=96))
+    assert general.configured_answers_paths(cfg, base) == general.answers_paths(cfg.home, key)
+    cfg = Config(paths=PathsConfig(home=str(tmp_path / "home")), base=BaseModelConfig(general_prompts_path=str(own)))
+    assert general.configured_answers_paths(cfg, base)[0].name == general.answers_key(base, own, 48, 96) + ".jsonl"

@@ -9,8 +9,9 @@
   scored by log-likelihood (as lm-evaluation-harness scores ARC-style tasks): general-skill
   retention that does not depend on wording.
 
-The answers are cached per base model content (`answers_paths(home, key)`), so they are
-computed once per base: `python -m kaizenlm.base.general --base DIR --out FILE` in a child
+The answers are cached per base model content and per what was asked (`answers_key`: the
+prompts, how many of them, the token budget; `answers_paths(home, key)`), so they are
+computed once per base and setting: `python -m kaizenlm.base.general --base DIR --out FILE` in a child
 process (the controller never loads torch), or `kaizen base build`.
 """
 
@@ -80,6 +81,22 @@ def base_key(base_dir: str | Path) -> str:
     return hash_dir(base_dir)[:16]
 
 
+def answers_key(base_dir: str | Path, prompts_path: str | Path | None = None, max_new_tokens: int = 48,
+                limit: int | None = None) -> str:
+    """The cache key of a base's general answers: its content key and a hash of what it was asked
+    (the prompts in answer order, how many, the token budget), so changing `[base]
+    general_prompts_path`, `general_answers` or `general_max_new_tokens` answers anew."""
+    asked = [r["prompt"] for r in answer_order(general_prompts(prompts_path))[:limit]]
+    digest = hashlib.sha256(json.dumps([asked, max_new_tokens]).encode()).hexdigest()[:8]
+    return f"{base_key(base_dir)}-{digest}"
+
+
+def configured_answers_paths(cfg, base_dir: str | Path) -> tuple[Path, Path]:
+    """answers_paths of the base at `base_dir` under the configuration's `[base]` settings."""
+    return answers_paths(cfg.home, answers_key(base_dir, cfg.base.general_prompts_path or None,
+                                               cfg.base.general_max_new_tokens, cfg.base.general_answers))
+
+
 def answers_paths(home: str | Path, key: str) -> tuple[Path, Path]:
     """(replay and anchor rows, held-out rows) of the base whose key is `key`, in <home>/general
     (Config.general_dir); the base answered last is also <home>/general/replay.jsonl, the default
@@ -144,7 +161,7 @@ def write_answers(base_dir: str | Path, home: str | Path, prompts_path: str | Pa
         print(f"general answers: {done}/{total} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     answered = answer_prompts(base_dir, rows, max_new_tokens, on_batch=progress)
-    train_path, heldout_path = answers_paths(home, base_key(base_dir))
+    train_path, heldout_path = answers_paths(home, answers_key(base_dir, prompts_path, max_new_tokens, limit))
     for path, keep in ((train_path, False), (heldout_path, True)):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp-{os.getpid()}")
@@ -169,7 +186,7 @@ def ensure_answers_in_child(cfg, base_dir: str | Path, log_fn=print) -> tuple[Pa
     process (so the controller never loads torch); its output goes to <home>/logs/general-answers.log."""
     import subprocess
 
-    paths = answers_paths(cfg.home, base_key(base_dir))
+    paths = configured_answers_paths(cfg, base_dir)
     if paths[0].is_file() and paths[1].is_file():
         return paths
     log_path = Path(cfg.home) / "logs" / "general-answers.log"

@@ -118,9 +118,9 @@ def _baseline(cfg: Config, client: RegistryClient, version: dict, suite) -> tupl
 def _base_answers(cfg: Config, spec) -> list[dict]:
     """The base's own answers to the held-out general prompts (general_agreement's references), as
     the monthly retrain evaluates with them; none when the base has not answered them yet."""
-    from kaizenlm.base.general import answers_paths, base_key, read_jsonl
+    from kaizenlm.base.general import configured_answers_paths, read_jsonl
 
-    heldout = answers_paths(cfg.home, base_key(spec[0] if isinstance(spec, tuple) else spec))[1]
+    heldout = configured_answers_paths(cfg, spec[0] if isinstance(spec, tuple) else spec)[1]
     return read_jsonl(heldout) if heldout.is_file() else []
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 
 from kaizenlm.base.champion import ensure_base_in_child, register_first_champion
-from kaizenlm.base.general import answers_paths, base_key, ensure_answers_in_child, read_jsonl
+from kaizenlm.base.general import configured_answers_paths, ensure_answers_in_child, read_jsonl
 from kaizenlm.config import Config
 from kaizenlm.eval.suite import Suite
 from kaizenlm.eval.traffic_suite import suite_for
@@ -58,7 +58,7 @@ def build_inputs(cfg: Config, con: duckdb.DuckDBPyConnection, champion: version_
         raise ValueError(f"champion {champion.version_id}: no adapter_config.json under {champion.artifact_dir}")
     from kaizenlm.eval.evaluate import evaluation_key, reusable
 
-    heldout = answers_paths(cfg.home, base_key(base_dir))[1]
+    heldout = configured_answers_paths(cfg, base_dir)[1]
     # The champion's stored metrics count only when they were measured on these very suite rows,
     # settings and base answers (the job evaluates with the same ones).
     key = evaluation_key(suite, cfg.eval, read_jsonl(heldout) if heldout.is_file() else [])
