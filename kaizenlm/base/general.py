@@ -37,7 +37,10 @@ SHIPPED_CHOICES = DATA / "general_choices.jsonl"
 HELD_OUT_PERCENT = 20
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict]:
+    """The rows of a JSON-lines file; with missing_ok, none when there is no such file."""
+    if missing_ok and not Path(path).expanduser().is_file():
+        return []
     with Path(path).expanduser().open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 

@@ -120,8 +120,7 @@ def _base_answers(cfg: Config, spec) -> list[dict]:
     the monthly retrain evaluates with them; none when the base has not answered them yet."""
     from kaizenlm.base.general import configured_answers_paths, read_jsonl
 
-    heldout = configured_answers_paths(cfg, spec[0] if isinstance(spec, tuple) else spec)[1]
-    return read_jsonl(heldout) if heldout.is_file() else []
+    return read_jsonl(configured_answers_paths(cfg, spec[0] if isinstance(spec, tuple) else spec)[1], missing_ok=True)
 
 
 def run(args, cfg: Config) -> int:

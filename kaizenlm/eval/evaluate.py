@@ -177,9 +177,9 @@ GATED_KEYS = ("domain_score", "general_score", "refusal_rate")
 
 
 def evaluation_key(suite: Suite, cfg: EvalConfig, base_answers: list[dict] | None) -> str:
-    """What a model's scores depend on besides the model: the suite's rows (a traffic-built suite
-    changes every month under the same name), the settings that change a score, and the base
-    answers general agreement compares with."""
+    """What a model's scores depend on besides the model: the suite's rows (an edited suite file
+    keeps its path), the settings that change a score, and the base answers general agreement
+    compares with."""
     parts = {"suite": suite.content_hash(), "max_new_tokens": cfg.max_new_tokens,
              "retention_metric": cfg.retention_metric, "mc_length_normalized": cfg.mc_length_normalized,
              "similarity": cfg.similarity,
@@ -191,7 +191,6 @@ def reusable(stored: dict | None, key: str) -> bool:
     """True when a version's stored metrics were measured under `key` and hold what the gates compare:
     they then stand in for evaluating that version again."""
     return bool(stored) and stored.get("eval_key") == key and all(k in stored for k in GATED_KEYS)
-
 
 
 def evaluate(

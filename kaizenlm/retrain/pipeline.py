@@ -37,6 +37,8 @@ from kaizenlm.retrain.retrain_job import RetrainInputs, inputs_as_json
 log = logging.getLogger(__name__)
 JOB_NAME = "retrain"
 CHAMPION = "champion"
+
+
 def ensure_champion(cfg: Config, con: duckdb.DuckDBPyConnection, log_fn: Callable[[str], None] = print) -> str:
     """The champion's version id; on a fresh install the configured base is registered as `base` +
     champion first (kaizenlm.base.champion; the embedded model is converted once, in a child)."""
@@ -61,7 +63,7 @@ def build_inputs(cfg: Config, con: duckdb.DuckDBPyConnection, champion: version_
     heldout = configured_answers_paths(cfg, base_dir)[1]
     # The champion's stored metrics count only when they were measured on these very suite rows,
     # settings and base answers (the job evaluates with the same ones).
-    key = evaluation_key(suite, cfg.eval, read_jsonl(heldout) if heldout.is_file() else [])
+    key = evaluation_key(suite, cfg.eval, read_jsonl(heldout, missing_ok=True))
     return RetrainInputs(
         base_dir=base_dir, snapshot_dir=str(snapshot_dir), suite_path=suite.source,
         general_heldout_path=str(heldout),

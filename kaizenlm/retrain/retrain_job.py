@@ -63,6 +63,7 @@ def _dpo_rows(rows: list[dict]) -> list[dict]:
 
 def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> dict:
     """SFT, then DPO on top when there are pairs, then evaluation against the champion."""
+    from kaizenlm.base.general import read_jsonl
     from kaizenlm.config import EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig
     from kaizenlm.eval.evaluate import evaluate
     from kaizenlm.eval.suite import load_suite
@@ -97,7 +98,7 @@ def train_and_evaluate(inputs: RetrainInputs, out_dir: Path, work_dir: Path) -> 
                             ignore=shutil.ignore_patterns("checkpoint-*", "adapter"))
     runner.report_progress(0.8, "evaluating candidate and champion")
     ecfg = EvalConfig(**inputs.eval)
-    base_answers = _jsonl(inputs.general_heldout_path)
+    base_answers = read_jsonl(inputs.general_heldout_path, missing_ok=True)
     champion_spec = _spec(inputs.champion_base, inputs.champion_adapter)
     champion = inputs.champion_metrics
     if champion is None:
@@ -126,13 +127,6 @@ def _anchor_rows(snap: Path, seed: int, sft_train: list[dict], sft_cfg, eval_pro
     except ValueError as e:  # a replay file that is gone from this machine: train without the anchor
         log.warning("no KL anchor rows from %s: %s", source, e)
         return []
-
-
-def _jsonl(path: str) -> list[dict]:
-    if not path or not Path(path).is_file():
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _spec(base: str | None, adapter: str | None):

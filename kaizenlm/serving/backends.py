@@ -82,8 +82,9 @@ class LocalBackend:
     one lock. Requests that arrive while the model is busy, or within BATCH_WINDOW_S of each
     other, are answered together: whoever takes the lock next generates for every waiting
     request with the same adapter and sampling settings in one left-padded batch (on 2 CPU
-    cores, 8 answers in a batch cost about twice one answer). Seeded or stop-string requests and streams run one at a time. (For real
-    concurrency, serve through vLLM with the openai backend.)
+    cores, 8 answers in a batch cost about twice one answer). Seeded or stop-string requests
+    and streams run one at a time. (For real concurrency, serve through vLLM with the openai
+    backend.)
     """
 
     MAX_BATCH = 16
