@@ -69,13 +69,14 @@ def evaluate_version(cfg: Config, client: RegistryClient, name: str, against: st
     except SuiteError as e:
         raise UsageError(str(e)) from None
     version = _resolve(client, name)
+    base_answers = _base_answers_reader(cfg)
     baseline, compare_with = None, None
     if against and against.lower() != "none":
         baseline_version = _resolve(client, against)
         if baseline_version["version_id"] != version["version_id"]:
-            baseline, compare_with = _baseline(cfg, client, baseline_version, suite)
+            baseline, compare_with = _baseline(cfg, client, baseline_version, suite, base_answers)
     spec = model_spec(client, version)
-    metrics = evaluate(spec, suite, cfg.eval, champion=compare_with, base_answers=_base_answers(cfg, spec))
+    metrics = evaluate(spec, suite, cfg.eval, champion=compare_with, base_answers=base_answers(spec))
     metrics.pop("answers", None)
     result = {"version_id": version["version_id"], "metrics": metrics, "against": None, "gate": None}
     if baseline is not None:
@@ -98,7 +99,7 @@ def evaluate_version(cfg: Config, client: RegistryClient, name: str, against: st
     return result
 
 
-def _baseline(cfg: Config, client: RegistryClient, version: dict, suite) -> tuple[dict, object]:
+def _baseline(cfg: Config, client: RegistryClient, version: dict, suite, base_answers) -> tuple[dict, object]:
     """The metrics of the version compared with, and what the pairwise comparison asks: its stored
     metrics when they were measured under the same evaluation key (the retrain evaluated the
     candidate that is champion now; no answers are stored, so its model answers the pairwise
@@ -106,21 +107,30 @@ def _baseline(cfg: Config, client: RegistryClient, version: dict, suite) -> tupl
     from kaizenlm.eval.evaluate import evaluate, evaluation_key, reusable
 
     spec = model_spec(client, version)
-    base_answers = _base_answers(cfg, spec)
+    answers = base_answers(spec)
     stored = version.get("metrics") or {}
-    if reusable(stored, evaluation_key(suite, cfg.eval, base_answers)):
+    if reusable(stored, evaluation_key(suite, cfg.eval, answers)):
         return {**stored, "version_id": version["version_id"], "reused": True}, spec
-    baseline = evaluate(spec, suite, cfg.eval, base_answers=base_answers)
+    baseline = evaluate(spec, suite, cfg.eval, base_answers=answers)
     baseline["version_id"] = version["version_id"]
     return baseline, baseline
 
 
-def _base_answers(cfg: Config, spec) -> list[dict]:
-    """The base's own answers to the held-out general prompts (general_agreement's references), as
-    the monthly retrain evaluates with them; none when the base has not answered them yet."""
+def _base_answers_reader(cfg: Config):
+    """model spec -> its base's own answers to the held-out general prompts (general_agreement's
+    references), as the monthly retrain evaluates with them; none when the base has not answered
+    them yet. Read once per base: a version and the one it is compared with usually share it."""
     from kaizenlm.base.general import configured_answers_paths, read_jsonl
 
-    return read_jsonl(configured_answers_paths(cfg, spec[0] if isinstance(spec, tuple) else spec)[1], missing_ok=True)
+    read: dict[str, list[dict]] = {}
+
+    def answers(spec) -> list[dict]:
+        base_dir = spec[0] if isinstance(spec, tuple) else spec
+        if base_dir not in read:
+            read[base_dir] = read_jsonl(configured_answers_paths(cfg, base_dir)[1], missing_ok=True)
+        return read[base_dir]
+
+    return answers
 
 
 def run(args, cfg: Config) -> int:
