@@ -129,7 +129,8 @@ def test_anchor_kl_scores_answer_positions_only_and_equals_the_full_computation(
     kl = trainer._anchor_kl(model)
 
     anchor.rng = random.Random(0)  # the same draw, scored over every position
-    ids, labels, mask, _ = anchor.draw("cpu")
+    batch, _ = anchor.draw("cpu")
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
     valid = (labels[:, 1:] != -100).float()
     logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits[:, :-1], -1)
     with torch.no_grad(), model.disable_adapter():

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kaizenlm.config import LoraSFTConfig
+from kaizenlm.retrain import shared_prefix
 
 
 def prompt_key(prompt: str | list[dict]) -> str:
@@ -130,12 +131,24 @@ class Anchor:
     rng: random.Random
     last_kl: float | None = None
     base_logp: list | None = None
+    shared_prefix: bool = False  # the step's rows in the shared-prefix layout (shared_prefix.py) when they share one
 
     def draw(self, device):
-        """(ids, labels, mask, row indices) of the step's rows (random.sample picks the same
-        indices from a range as from the list, so draws are as before base_logp existed)."""
+        """(model inputs with `labels`, row indices) of the step's rows (random.sample picks the
+        same indices from a range as from the list, so draws are as before base_logp existed)."""
         picks = self.rng.sample(range(len(self.rows)), min(self.batch_size, len(self.rows)))
-        return (*self.batch(picks, device), picks)
+        return self.inputs(picks, device), picks
+
+    def inputs(self, picks: list[int], device) -> dict:
+        """input_ids, labels and attention_mask (+ position_ids) of the rows at `picks`: their
+        common prefix once (shared_prefix.pack) when that is on and they share one, else right-padded.
+        Either way the answer positions come row by row, in order, as base_logp holds them."""
+        rows = [self.rows[i] for i in picks]
+        n = shared_prefix.prefix_length(rows) if self.shared_prefix else 0
+        if n >= shared_prefix.MIN_PREFIX:
+            return shared_prefix.pack(rows, n, device)
+        ids, labels, mask = self.batch(picks, device)
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
     def batch(self, picks: list[int], device):
         """Right-padded (ids, labels, mask) of the rows at `picks`."""
@@ -177,7 +190,8 @@ def setup_anchor(rows: list[dict] | None, cfg, model, tokenizer, chat: bool, see
     log.info("anchor: %d rows (%d answered by the base), weight %s, %d per step",
              len(rows), missing, cfg.anchor_weight, cfg.anchor_batch_size)
     anchor = Anchor([t for t in tokenized if any(y != -100 for y in t[1])], cfg.anchor_weight, cfg.anchor_batch_size,
-                    tokenizer.pad_token_id, random.Random(seed + rank()))  # N processes draw different rows
+                    tokenizer.pad_token_id, random.Random(seed + rank()),  # N processes draw different rows
+                    shared_prefix=shared_prefix.usable(model))
     anchor.base_logp = base_logprobs(anchor, model)
     return anchor
 
@@ -303,16 +317,15 @@ class AnchorLoss:
         import torch
 
         device = next(model.parameters()).device
-        ids, labels, mask, picks = self.anchor.draw(device)
+        batch, picks = self.anchor.draw(device)
         # Logits only where an answer token is predicted: the LM head over a 49k vocabulary is
         # most of a small model's cost, and prompts are half the tokens.
-        keep = _keep(labels)
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False,
-                                       logits_to_keep=keep).logits.float(), -1)
+        keep = _keep(batch.pop("labels"))
+        logp = torch.log_softmax(model(**batch, use_cache=False, logits_to_keep=keep).logits.float(), -1)
         if self.anchor.base_logp is not None:
             base_logp = torch.cat([self.anchor.base_logp[i] for i in picks]).to(device)
         else:
             with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
-                base_logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+                base_logits = model(**batch, use_cache=False, logits_to_keep=keep).logits
             base_logp = torch.log_softmax(base_logits.float(), -1)
         return (base_logp.exp() * (base_logp - logp)).sum(-1).mean()

@@ -26,7 +26,7 @@ from trl import SFTTrainer  # noqa: E402
 
 from kaizenlm.base.model import as_messages  # noqa: E402
 from kaizenlm.config import LoraSFTConfig, RetrainConfig  # noqa: E402
-from kaizenlm.retrain import launch, training  # noqa: E402
+from kaizenlm.retrain import launch, shared_prefix, training  # noqa: E402
 from kaizenlm.retrain.anchor import AnchorLoss, setup_anchor  # noqa: E402
 from kaizenlm.retrain.monitoring import NonFiniteLossError  # noqa: E402
 
@@ -113,6 +113,8 @@ def train_sft(
             processing_class=tokenizer, peft_config=training.lora_config(cfg), callbacks=callbacks,
         )
         trainer.anchor = anchor
+        hw = {**hw, "shared_prefix": hw["padding_free"] and shared_prefix.usable(model)}
+        trainer.shared_prefix = hw["shared_prefix"]
         if hw["padding_free"]:  # TRL leaves truncation to us in padding-free mode
             trainer.train_dataset = training.truncate_tokenized(trainer.train_dataset, cfg.max_length)
             trainer.eval_dataset = training.truncate_tokenized(trainer.eval_dataset, cfg.max_length)
@@ -135,6 +137,7 @@ def train_sft(
             "train_runtime_s": round(time.perf_counter() - started, 1),
             "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
             "hardware": hw,
+            "prefix_tokens_saved": trainer.prefix_tokens_saved,
             "config": asdict(cfg),
             "anchor_rows": len(anchor.rows) if anchor else 0,
             "anchor_kl_last": anchor.last_kl if anchor else None,
@@ -183,4 +186,24 @@ def _setup_training_args(cfg: LoraSFTConfig, run: RetrainConfig, hw: dict, run_d
 
 
 class AnchoredSFTTrainer(AnchorLoss, SFTTrainer):
-    """TRL's SFTTrainer with the KL anchor (off while `anchor` is None)."""
+    """TRL's SFTTrainer with the KL anchor (off while `anchor` is None) and, when `shared_prefix`
+    is on, padding-free batches computed with their rows' common prefix once (shared_prefix.py)."""
+
+    shared_prefix: bool = False
+    prefix_tokens_saved: int = 0  # training tokens the shared layout did not compute again
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        shared = shared_prefix.shared_batch(inputs) if self.shared_prefix and not return_outputs else None
+        if shared is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        batch, tokens = shared
+        counted = self._total_train_tokens
+        loss = super().compute_loss(model, batch, return_outputs, num_items_in_batch)
+        if model.training:  # TRL counts a batch's tokens from its attention mask, here a 4-D one
+            import torch
+
+            local = torch.tensor(tokens, device=batch["input_ids"].device)
+            self._total_train_tokens = counted + self.accelerator.gather_for_metrics(local).sum().item()
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            self.prefix_tokens_saved += tokens - batch["input_ids"].shape[1]
+        return loss
