@@ -129,6 +129,10 @@ def main() -> int:
     unknown = sorted(set(names) - set(TEMPLATES))
     if unknown:
         p.error(f"--templates: unknown template(s) {unknown}; choose from {sorted(TEMPLATES)}")
+    for flag, path, marker in [("--base", args.base, "config.json"),
+                               *[("--adapter", a, "adapter_config.json") for a in args.adapter]]:
+        if not (Path(path) / marker).is_file():
+            p.error(f"{flag}: no {marker} in {path}; give a model directory (e.g. `kaizen base build` writes one)")
     import torch
     from peft import PeftModel
 
