@@ -115,8 +115,7 @@ def test_the_anchor_draws_its_rows_in_the_shared_layout_with_the_same_kl():
     assert kls[0] > 0 and kls[1] == pytest.approx(kls[0], rel=1e-4)
 
 
-@pytest.mark.parametrize("system", ["You are the Kaizen Cloud support assistant. Answer in one short sentence."])
-def test_sft_with_shared_prefix_batches_learns_as_the_padded_run_does(tmp_path, system):
+def test_sft_with_shared_prefix_batches_learns_as_the_padded_run_does(tmp_path):
     """TRL's SFT on chat rows that share a system prompt: padding-free batches in the shared-prefix
     layout give the padded run's losses step by step (no dropout), and count the same tokens."""
     from dataclasses import replace
@@ -124,6 +123,7 @@ def test_sft_with_shared_prefix_batches_learns_as_the_padded_run_does(tmp_path, 
     from kaizenlm.retrain.lora_sft import train_sft
 
     base = build_tiny_base(tmp_path / "base")
+    system = "You are the Kaizen Cloud support assistant. Answer in one short sentence."
     rows = [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": f"What is the fee {i}?"}],
              "response": f"The fee is {i} dollars."} for i in range(16)]
     cfg = sft_cfg(epochs=1.0, lora_dropout=0.0, val_fraction=0.0)

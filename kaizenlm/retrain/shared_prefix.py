@@ -6,12 +6,12 @@ computes them again. Here the batch becomes the prefix once, then each row's res
 attention mask that lets every rest attend to the prefix and causally to itself: the same
 logits at every rest position (causal attention over the same tokens), so the same loss and
 gradients, for ~35% less work in the SFT batch and ~20% less in the KL anchor's (measured:
-docs/TRAINING.md "Training speed"). The one difference: LoRA dropout draws one mask for the
-shared prefix instead of one per row.
+docs/TRAINING.md "Training speed and scale"). The one difference: LoRA dropout draws one mask
+for the shared prefix instead of one per row.
 
-Used on CPU with PyTorch's SDPA attention (training.hardware decides), where the padding-free
-batch already runs under a dense block-diagonal mask; never with the GPU's variable-length
-kernel, which takes no custom mask.
+Used on CPU with PyTorch's SDPA attention (`usable`, asked by lora_sft.train_sft for padding-free
+batches and by anchor.setup_anchor), where the padding-free batch already runs under a dense
+block-diagonal mask; never with the GPU's variable-length kernel, which takes no custom mask.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ import torch
 
 # Fewer shared tokens than this: not worth a different batch layout.
 MIN_PREFIX = 4
+# What TRL's padding-free collator adds for variable-length kernels: row boundaries of the old
+# layout, which the mask now carries.
+_ROW_BOUNDS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
 
 def prefix_length(rows: list[tuple[list[int], list[int]]]) -> int:
@@ -82,10 +85,6 @@ def shared_batch(inputs: dict) -> tuple[dict, int] | None:
     rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "labels", "position_ids", *_ROW_BOUNDS)}
     return {**rest, **packed}, int(inputs["input_ids"].shape[1])
 
-
-# What TRL's padding-free collator adds for variable-length kernels: row boundaries of the old
-# layout, which the mask now carries.
-_ROW_BOUNDS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
 
 def usable(model) -> bool:
