@@ -131,3 +131,27 @@ def test_evaluate_a_real_model(tmp_path):
     model, tok = ev.load_for_eval(str(base))
     pairs = [{"prompt": "Hello!", "chosen": "Hi.", "rejected": "Hi."}]
     assert ev.preference_margin(model, tok, pairs) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_response_logprobs_score_each_response_as_one_unpadded_row_does(tmp_path):
+    """Batched, padded and with logits only where a response token is predicted: the same sum of
+    log-probs and token count as each row alone with every logit computed."""
+    import torch
+
+    from kaizenlm.base.generate import prompt_text
+
+    model, tok = ev.load_for_eval(str(build_tiny_base(tmp_path / "base")))
+    rows = [{"prompt": "Hello!", "response": "Hi there."},
+            {"prompt": "What is the refund window?", "response": "The refund window is 30 days."},
+            {"prompt": "Say yes.", "response": "Yes."}]
+    got = ev.response_logprobs(model, tok, rows, batch_size=2)
+    for (total, count), row in zip(got, rows, strict=True):
+        prompt = tok(prompt_text(tok, row["prompt"]), add_special_tokens=False)["input_ids"]
+        full = tok(tok.apply_chat_template([{"role": "user", "content": row["prompt"]},
+                                            {"role": "assistant", "content": row["response"]}], tokenize=False),
+                   add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0, :-1].float(), -1)
+        expected = sum(float(logp[t - 1, full[t]]) for t in range(len(prompt), len(full)))
+        assert count == len(full) - len(prompt) > 0
+        assert total == pytest.approx(expected, abs=1e-3) and total < 0

@@ -140,3 +140,95 @@ def test_sft_with_shared_prefix_batches_learns_as_the_padded_run_does(tmp_path):
     for a, b in zip(on, off, strict=True):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-3)
         assert a["num_tokens"] == b["num_tokens"]  # real tokens, not the 4-D mask's entries
+
+
+def _padded(rows):
+    """A right-padded batch of (ids, labels) rows, as TRL's preference collator makes it."""
+    import torch
+
+    width = max(len(ids) for ids, _ in rows)
+    return {"input_ids": torch.tensor([ids + [0] * (width - len(ids)) for ids, _ in rows]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
+            "labels": torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in rows])}
+
+
+def _fused(model, batch):
+    """TRL's fused-LM-head outputs of a padded batch and the LoRA grads of the log-probs' sum."""
+    model.zero_grad()
+    out = model(**batch, use_cache=False, fused_lm_head=True)
+    out.log_probs.sum().backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_fused_lm_head_calls_on_a_padded_batch_give_its_outputs_and_gradients():
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = _tiny_lora_model()
+    add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "mean_logits"))
+    batch = _padded(ROWS)
+    assert shared_prefix.rows_of_padded(batch) == ROWS
+    expected, expected_grads = _fused(model, batch)
+    with shared_prefix.fused_calls_shared(model) as saved:
+        got, grads = _fused(model, batch)
+    assert "forward" not in vars(model)  # the model's own forward again
+    assert saved["tokens"] == 2 * len(PREFIX)  # the prefix computed once instead of three times
+    assert got.log_probs.shape == expected.log_probs.shape == (3, 12)  # the longest row: 13 tokens
+    assert torch.equal(got.label_mask, expected.label_mask) and int(got.label_mask.sum()) == 10
+    for field in ("log_probs", "entropy", "mean_logits"):
+        assert torch.allclose(got[field], expected[field], atol=1e-5), field
+    assert torch.allclose(got.loss, expected.loss, atol=1e-6)
+    assert expected_grads.keys() == grads.keys() and len(grads) > 0
+    for name, grad in grads.items():
+        assert torch.allclose(grad, expected_grads[name], atol=1e-5), name
+    unshared = _padded([ROWS[0], ([1, *ROWS[1][0][1:]], ROWS[1][1])])  # no common prefix: the padded call as is
+    with shared_prefix.fused_calls_shared(model) as saved:
+        assert torch.allclose(_fused(model, unshared)[0].log_probs, _fused(model, unshared)[0].log_probs)
+    assert saved["tokens"] == 0
+
+
+def test_dpo_with_shared_prefix_batches_learns_as_the_padded_run_does(tmp_path, monkeypatch):
+    """TRL's DPO on chat pairs that share a system prompt: the same losses and reward margins step
+    by step (no dropout), and the same adapter, with the policy's and the reference's prefix computed once."""
+    from pathlib import Path
+
+    import torch
+    from retrain_helpers import dpo_cfg
+
+    from kaizenlm.retrain import lora_dpo
+    from kaizenlm.retrain.lora_dpo import train_dpo
+    from kaizenlm.retrain.lora_sft import train_sft
+
+    base = build_tiny_base(tmp_path / "base")
+    system = "Answer briefly."  # rows within the tiny base's 64 positions, so no answer is cut
+
+    def prompt(i):
+        return [{"role": "system", "content": system}, {"role": "user", "content": f"What is the fee {i}?"}]
+
+    sft = train_sft(base, [{"prompt": prompt(i), "response": f"The fee is {i} dollars."} for i in range(8)],
+                    tmp_path / "sft", sft_cfg(epochs=1.0, lora_dropout=0.0, val_fraction=0.0), FAST_RUN)
+    pairs = [{"prompt": prompt(i), "chosen": f"The fee is {i} dollars.", "rejected": f"The fee is {i + 7} euros."}
+             for i in range(16)]
+    runs = {}
+    for mode in ("on", "off"):
+        if mode == "off":
+            monkeypatch.setattr(lora_dpo.shared_prefix, "usable", lambda model: False)  # the switch, not a fault
+        metrics = train_dpo(base, sft["adapter_dir"], pairs, tmp_path / f"dpo-{mode}",
+                            dpo_cfg(epochs=1.0, val_fraction=0.0), FAST_RUN)
+        state = json.loads(max((tmp_path / f"dpo-{mode}" / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+                               key=lambda p: int(p.parent.name.split("-")[1])).read_text())
+        runs[mode] = (metrics, [h for h in state["log_history"] if "loss" in h])
+    assert runs["on"][0]["hardware"]["shared_prefix"] and not runs["off"][0]["hardware"]["shared_prefix"]
+    assert runs["on"][0]["prefix_tokens_saved"] > 0 == runs["off"][0]["prefix_tokens_saved"]
+    on, off = runs["on"][1], runs["off"][1]
+    assert len(on) == len(off) > 0
+    for a, b in zip(on, off, strict=True):
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-3)
+        assert float(a["rewards/margins"]) == pytest.approx(float(b["rewards/margins"]), rel=1e-3, abs=1e-5)
+    assert float(on[-1]["rewards/margins"]) > 0  # it learnt something to compare
+    from safetensors.torch import load_file
+
+    trained = [load_file(str(Path(runs[m][0]["adapter_dir"]) / "adapter_model.safetensors")) for m in ("on", "off")]
+    assert trained[0].keys() == trained[1].keys() and len(trained[0]) > 0
+    for name, weight in trained[0].items():  # the same adapter, up to float rounding
+        assert torch.allclose(weight, trained[1][name], atol=1e-4), name

@@ -443,7 +443,9 @@ def build_snapshot(con: duckdb.DuckDBPyConnection, cfg: Config, window: Window, 
     warnings = []
     mix = funnel.notes["mix_ratio"]
     if cfg.curation.replay_fraction and counts["sft_train"] > 0 and not mix["replay_rows"]:
-        warnings.append("no usable replay data: sft_train has no general examples")
+        warnings.append("no usable replay data: sft_train has no general examples, so a retrain on this snapshot "
+                        "has neither replay nor the KL anchor; set curation.replay_path, or run `kaizen base build` "
+                        "(the base answers the general prompts) and build again")
     if sum(counts.values()) == 0:
         warnings.append("the snapshot is empty: no turn in the window passed curation")
     review_note = funnel.notes.pop("reviews", None)  # the manifest's own key, not a curation note

@@ -29,7 +29,7 @@ def run_tier(ctx, tier: str, timeout_s: float) -> dict:
             fraction = (run.get("progress") or {}).get("fraction")
             if fraction is not None:
                 bar.n = int(100 * fraction)
-                bar.set_postfix_str((run.get("progress") or {}).get("message", "")[:60])
+                bar.set_postfix_str((run.get("progress") or {}).get("message", "")[:60], refresh=False)
                 bar.refresh()
             if run["status"] != "running":
                 bar.n = 100

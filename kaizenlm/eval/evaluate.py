@@ -91,12 +91,15 @@ def response_logprobs(model, tokenizer, rows: list[dict], batch_size: int = 32) 
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
         lab = torch.tensor([s + [-100] * (width - len(s)) for s in labels], device=device)
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+        # Logits only where a response token is predicted (position t predicts token t + 1): the
+        # LM head and the softmax over a 49k vocabulary at every prompt position were most of the cost.
+        keep = torch.cat([lab[:, 1:] != -100, torch.zeros_like(lab[:, :1], dtype=torch.bool)], dim=1)
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target = lab[:, 1:]
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        valid = target != -100
-        out += [(float((logp[j] * valid[j]).sum()), int(valid[j].sum())) for j in range(len(seqs))]
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
+        targets = lab[:, 1:][keep[:, :-1]]
+        logp = torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=-1).gather(-1, targets[:, None])[:, 0]
+        counts = keep.sum(1).tolist()
+        out += [(float(part.sum()), n) for part, n in zip(logp.split(counts), counts, strict=True)]
     return out
 
 

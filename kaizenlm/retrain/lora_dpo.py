@@ -7,7 +7,8 @@ frozen "ref" adapter, so the reference policy is the SFT model (not the bare bas
 second model is held in memory. Only the trained "default" adapter is saved. The KL anchor
 comes from anchor.py; everything else (schedule, clipping, validation + early stopping,
 checkpoints, TensorBoard, health monitor) from training.py, as for lora_sft.py. With
-sft_adapter=None a fresh LoRA adapter is trained against the base model.
+sft_adapter=None a fresh LoRA adapter is trained against the base model. On CPU, TRL's padded
+preference batches compute the prompt tokens all their rows share once (shared_prefix.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from trl import DPOTrainer  # noqa: E402
 
 from kaizenlm.base.model import as_messages  # noqa: E402
 from kaizenlm.config import LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
-from kaizenlm.retrain import launch, lora_sft, training  # noqa: E402
+from kaizenlm.retrain import launch, lora_sft, shared_prefix, training  # noqa: E402
 from kaizenlm.retrain.anchor import AnchorLoss, setup_anchor  # noqa: E402
 from kaizenlm.retrain.monitoring import NonFiniteLossError  # noqa: E402
 
@@ -95,6 +96,8 @@ def train_dpo(
             processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
         )
         trainer.anchor = anchor
+        hw = {**hw, "shared_prefix": shared_prefix.usable(model)}
+        trainer.shared_prefix = hw["shared_prefix"]
         margin_rows = (val_rows if val_rows is not None else [dict(r) for r in (val_ds or [])])[:64]
         margin_before = _margin(trainer.model, tokenizer, margin_rows)
         resume = training.last_checkpoint(run_dir / "checkpoints")
@@ -123,6 +126,7 @@ def train_dpo(
             "trainable_params": sum(p.numel() for n, p in trainer.model.named_parameters()
                                     if p.requires_grad and ".ref." not in n),
             "hardware": hw,
+            "prefix_tokens_saved": trainer.prefix_tokens_saved,
             "config": asdict(cfg),
             "anchor_rows": len(anchor.rows) if anchor else 0,
             "anchor_kl_last": anchor.last_kl if anchor else None,
@@ -195,4 +199,18 @@ def _margin(model, tokenizer, rows: list[dict]) -> float | None:
 
 
 class AnchoredDPOTrainer(AnchorLoss, DPOTrainer):
-    """TRL's DPOTrainer with the KL anchor to the base (off while `anchor` is None)."""
+    """TRL's DPOTrainer with the KL anchor to the base (off while `anchor` is None) and, when
+    `shared_prefix` is on, the policy's and the reference's forward passes computing the prefix
+    their batch's rows share once (shared_prefix.fused_calls_shared)."""
+
+    shared_prefix: bool = False
+    prefix_tokens_saved: int = 0  # the policy's real tokens the shared layout did not compute again
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if not self.shared_prefix:
+            return super()._compute_loss(model, inputs, return_outputs)
+        with shared_prefix.fused_calls_shared(self.accelerator.unwrap_model(model)) as saved:
+            result = super()._compute_loss(model, inputs, return_outputs)
+        if model.training:
+            self.prefix_tokens_saved += saved["tokens"]
+        return result

@@ -6,15 +6,18 @@ computes them again. Here the batch becomes the prefix once, then each row's res
 attention mask that lets every rest attend to the prefix and causally to itself: the same
 logits at every rest position (causal attention over the same tokens), so the same loss and
 gradients, for ~35% less work in the SFT batch and ~20% less in the KL anchor's (measured:
-docs/TRAINING.md "Training speed and scale"). The one difference: LoRA dropout draws one mask
-for the shared prefix instead of one per row.
+docs/TRAINING.md "Training speed and scale"). The one difference, with LoRA dropout on (the
+embedded recipe has none): one dropout mask for the shared prefix instead of one per row.
 
 Used on CPU with PyTorch's SDPA attention (`usable`, asked by lora_sft.train_sft for padding-free
-batches and by anchor.setup_anchor), where the padding-free batch already runs under a dense
+batches, by lora_dpo.train_dpo for TRL's padded preference batches, through `fused_calls_shared`,
+and by anchor.setup_anchor), where the padding-free batch already runs under a dense
 block-diagonal mask; never with the GPU's variable-length kernel, which takes no custom mask.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -92,3 +95,74 @@ def usable(model) -> bool:
     config = getattr(model, "config", None)
     device = next(model.parameters()).device
     return device.type == "cpu" and getattr(config, "_attn_implementation", None) == "sdpa"
+
+
+# ---------------------------------------------------------------- padded batches through TRL's fused LM head
+
+# The per-token fields of TRL's FusedCausalLMOutput (shape: batch x (width - 1)).
+_FUSED_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
+
+
+def rows_of_padded(inputs: dict) -> list[tuple[list[int], list[int]]] | None:
+    """The (ids, labels) rows of a right-padded batch (a 2-D attention mask of ones, then zeros),
+    or None when `inputs` is not one."""
+    mask, labels = inputs.get("attention_mask"), inputs.get("labels")
+    if mask is None or labels is None or mask.dim() != 2 or "position_ids" in inputs:
+        return None
+    lengths = mask.sum(1)
+    if not torch.equal(mask.bool(), torch.arange(mask.shape[1], device=mask.device)[None] < lengths[:, None]):
+        return None  # left padding, or holes
+    ids, label_rows = inputs["input_ids"].tolist(), labels.tolist()
+    return [(ids[i][:n], label_rows[i][:n]) for i, n in enumerate(lengths.tolist())]
+
+
+def unpack_shifted(values: torch.Tensor, rows: list[tuple[list[int], list[int]]], n: int, width: int) -> torch.Tensor:
+    """Shifted per-token outputs of a packed sequence ((1, tokens - 1): index j scores token j + 1)
+    laid out as the padded batch's (rows, width - 1), at the labelled positions (zero elsewhere, as
+    TRL leaves them); differentiable."""
+    dst, src, offset = [], [], n
+    for i, (ids, labels) in enumerate(rows):
+        for t in range(n + 1, len(ids)):  # a rest's first token (n) is never labelled (prefix_length)
+            if labels[t] != -100:
+                dst.append(i * (width - 1) + t - 1)
+                src.append(offset + t - n - 1)
+        offset += len(ids) - n
+    flat = values.new_zeros(len(rows) * (width - 1))
+    index = torch.tensor(dst, dtype=torch.long, device=values.device)
+    picked = values[0, torch.tensor(src, dtype=torch.long, device=values.device)]
+    return flat.index_put((index,), picked).view(len(rows), width - 1)
+
+
+@contextlib.contextmanager
+def fused_calls_shared(model):
+    """Within it, a call of `model` with TRL's fused LM head (`fused_lm_head=True`) on a right-padded
+    batch whose rows share at least MIN_PREFIX tokens runs in the shared layout, and its per-token
+    outputs come back in the padded batch's shape: how TRL's DPO batches (every chosen and rejected
+    answer after the same system prompt) compute that prompt once. Yields a dict whose "tokens" counts
+    the real tokens not computed again in gradient-tracking calls (the policy's, not the reference's)."""
+    had_own = "forward" in vars(model)
+    original = model.forward
+    saved = {"tokens": 0}
+
+    def forward(*args, **kwargs):
+        rows = rows_of_padded(kwargs) if kwargs.get("fused_lm_head") and not args else None
+        n = prefix_length(rows) if rows else 0
+        if n < MIN_PREFIX:
+            return original(*args, **kwargs)
+        width = kwargs["input_ids"].shape[1]
+        packed = pack(rows, n, kwargs["input_ids"].device)
+        out = original(**{k: v for k, v in kwargs.items() if k not in packed}, **packed)
+        if torch.is_grad_enabled():
+            saved["tokens"] += sum(len(ids) for ids, _ in rows) - packed["input_ids"].shape[1]
+        fields = {f: unpack_shifted(out[f], rows, n, width) for f in _FUSED_FIELDS if out.get(f) is not None}
+        return type(out)(**{**dict(out.items()), **fields})
+
+    model.forward = forward
+    try:
+        yield saved
+    finally:
+        if had_own:
+            model.forward = original
+        else:
+            del model.forward
+
