@@ -40,7 +40,7 @@ def run_demo(out: Path, timeout: float) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3000)  # about 17 min on 2 idle cores (the real model); a loaded machine takes longer
+@pytest.mark.timeout(3000)  # about 13 min on 2 idle cores (the real model); a loaded machine takes longer
 def test_short_demo_runs_the_whole_loop(kaizen_env, tmp_path):
     started = time.monotonic()
     out = tmp_path / "demo.out"
