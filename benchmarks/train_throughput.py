@@ -44,6 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BENCH = Path(__file__).resolve().parent / "_train_bench.py"
 
+# The embedded recipe's LoRA as it was when benchmarks/RESULTS.md "Training throughput" was
+# measured (dropout 0.05; lora_sft.EMBEDDED_OVERRIDES has had none since 2026-12-07, see
+# docs/TRAINING.md "Training speed and scale"): kept so a rerun compares with those figures.
 EMBEDDED_LORA = dict(r=16, alpha=32, dropout=0.05, lr=1e-3,
                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 REAL_LORA = dict(r=16, alpha=32, dropout=0.0, lr=3e-5, target_modules=["q_proj", "v_proj"])
