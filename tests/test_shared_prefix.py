@@ -115,6 +115,13 @@ def test_the_anchor_draws_its_rows_in_the_shared_layout_with_the_same_kl():
     assert kls[0] > 0 and kls[1] == pytest.approx(kls[0], rel=1e-4)
 
 
+def _with_logged_steps(metrics: dict, run_dir) -> tuple[dict, list[dict]]:
+    """A recipe's metrics and the training steps its newest checkpoint logged (those with a loss)."""
+    state = json.loads(max((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+                           key=lambda p: int(p.parent.name.split("-")[1])).read_text())
+    return metrics, [h for h in state["log_history"] if "loss" in h]
+
+
 def test_sft_with_shared_prefix_batches_learns_as_the_padded_run_does(tmp_path):
     """TRL's SFT on chat rows that share a system prompt: padding-free batches in the shared-prefix
     layout give the padded run's losses step by step (no dropout), and count the same tokens."""
@@ -127,12 +134,8 @@ def test_sft_with_shared_prefix_batches_learns_as_the_padded_run_does(tmp_path):
     rows = [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": f"What is the fee {i}?"}],
              "response": f"The fee is {i} dollars."} for i in range(16)]
     cfg = sft_cfg(epochs=1.0, lora_dropout=0.0, val_fraction=0.0)
-    runs = {}
-    for mode in ("on", "off"):
-        metrics = train_sft(base, rows, tmp_path / mode, cfg, replace(FAST_RUN, padding_free=mode))
-        state = json.loads(max((tmp_path / mode / "checkpoints").glob("checkpoint-*/trainer_state.json"),
-                               key=lambda p: int(p.parent.name.split("-")[1])).read_text())
-        runs[mode] = (metrics, [h for h in state["log_history"] if "loss" in h])
+    runs = {mode: _with_logged_steps(train_sft(base, rows, tmp_path / mode, cfg, replace(FAST_RUN, padding_free=mode)),
+                                     tmp_path / mode) for mode in ("on", "off")}
     assert runs["on"][0]["hardware"]["shared_prefix"] and not runs["off"][0]["hardware"]["shared_prefix"]
     assert runs["on"][0]["prefix_tokens_saved"] > 0 == runs["off"][0]["prefix_tokens_saved"]
     on, off = runs["on"][1], runs["off"][1]
@@ -182,8 +185,9 @@ def test_fused_lm_head_calls_on_a_padded_batch_give_its_outputs_and_gradients():
     for name, grad in grads.items():
         assert torch.allclose(grad, expected_grads[name], atol=1e-5), name
     unshared = _padded([ROWS[0], ([1, *ROWS[1][0][1:]], ROWS[1][1])])  # no common prefix: the padded call as is
+    plain = _fused(model, unshared)[0].log_probs
     with shared_prefix.fused_calls_shared(model) as saved:
-        assert torch.allclose(_fused(model, unshared)[0].log_probs, _fused(model, unshared)[0].log_probs)
+        assert torch.equal(_fused(model, unshared)[0].log_probs, plain)
     assert saved["tokens"] == 0
 
 
@@ -215,9 +219,7 @@ def test_dpo_with_shared_prefix_batches_learns_as_the_padded_run_does(tmp_path, 
             monkeypatch.setattr(lora_dpo.shared_prefix, "usable", lambda model: False)  # the switch, not a fault
         metrics = train_dpo(base, sft["adapter_dir"], pairs, tmp_path / f"dpo-{mode}",
                             dpo_cfg(epochs=1.0, val_fraction=0.0), FAST_RUN)
-        state = json.loads(max((tmp_path / f"dpo-{mode}" / "checkpoints").glob("checkpoint-*/trainer_state.json"),
-                               key=lambda p: int(p.parent.name.split("-")[1])).read_text())
-        runs[mode] = (metrics, [h for h in state["log_history"] if "loss" in h])
+        runs[mode] = _with_logged_steps(metrics, tmp_path / f"dpo-{mode}")
     assert runs["on"][0]["hardware"]["shared_prefix"] and not runs["off"][0]["hardware"]["shared_prefix"]
     assert runs["on"][0]["prefix_tokens_saved"] > 0 == runs["off"][0]["prefix_tokens_saved"]
     on, off = runs["on"][1], runs["off"][1]

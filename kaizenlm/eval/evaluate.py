@@ -65,6 +65,14 @@ def load_for_eval(model: ModelSpec):
     return load_model_and_tokenizer(model)
 
 
+def answer_positions(labels):
+    """Where an answer token is predicted (position t predicts token t + 1): the `logits_to_keep`
+    mask that leaves the LM head and the softmax over the vocabulary out at prompt positions."""
+    import torch
+
+    return torch.cat([labels[:, 1:] != -100, torch.zeros_like(labels[:, :1], dtype=torch.bool)], dim=1)
+
+
 def response_logprobs(model, tokenizer, rows: list[dict], batch_size: int = 32) -> list[tuple[float, int]]:
     """(sum of log-probs, token count) of each row's response given its prompt."""
     import torch
@@ -91,9 +99,9 @@ def response_logprobs(model, tokenizer, rows: list[dict], batch_size: int = 32) 
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
         lab = torch.tensor([s + [-100] * (width - len(s)) for s in labels], device=device)
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-        # Logits only where a response token is predicted (position t predicts token t + 1): the
-        # LM head and the softmax over a 49k vocabulary at every prompt position were most of the cost.
-        keep = torch.cat([lab[:, 1:] != -100, torch.zeros_like(lab[:, :1], dtype=torch.bool)], dim=1)
+        # Logits only where a response token is predicted: the LM head and the softmax over a 49k
+        # vocabulary at every prompt position were most of the cost.
+        keep = answer_positions(lab)
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
         targets = lab[:, 1:][keep[:, :-1]]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kaizenlm.config import LoraSFTConfig
+from kaizenlm.eval.evaluate import answer_positions
 from kaizenlm.retrain import shared_prefix
 
 
@@ -196,13 +197,6 @@ def setup_anchor(rows: list[dict] | None, cfg, model, tokenizer, chat: bool, see
     return anchor
 
 
-def _keep(labels):
-    """Where an answer token is predicted (position t predicts token t + 1)."""
-    import torch
-
-    return torch.cat([labels[:, 1:] != -100, torch.zeros_like(labels[:, :1], dtype=torch.bool)], dim=1)
-
-
 # The retrain job runs SFT, then DPO, in one process on the same anchor rows (when both recipes
 # cut them alike): the base's log-probs of the last call are kept for the next one.
 _LAST_BASE_LOGP: dict = {}
@@ -236,7 +230,7 @@ def base_logprobs(anchor: Anchor, model, batch_size: int = 8) -> list | None:
             for start in range(0, len(unique), batch_size):
                 picks = unique[start:start + batch_size]
                 ids, labels, mask = anchor.batch(picks, device)
-                keep = _keep(labels)
+                keep = answer_positions(labels)
                 logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
                 per_row = torch.log_softmax(logits.float(), -1).cpu().split(keep.sum(1).tolist())
                 by_ids.update({tuple(anchor.rows[i][0]): lp for i, lp in zip(picks, per_row, strict=True)})
@@ -320,7 +314,7 @@ class AnchorLoss:
         batch, picks = self.anchor.draw(device)
         # Logits only where an answer token is predicted: the LM head over a 49k vocabulary is
         # most of a small model's cost, and prompts are half the tokens.
-        keep = _keep(batch.pop("labels"))
+        keep = answer_positions(batch.pop("labels"))
         logp = torch.log_softmax(model(**batch, use_cache=False, logits_to_keep=keep).logits.float(), -1)
         if self.anchor.base_logp is not None:
             base_logp = torch.cat([self.anchor.base_logp[i] for i in picks]).to(device)
