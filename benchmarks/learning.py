@@ -13,8 +13,10 @@ Each model is evaluated on the demo's suite (kaizenlm/demo/inputs.py: held-out p
 and by agreement (token F1) with the base's own answers to held-out general prompts.
 retention_* = the candidate's general score as a fraction of the base's, for
 every general measure (choice_prob, accuracy, agreement); the gate uses `eval.retention_metric`. DPO margins: mean log p(chosen) - log p(rejected)
-on held-out pairs (exam phrasings). The base is evaluated once (it does not depend on the seed's
-training). Figures per seed and their mean/min; seconds per stage.
+on held-out pairs (exam phrasings). The base is evaluated once in full, and for each further seed
+only on what the seed draws (its exam, refusal questions and pairs); the ablation only on what it
+is there for (general retention, and the domain for comparison). Figures per seed and their
+mean/min; seconds per stage.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import platform
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,21 +70,33 @@ def dpo_pairs(domain: Domain, seed: int, exam: bool) -> list[dict]:
 def evaluate(spec, suite, base_answers, pairs, cfg) -> dict:
     loaded = ev.load_for_eval(spec)
     metrics = ev.evaluate(spec, suite, cfg, loaded=loaded, base_answers=base_answers)
-    metrics["dpo_margin"] = ev.preference_margin(*loaded, pairs)
+    if pairs:
+        metrics["dpo_margin"] = ev.preference_margin(*loaded, pairs)
     return metrics
+
+
+# What the base scores on the general rows and its own held-out answers: the same for every seed.
+SEED_FREE = ("general_score", "general_mc_accuracy", "general_mc_prob", "general_agreement", "general_by_skill")
+
+
+def base_on_seed(base_dir: Path, seed: int, cfg: EvalConfig) -> dict:
+    """The base on what the seed draws (its exam, refusal questions and pairs); the general
+    figures, which do not depend on the seed, come from the base's one full evaluation."""
+    domain = build_domain(seed)
+    return evaluate(str(base_dir), replace(demo_suite(seed, domain), general=[]), None,
+                    dpo_pairs(domain, seed, exam=True), cfg)
 
 
 def ratio(after: dict, before: dict, key: str) -> float:
     return round(after[key] / before[key], 3) if before.get(key) else 1.0
 
 
-def run_seed(seed: int, base_dir: Path, out: Path, replay_file: Path, base_answers: list[dict],
-             before: dict, eval_cfg: EvalConfig, run_cfg: RetrainConfig) -> dict:
+def recipe_task(seed: int, base_dir: Path, out: Path, replay_file: Path, base_answers: list[dict],
+                eval_cfg: EvalConfig, run_cfg: RetrainConfig) -> dict:
+    """The monthly recipe: SFT with 8% replay and the KL anchor, DPO on top, then its evaluation."""
     domain = build_domain(seed)
     suite = demo_suite(seed, domain)
-    pairs = dpo_pairs(domain, seed, exam=True)
-    replay_pool = read_jsonl(replay_file)
-    rows = sft_rows(domain, replay_pool, seed, REPLAY_RATIO)
+    rows = sft_rows(domain, read_jsonl(replay_file), seed, REPLAY_RATIO)
     # The KL anchor's rows, chosen as the monthly retrain chooses them (retrain_job._anchor_rows).
     anchor_rows = anchor.rows_for(str(replay_file), seed, rows, sft_config(LoraSFTConfig(), base_dir), suite.prompts())
     timings = {}
@@ -93,16 +108,30 @@ def run_seed(seed: int, base_dir: Path, out: Path, replay_file: Path, base_answe
               LoraDPOConfig(), run_cfg, anchor_rows=anchor_rows)
     timings["dpo_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    after = evaluate((str(base_dir), str(out / "dpo" / "adapter")), suite, base_answers, pairs, eval_cfg)
+    after = evaluate((str(base_dir), str(out / "dpo" / "adapter")), suite, base_answers,
+                     dpo_pairs(domain, seed, exam=True), eval_cfg)
     timings["eval_s"] = round(time.perf_counter() - t, 1)
+    return {"after": after, "timings": timings}
+
+
+def ablation_task(seed: int, base_dir: Path, out: Path, replay_file: Path, base_answers: list[dict],
+                  eval_cfg: EvalConfig, run_cfg: RetrainConfig) -> dict:
+    """The forgetting run: the same SFT with neither replay nor anchor rows (no rows: no anchor),
+    scored on what it is there for (general retention; the domain for comparison)."""
+    domain = build_domain(seed)
     t = time.perf_counter()
-    # The forgetting run: the same SFT with neither replay nor anchor rows (no rows: no anchor).
-    train_sft(base_dir, sft_rows(domain, replay_pool, seed, 0.0), out / "sft_no_replay", LoraSFTConfig(), run_cfg)
-    timings["sft_no_replay_s"] = round(time.perf_counter() - t, 1)
-    no_replay = evaluate((str(base_dir), str(out / "sft_no_replay" / "adapter")), suite, base_answers, pairs,
-                         eval_cfg)
-    seed_before = before if seed == 0 else evaluate(str(base_dir), suite, base_answers, pairs, eval_cfg)
-    passed, reasons = ev.gate(after, seed_before, eval_cfg)
+    train_sft(base_dir, sft_rows(domain, read_jsonl(replay_file), seed, 0.0), out / "sft_no_replay",
+              LoraSFTConfig(), run_cfg)
+    timings = {"sft_no_replay_s": round(time.perf_counter() - t, 1)}
+    t = time.perf_counter()
+    no_replay = evaluate((str(base_dir), str(out / "sft_no_replay" / "adapter")),
+                         replace(demo_suite(seed, domain), refusal=[]), base_answers, None, eval_cfg)
+    timings["eval_no_replay_s"] = round(time.perf_counter() - t, 1)
+    return {"no_replay": no_replay, "timings": timings}
+
+
+def seed_result(seed: int, after: dict, no_replay: dict, seed_before: dict, timings: dict, cfg: EvalConfig) -> dict:
+    passed, reasons = ev.gate(after, seed_before, cfg)
     return {
         "seed": seed,
         "domain_before": round(seed_before["domain_score"], 3),
@@ -126,12 +155,47 @@ def run_seed(seed: int, base_dir: Path, out: Path, replay_file: Path, base_answe
     }
 
 
+def run_task(task: tuple, threads: int) -> tuple[tuple, dict]:
+    """One task in a worker process: ("base", seed), ("recipe", seed) or ("ablation", seed)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    kind, seed, base_dir, out, replay_file, base_answers, eval_cfg, run_cfg = task
+    t = time.perf_counter()
+    if kind == "base":
+        suite_seed = build_domain(seed)
+        result = {"metrics": evaluate(str(base_dir), demo_suite(seed, suite_seed), base_answers,
+                                      dpo_pairs(suite_seed, seed, exam=True), eval_cfg) if seed == 0
+                  else base_on_seed(base_dir, seed, eval_cfg)}
+    else:
+        work = recipe_task if kind == "recipe" else ablation_task
+        result = work(seed, base_dir, out / f"seed{seed}", replay_file, base_answers, eval_cfg, run_cfg)
+    result["seconds"] = round(time.perf_counter() - t, 1)
+    print(json.dumps({"task": kind, "seed": seed, "seconds": result["seconds"]}), file=sys.stderr, flush=True)
+    return (kind, seed), result
+
+
+def run_tasks(tasks: list[tuple], jobs: int, threads: int) -> dict:
+    """Every task, in `jobs` worker processes of threads // jobs torch threads each (longest first).
+    On 2 cores two one-thread trainings get ~1.3x the work of one two-thread training done: a
+    small model's step has much that one thread does alone (measured in benchmarks/RESULTS.md)."""
+    if jobs <= 1:
+        return dict(run_task(t, threads) for t in tasks)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    per_job = max(1, threads // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return dict(f.result() for f in [pool.submit(run_task, t, per_job) for t in tasks])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/out/learning")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--base", help="a converted SmolLM2 directory (default: convert into <out>/base once)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads in all")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes running the seeds' tasks side by side")
     args = p.parse_args()
     import torch
 
@@ -151,17 +215,24 @@ def main() -> int:
     base_answers = read_jsonl(heldout_file)
     timings["general_answers_s"] = round(time.perf_counter() - t, 1)
     eval_cfg = EvalConfig(pairwise_sample=0, max_new_tokens=24, similarity=False)
-    run_cfg = RetrainConfig(cpu_threads=args.threads)
-    t = time.perf_counter()
-    domain0 = build_domain(0)
-    before = evaluate(str(base_dir), demo_suite(0, domain0), base_answers, dpo_pairs(domain0, 0, exam=True),
-                      eval_cfg)
-    timings["base_eval_s"] = round(time.perf_counter() - t, 1)
+    run_cfg = RetrainConfig(cpu_threads=max(1, args.threads // args.jobs))
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    common = (base_dir, out, replay_file, base_answers, eval_cfg, run_cfg)
+    # Longest first, so the last task to start is a short one.
+    tasks = ([("recipe", s, *common) for s in seeds] + [("ablation", s, *common) for s in seeds]
+             + [("base", s, *common) for s in sorted(set(seeds) | {0})])
+    t = time.perf_counter()
+    done = run_tasks(tasks, args.jobs, args.threads)
+    timings["tasks_s"] = round(time.perf_counter() - t, 1)
+    before = done[("base", 0)]["metrics"]
+    timings["base_eval_s"] = done[("base", 0)]["seconds"]
     per_seed = []
     for seed in seeds:
-        per_seed.append(run_seed(seed, base_dir, out / f"seed{seed}", replay_file, base_answers, before, eval_cfg,
-                                 run_cfg))
+        seed_before = {**done[("base", seed)]["metrics"], **{k: before[k] for k in SEED_FREE if k in before}}
+        recipe, ablation = done[("recipe", seed)], done[("ablation", seed)]
+        per_seed.append(seed_result(seed, recipe["after"], ablation["no_replay"], seed_before,
+                                    {**recipe["timings"], **ablation["timings"],
+                                     "base_on_seed_s": done[("base", seed)]["seconds"]}, eval_cfg))
         print(json.dumps(per_seed[-1]), file=sys.stderr, flush=True)
 
     def agg(key: str) -> dict:
@@ -185,7 +256,7 @@ def main() -> int:
         "per_seed": per_seed,
         "timings_s": timings,
         "total_s": round(time.perf_counter() - started, 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.jobs} jobs x {run_cfg.cpu_threads} torch threads",
         "load_average": [round(x, 1) for x in os.getloadavg()],
     }
     print(json.dumps(result))

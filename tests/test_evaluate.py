@@ -138,17 +138,23 @@ def test_response_logprobs_score_each_response_as_one_unpadded_row_does(tmp_path
     log-probs and token count as each row alone with every logit computed."""
     import torch
 
-    from kaizenlm.base.generate import prompt_text
+    from kaizenlm.base.generate import MIN_SHARED_PREFIX, prompt_text, shared_prefix_length
+    from kaizenlm.base.model import as_messages
 
     model, tok = ev.load_for_eval(str(build_tiny_base(tmp_path / "base")))
-    rows = [{"prompt": "Hello!", "response": "Hi there."},
-            {"prompt": "What is the refund window?", "response": "The refund window is 30 days."},
+    system = {"role": "system", "content": "Answer briefly."}  # rows with a shared prefix, as real chat rows have
+    rows = [{"prompt": [system, {"role": "user", "content": "Hello!"}], "response": "Hi there."},
+            {"prompt": [system, {"role": "user", "content": "What is the refund window?"}],
+             "response": "The refund window is 30 days."},
             {"prompt": "Say yes.", "response": "Yes."}]
     got = ev.response_logprobs(model, tok, rows, batch_size=2)
+    # The first batch's shared chat-template prefix ran once, through its cache.
+    ids = [tok(prompt_text(tok, r["prompt"]), add_special_tokens=False)["input_ids"] for r in rows[:2]]
+    assert shared_prefix_length(ids) >= MIN_SHARED_PREFIX
     for (total, count), row in zip(got, rows, strict=True):
         prompt = tok(prompt_text(tok, row["prompt"]), add_special_tokens=False)["input_ids"]
-        full = tok(tok.apply_chat_template([{"role": "user", "content": row["prompt"]},
-                                            {"role": "assistant", "content": row["response"]}], tokenize=False),
+        full = tok(tok.apply_chat_template(as_messages(row["prompt"]) + [{"role": "assistant", "content": row["response"]}],
+                                           tokenize=False),
                    add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0, :-1].float(), -1)

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from serving_helpers import build_tiny_model
 
+from kaizenlm.base.generate import MIN_SHARED_PREFIX, shared_prefix_length
 from kaizenlm.serving.backends import ChatParams, LocalBackend
 
 pytestmark = pytest.mark.integration  # builds a torch model and generates with it (torch alone takes seconds to import)
@@ -17,24 +18,27 @@ QUESTIONS = ["hello", "what is the price of the plan", "reset my password please
              "red blue green", "the quick brown fox jumps over the lazy dog", "thank you", "cat", "apple pear plum"]
 
 
+def count_batches(backend: LocalBackend) -> list[int]:
+    """The size of each batch the backend generates for, from now on."""
+    calls: list[int] = []
+    original = backend._batch_tokens
+    backend._batch_tokens = lambda batch, *a: calls.append(len(batch)) or original(batch, *a)
+    return calls
+
+
 def test_concurrent_greedy_requests_are_batched_and_answer_as_alone(tmp_path):
     backend = LocalBackend(build_tiny_model(tmp_path / "m"), device="cpu", threads=1)
     budgets = [3, 7, 5, 8, 2, 6, 4, 8]
-    alone = [backend.generate([{"role": "user", "content": q}], None, ChatParams(max_tokens=n, temperature=0))
+    # A shared system prompt, which the batch runs once (alone, a request has nothing to share).
+    system = {"role": "system", "content": "You answer questions about the plan and the password."}
+    alone = [backend.generate([system, {"role": "user", "content": q}], None, ChatParams(max_tokens=n, temperature=0))
              for q, n in zip(QUESTIONS, budgets, strict=True)]
-    calls = []
-    original = backend.model.generate
-
-    def counting_generate(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
-        return original(*args, **kwargs)
-
-    backend.model.generate = counting_generate
+    calls = count_batches(backend)
     start = threading.Barrier(len(QUESTIONS))
 
     def ask(i):
         start.wait()
-        return backend.generate([{"role": "user", "content": QUESTIONS[i]}], None,
+        return backend.generate([system, {"role": "user", "content": QUESTIONS[i]}], None,
                                 ChatParams(max_tokens=budgets[i], temperature=0))
 
     with ThreadPoolExecutor(len(QUESTIONS)) as pool:
@@ -47,6 +51,9 @@ def test_concurrent_greedy_requests_are_batched_and_answer_as_alone(tmp_path):
             backend.lock.release()
         together = [f.result(timeout=120) for f in futures]
     assert calls == [len(QUESTIONS)]  # one batch for all eight
+    ids = [backend._inputs([system, {"role": "user", "content": q}], ChatParams())[0]["input_ids"][0].tolist()
+           for q in QUESTIONS]
+    assert shared_prefix_length(ids) >= MIN_SHARED_PREFIX  # the batch ran its shared prefix once
     for a, b, n in zip(alone, together, budgets, strict=True):
         assert (b.text, b.finish_reason, b.completion_tokens) == (a.text, a.finish_reason, a.completion_tokens)
         assert b.completion_tokens <= n
@@ -74,9 +81,7 @@ def test_the_gateways_concurrent_requests_fill_a_whole_batch(tmp_path):
     target = Target("base-0001", "base", model_dir=build_tiny_model(tmp_path / "m"))
     backend, _ = serving.backend_for(target)
     n = LocalBackend.MAX_BATCH
-    calls = []
-    original = backend.model.generate
-    backend.model.generate = lambda *a, **kw: calls.append(kw["input_ids"].shape[0]) or original(*a, **kw)
+    calls = count_batches(backend)
 
     async def main():
         backend.lock.acquire()  # the model is busy while all of them arrive
@@ -103,9 +108,7 @@ def test_a_burst_of_requests_to_an_idle_model_shares_the_first_batch(tmp_path):
     """The first request of a burst waits BATCH_WINDOW_S for the others instead of being
     answered alone while the rest wait a whole generation."""
     backend = LocalBackend(build_tiny_model(tmp_path / "m"), device="cpu", threads=1)
-    calls = []
-    original = backend.model.generate
-    backend.model.generate = lambda *a, **kw: calls.append(kw["input_ids"].shape[0]) or original(*a, **kw)
+    calls = count_batches(backend)
     start = threading.Barrier(len(QUESTIONS))
 
     def ask(i):

@@ -12,7 +12,7 @@ choices (softmax of the summed log-probabilities): the same evidence as `acc` wi
 threshold, so a question the model was unsure of moves it a little instead of a whole point.
 
 Cost: a question's context (the chat template, ~40 tokens) runs once, its choices (~3 tokens
-each) on top of its KV cache; questions are batched (on CPU the batch size, not the number of
+each) on top of its KV cache, and the system prompt all contexts of a batch share runs once; questions are batched (on CPU the batch size, not the number of
 sequences, decides the speed).
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from kaizenlm.base.generate import prompt_text
+from kaizenlm.base.generate import prefix_cache, prompt_text, shared_prefix_length
 
 QUESTIONS_PER_BATCH = 16  # x 4 choices = 64 short sequences on top of the cache
 
@@ -43,16 +43,19 @@ def choice_logprobs(model, tokenizer, rows: list[dict]) -> list[list[float]]:
     order = sorted(range(len(rows)), key=lambda i: len(contexts[i]))  # similar lengths: little padding
     for start in range(0, len(order), QUESTIONS_PER_BATCH):
         idx = order[start:start + QUESTIONS_PER_BATCH]
-        width = max(len(contexts[i]) for i in idx)
-        ctx_ids = torch.tensor([[pad] * (width - len(contexts[i])) + contexts[i] for i in idx], device=device)
-        ctx_mask = torch.tensor([[0] * (width - len(contexts[i])) + [1] * len(contexts[i]) for i in idx],
-                                device=device)
+        # The batch's shared leading tokens (the chat template's system prompt) run once; each
+        # context's own tokens run on top, left-padded after them.
+        n = shared_prefix_length([contexts[i] for i in idx])
+        own = [contexts[i][n:] for i in idx]
+        width = max(len(c) for c in own)
+        ctx_ids = torch.tensor([[pad] * (width - len(c)) + c for c in own], device=device)
+        ctx_mask = torch.tensor([[1] * n + [0] * (width - len(c)) + [1] * len(c) for c in own], device=device)
         with torch.no_grad():
-            out = model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0),
-                        use_cache=True, logits_to_keep=1)
+            out = model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0)[:, n:],
+                        cache=prefix_cache(model, contexts[idx[0]][:n], len(idx)), use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts each choice's first token
         pairs = [(k, j) for k, i in enumerate(idx) for j in range(len(tails[i]))]
-        cache = out.past_key_values
+        cache = out.cache
         cache.batch_select_indices(torch.tensor([k for k, _ in pairs], device=device))
         tail_w = max(len(tails[idx[k]][j]) for k, j in pairs)
         tail_ids = torch.tensor([tails[idx[k]][j] + [pad] * (tail_w - len(tails[idx[k]][j])) for k, j in pairs],
@@ -63,7 +66,7 @@ def choice_logprobs(model, tokenizer, rows: list[dict]) -> list[list[float]]:
         positions = lengths.unsqueeze(1) + torch.arange(tail_w, device=device).unsqueeze(0)
         with torch.no_grad():
             logits = model(input_ids=tail_ids, attention_mask=torch.cat([ctx_mask[[k for k, _ in pairs]], tail_mask], 1),
-                           position_ids=positions, past_key_values=cache, use_cache=False).logits.float()
+                           position_ids=positions, cache=cache, use_cache=False).logits.float()
         logp = torch.log_softmax(logits, dim=-1)  # position t predicts tail token t + 1
         for row, (k, j) in enumerate(pairs):
             tail = tails[idx[k]][j]

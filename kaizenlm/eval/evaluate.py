@@ -36,7 +36,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kaizenlm.base.generate import generate_answers, prompt_text  # noqa: E402
+from kaizenlm.base.generate import generate_answers, prefix_cache, prompt_text, shared_prefix_length  # noqa: E402
 from kaizenlm.config import EvalConfig  # noqa: E402
 from kaizenlm.eval.choices import multiple_choice  # noqa: E402
 from kaizenlm.eval.metrics import (  # noqa: E402
@@ -74,41 +74,52 @@ def answer_positions(labels):
 
 
 def response_logprobs(model, tokenizer, rows: list[dict], batch_size: int = 32) -> list[tuple[float, int]]:
-    """(sum of log-probs, token count) of each row's response given its prompt."""
+    """(sum of log-probs, token count) of each row's response given its prompt.
+
+    A batch's shared leading tokens (the chat template's system prompt, about half of a short
+    exam row) run once (prefix_cache); each row's own tokens run on top, right-padded; logits
+    only where an answer token is predicted."""
     import torch
 
-    from kaizenlm.base.model import as_messages
-
     device = next(model.parameters()).device
+    encoded = [_prompt_and_full(tokenizer, r) for r in rows]
+    pad = tokenizer.pad_token_id
     out: list[tuple[float, int]] = []
     for i in range(0, len(rows), batch_size):
-        seqs, labels = [], []
-        for r in rows[i:i + batch_size]:
-            prompt = prompt_text(tokenizer, r["prompt"])
-            if tokenizer.chat_template is not None:
-                full = tokenizer.apply_chat_template(
-                    as_messages(r["prompt"]) + [{"role": "assistant", "content": r["response"]}], tokenize=False)
-            else:
-                full = prompt + " " + r["response"] + (tokenizer.eos_token or "")
-            p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            f_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-            seqs.append(f_ids)
-            labels.append([-100] * len(p_ids) + f_ids[len(p_ids):])
-        width = max(len(s) for s in seqs)
-        pad = tokenizer.pad_token_id
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
-        lab = torch.tensor([s + [-100] * (width - len(s)) for s in labels], device=device)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
-        # Logits only where a response token is predicted: the LM head and the softmax over a 49k
-        # vocabulary at every prompt position were most of the cost.
+        batch = encoded[i:i + batch_size]
+        # The position predicting a row's first answer token must be in its own tokens.
+        n = shared_prefix_length([f for _, f in batch], limit=min(len(p) for p, _ in batch) - 1)
+        cache = prefix_cache(model, batch[0][1][:n], len(batch))
+        tails = [f[n:] for _, f in batch]
+        labels = [[-100] * (len(p) - n) + f[len(p):] for p, f in batch]
+        width = max(len(t) for t in tails)
+        ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=device)
+        lab = torch.tensor([y + [-100] * (width - len(y)) for y in labels], device=device)
+        mask = torch.tensor([[1] * (n + len(t)) + [0] * (width - len(t)) for t in tails], device=device)
+        positions = torch.arange(n, n + width, device=device).expand(len(batch), -1)
         keep = answer_positions(lab)
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                           logits_to_keep=keep).logits.float()
         targets = lab[:, 1:][keep[:, :-1]]
         logp = torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=-1).gather(-1, targets[:, None])[:, 0]
         counts = keep.sum(1).tolist()
-        out += [(float(part.sum()), n) for part, n in zip(logp.split(counts), counts, strict=True)]
+        out += [(float(part.sum()), count) for part, count in zip(logp.split(counts), counts, strict=True)]
     return out
+
+
+def _prompt_and_full(tokenizer, row: dict) -> tuple[list[int], list[int]]:
+    """The token ids of a row's chat-formatted prompt, and of the prompt with its response."""
+    from kaizenlm.base.model import as_messages
+
+    prompt = prompt_text(tokenizer, row["prompt"])
+    if tokenizer.chat_template is not None:
+        full = tokenizer.apply_chat_template(
+            as_messages(row["prompt"]) + [{"role": "assistant", "content": row["response"]}], tokenize=False)
+    else:
+        full = prompt + " " + row["response"] + (tokenizer.eos_token or "")
+    return (tokenizer(prompt, add_special_tokens=False)["input_ids"],
+            tokenizer(full, add_special_tokens=False)["input_ids"])
 
 
 def perplexity(model, tokenizer, rows: list[dict]) -> float:

@@ -41,7 +41,7 @@ EMBEDDED_OVERRIDES = {
     "early_stopping_patience": 2,
     "evals_per_epoch": 1,
     "anchor_weight": 10.0,  # as lora_sft.EMBEDDED_OVERRIDES: DPO drifts too
-    "anchor_batch_size": 8,
+    "anchor_batch_size": 4,
     "anchor_answer_tokens": 32,
 }
 

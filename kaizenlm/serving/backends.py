@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kaizenlm.abtest.routing import Target
+from kaizenlm.base.generate import greedy_tokens
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 log = logging.getLogger(__name__)
@@ -230,22 +231,31 @@ class LocalBackend:
         if not batch:
             return
         try:
-            width = max(len(r.ids) for r in batch)
-            pad = self.tokenizer.pad_token_id
-            ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in batch], device=self.device)
-            mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch], device=self.device)
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
-                {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
             with torch.inference_mode(), self._select(adapter):
-                out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(r.want for r in batch),
-                                          pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, **sampling)
-            for row, r in zip(out[:, width:].tolist(), batch, strict=True):
+                rows = self._batch_tokens(batch, temperature, top_p)
+            for row, r in zip(rows, batch, strict=True):
                 r.result = self._completion(row, r.want, len(r.ids))
         except Exception as e:  # every request of the batch gets the error
             for r in batch:
                 r.error = e
         for r in batch:
             r.done.set()
+
+    def _batch_tokens(self, batch: list[_Pending], temperature: float, top_p: float) -> list[list[int]]:
+        """The new tokens of each request. Greedy batches run kaizenlm's own loop: the system
+        prompt the requests share runs once and an answer that ended leaves the batch (same tokens
+        as `generate`); sampled ones run `generate` on the left-padded batch."""
+        import torch
+
+        eos, pad, most = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, max(r.want for r in batch)
+        if temperature <= 0:
+            return greedy_tokens(self.model, [r.ids for r in batch], most, eos, pad)
+        width = max(len(r.ids) for r in batch)
+        ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in batch], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch], device=self.device)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=most, pad_token_id=pad,
+                                  eos_token_id=eos, do_sample=True, temperature=temperature, top_p=top_p)
+        return out[:, width:].tolist()
 
     def _completion(self, new: list[int], want: int, n_prompt: int) -> Completion:
         """The answer of one row of a batch: cut at its own token budget and at the first EOS."""
