@@ -2,6 +2,7 @@
 demo's 48 facts without breaking its general skills, and what does replay buy? Prints ONE JSON line.
 
     .venv/bin/python benchmarks/learning.py [--seeds 0,1,2] [--out benchmarks/out/learning] [--base DIR]
+                                            [--threads 2] [--jobs 2]
 
 For each seed (the seed draws the held-out phrasings, the held-out refusal questions and the training order):
   1. LoRA SFT with the embedded recipe on the domain's training phrasings + 8% replay (the base's
@@ -16,7 +17,8 @@ every general measure (choice_prob, accuracy, agreement); the gate uses `eval.re
 on held-out pairs (exam phrasings). The base is evaluated once in full, and for each further seed
 only on what the seed draws (its exam, refusal questions and pairs); the ablation only on what it
 is there for (general retention, and the domain for comparison). Figures per seed and their
-mean/min; seconds per stage.
+mean/min; seconds per stage. The tasks (per seed: recipe + its evaluation, ablation + its
+evaluation, the base on the seed) run in --jobs worker processes side by side, longest first.
 """
 
 from __future__ import annotations
