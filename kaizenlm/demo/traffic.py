@@ -60,7 +60,13 @@ def chat(client: httpx.Client, ask: Ask, model: str = "champion") -> dict:
     return reply
 
 
-def ask_all(client: httpx.Client, asks: list[Ask], desc: str, concurrency: int = 16,
+# Twice the local backend's batch (LocalBackend.MAX_BATCH, 16): while one batch generates, the
+# next one fills. With 16 in flight, the answers of a batch came back together, the next batch
+# had only the few asked meanwhile, and batches alternated between ~12 and ~4 questions.
+CONCURRENCY = 32
+
+
+def ask_all(client: httpx.Client, asks: list[Ask], desc: str, concurrency: int = CONCURRENCY,
             model: str = "champion") -> list[dict]:
     """Every question to `model` at once (up to `concurrency` in flight): the backend batches them."""
     with ThreadPoolExecutor(concurrency) as pool, tqdm(total=len(asks), desc=desc, unit="chat") as bar:
