@@ -1,6 +1,6 @@
-"""Greedy, batched generation with any base (+ adapter): what evaluation, the general answers
-and the KL anchor's missing answers use. (The gateway's backends generate on their own:
-they stream and serve many adapters at once.)"""
+"""Greedy, batched generation with any base (+ adapter): what evaluation, the general answers,
+the KL anchor's missing answers and the local backend's greedy batches use (its streamed and
+sampled answers go through `generate`)."""
 
 from __future__ import annotations
 
