@@ -122,6 +122,18 @@ def _with_logged_steps(metrics: dict, run_dir) -> tuple[dict, list[dict]]:
     return metrics, [h for h in state["log_history"] if "loss" in h]
 
 
+def _same_steps_with_and_without(runs: dict) -> tuple[list[dict], list[dict]]:
+    """The "on" run used the shared layout and left tokens out, the "off" run neither; both logged
+    as many steps with the same losses. Returns their logged steps (on, off)."""
+    assert runs["on"][0]["hardware"]["shared_prefix"] and not runs["off"][0]["hardware"]["shared_prefix"]
+    assert runs["on"][0]["prefix_tokens_saved"] > 0 == runs["off"][0]["prefix_tokens_saved"]
+    on, off = runs["on"][1], runs["off"][1]
+    assert len(on) == len(off) > 0
+    for a, b in zip(on, off, strict=True):
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-3)
+    return on, off
+
+
 def test_sft_with_shared_prefix_batches_learns_as_the_padded_run_does(tmp_path):
     """TRL's SFT on chat rows that share a system prompt: padding-free batches in the shared-prefix
     layout give the padded run's losses step by step (no dropout), and count the same tokens."""
@@ -136,12 +148,8 @@ def test_sft_with_shared_prefix_batches_learns_as_the_padded_run_does(tmp_path):
     cfg = sft_cfg(epochs=1.0, lora_dropout=0.0, val_fraction=0.0)
     runs = {mode: _with_logged_steps(train_sft(base, rows, tmp_path / mode, cfg, replace(FAST_RUN, padding_free=mode)),
                                      tmp_path / mode) for mode in ("on", "off")}
-    assert runs["on"][0]["hardware"]["shared_prefix"] and not runs["off"][0]["hardware"]["shared_prefix"]
-    assert runs["on"][0]["prefix_tokens_saved"] > 0 == runs["off"][0]["prefix_tokens_saved"]
-    on, off = runs["on"][1], runs["off"][1]
-    assert len(on) == len(off) > 0
+    on, off = _same_steps_with_and_without(runs)
     for a, b in zip(on, off, strict=True):
-        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-3)
         assert a["num_tokens"] == b["num_tokens"]  # real tokens, not the 4-D mask's entries
 
 
@@ -220,12 +228,8 @@ def test_dpo_with_shared_prefix_batches_learns_as_the_padded_run_does(tmp_path, 
         metrics = train_dpo(base, sft["adapter_dir"], pairs, tmp_path / f"dpo-{mode}",
                             dpo_cfg(epochs=1.0, val_fraction=0.0), FAST_RUN)
         runs[mode] = _with_logged_steps(metrics, tmp_path / f"dpo-{mode}")
-    assert runs["on"][0]["hardware"]["shared_prefix"] and not runs["off"][0]["hardware"]["shared_prefix"]
-    assert runs["on"][0]["prefix_tokens_saved"] > 0 == runs["off"][0]["prefix_tokens_saved"]
-    on, off = runs["on"][1], runs["off"][1]
-    assert len(on) == len(off) > 0
+    on, off = _same_steps_with_and_without(runs)
     for a, b in zip(on, off, strict=True):
-        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-3)
         assert float(a["rewards/margins"]) == pytest.approx(float(b["rewards/margins"]), rel=1e-3, abs=1e-5)
     assert float(on[-1]["rewards/margins"]) > 0  # it learnt something to compare
     from safetensors.torch import load_file

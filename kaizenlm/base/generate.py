@@ -16,15 +16,21 @@ def prompt_text(tokenizer, prompt: str) -> str:
     return prompt
 
 
-def shared_prefix_length(seqs: list[list[int]], limit: int | None = None) -> int:
+def common_prefix_length(seqs: list[list[int]], limit: int | None = None) -> int:
     """How many leading tokens all seqs share, leaving each at least one token of its own (the
-    position whose logits are read) and at most `limit`; 0 when fewer than MIN_SHARED_PREFIX."""
+    position whose logits are read) and at most `limit`."""
     if len(seqs) < 2:
         return 0
     cap = min(len(s) for s in seqs) - 1 if limit is None else min(limit, *(len(s) - 1 for s in seqs))
     first, n = seqs[0], 0
     while n < cap and all(s[n] == first[n] for s in seqs):
         n += 1
+    return n
+
+
+def shared_prefix_length(seqs: list[list[int]], limit: int | None = None) -> int:
+    """common_prefix_length, or 0 when it is below MIN_SHARED_PREFIX (not worth running apart)."""
+    n = common_prefix_length(seqs, limit)
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
@@ -122,7 +128,14 @@ def greedy_tokens(model, seqs: list[list[int]], max_new_tokens: int, eos: int, p
 
 
 def _generate_tokens(model, seqs: list[list[int]], max_new_tokens: int, eos: int, pad: int) -> list[list[int]]:
-    """greedy_tokens through `model.generate` on the left-padded batch (its logits processors apply)."""
+    """greedy_tokens through `model.generate` (its logits processors apply), each cut after eos."""
+    rows = padded_generate(model, seqs, max_new_tokens, eos, pad, do_sample=False)
+    return [row[:row.index(eos) + 1] if eos in row else row for row in rows]
+
+
+def padded_generate(model, seqs: list[list[int]], max_new_tokens: int, eos: int, pad: int, **sampling) -> list[list[int]]:
+    """`model.generate` on the left-padded batch of token sequences: each row's new tokens (pad
+    after an eos). `sampling`: generate's do_sample, temperature, top_p."""
     import torch
 
     device = next(model.parameters()).device
@@ -130,7 +143,6 @@ def _generate_tokens(model, seqs: list[list[int]], max_new_tokens: int, eos: int
     ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=eos, pad_token_id=pad)
-    rows = out[:, width:].tolist()
-    return [row[:row.index(eos) + 1] if eos in row else row for row in rows]
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                             pad_token_id=pad, **sampling)
+    return out[:, width:].tolist()

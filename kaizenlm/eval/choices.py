@@ -12,8 +12,8 @@ choices (softmax of the summed log-probabilities): the same evidence as `acc` wi
 threshold, so a question the model was unsure of moves it a little instead of a whole point.
 
 Cost: a question's context (the chat template, ~40 tokens) runs once, its choices (~3 tokens
-each) on top of its KV cache, and the system prompt all contexts of a batch share runs once; questions are batched (on CPU the batch size, not the number of
-sequences, decides the speed).
+each) on top of its KV cache, and the system prompt all contexts of a batch share runs once;
+questions are batched (on CPU the batch size, not the number of sequences, decides the speed).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def choice_logprobs(model, tokenizer, rows: list[dict]) -> list[list[float]]:
         ctx_ids = torch.tensor([[pad] * (width - len(c)) + c for c in own], device=device)
         ctx_mask = torch.tensor([[1] * n + [0] * (width - len(c)) + [1] * len(c) for c in own], device=device)
         with torch.no_grad():
-            out = model(input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0)[:, n:],
+            out = model(input_ids=ctx_ids, attention_mask=ctx_mask,
+                        position_ids=(ctx_mask.cumsum(-1) - 1).clamp(min=0)[:, n:],
                         cache=prefix_cache(model, contexts[idx[0]][:n], len(idx)), use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts each choice's first token
         pairs = [(k, j) for k, i in enumerate(idx) for j in range(len(tails[i]))]

@@ -21,8 +21,10 @@ import contextlib
 
 import torch
 
-# Fewer shared tokens than this: not worth a different batch layout.
-MIN_PREFIX = 4
+from kaizenlm.base.generate import MIN_SHARED_PREFIX, common_prefix_length
+
+# Fewer shared tokens than this: not worth a different batch layout (generation's threshold too).
+MIN_PREFIX = MIN_SHARED_PREFIX
 # What TRL's padding-free collator adds for variable-length kernels: row boundaries of the old
 # layout, which the mask now carries.
 _ROW_BOUNDS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
@@ -32,15 +34,8 @@ def prefix_length(rows: list[tuple[list[int], list[int]]]) -> int:
     """The number of leading tokens all rows (ids, labels) share, ending before the position that
     predicts any row's first labelled token (that position must stay in its own row), so that
     every scored position is in a row's rest."""
-    if len(rows) < 2:
-        return 0
-    limit = min(_first_label(labels) - 1 for _, labels in rows)
-    limit = min(limit, *(len(ids) - 1 for ids, _ in rows))
-    first = rows[0][0]
-    n = 0
-    while n < limit and all(ids[n] == first[n] for ids, _ in rows):
-        n += 1
-    return n
+    return common_prefix_length([ids for ids, _ in rows],
+                                limit=min((_first_label(labels) - 1 for _, labels in rows), default=0))
 
 
 def _first_label(labels: list[int]) -> int:

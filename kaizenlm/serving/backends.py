@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kaizenlm.abtest.routing import Target
-from kaizenlm.base.generate import greedy_tokens
+from kaizenlm.base.generate import greedy_tokens, padded_generate
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 log = logging.getLogger(__name__)
@@ -245,17 +245,11 @@ class LocalBackend:
         """The new tokens of each request. Greedy batches run kaizenlm's own loop: the system
         prompt the requests share runs once and an answer that ended leaves the batch (same tokens
         as `generate`); sampled ones run `generate` on the left-padded batch."""
-        import torch
-
         eos, pad, most = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, max(r.want for r in batch)
         if temperature <= 0:
             return greedy_tokens(self.model, [r.ids for r in batch], most, eos, pad)
-        width = max(len(r.ids) for r in batch)
-        ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in batch], device=self.device)
-        mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch], device=self.device)
-        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=most, pad_token_id=pad,
-                                  eos_token_id=eos, do_sample=True, temperature=temperature, top_p=top_p)
-        return out[:, width:].tolist()
+        return padded_generate(self.model, [r.ids for r in batch], most, eos, pad, do_sample=True,
+                               temperature=temperature, top_p=top_p)
 
     def _completion(self, new: list[int], want: int, n_prompt: int) -> Completion:
         """The answer of one row of a batch: cut at its own token budget and at the first EOS."""
