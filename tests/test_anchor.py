@@ -55,7 +55,7 @@ def test_rows_for_a_replay_file_leave_out_sft_and_evaluation_prompts(tmp_path):
     assert rows and not texts & {r["prompt"] for r in train[:30]}
     assert not texts & set(suite.prompts())  # no exam, general or out-of-scope exam question
     assert "asked" not in {r["skill"] for r in rows}
-    assert len(suite.prompts()) == 144 + 160 + 72
+    assert len(suite.prompts()) == 144 + 320 + 72
     assert {r["skill"] for r in rows if r["response"] is not None} >= {"repeat", "add", "refusal", "recall"}
 
 

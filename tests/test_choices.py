@@ -51,3 +51,15 @@ def test_batched_scores_equal_one_sequence_at_a_time(tmp_path, rows):
     # prob: the right choice's share once the likelihoods are renormalised over the choices.
     shares = [math.exp(w[r["answer"]]) / sum(math.exp(x) for x in w) for w, r in zip(want, rows, strict=True)]
     assert 0 < scored["prob"] < 1 and scored["prob"] == pytest.approx(sum(shares) / 3, abs=1e-3)
+
+
+def test_similar_lengths_groups_short_first_with_bounded_padding():
+    from kaizenlm.eval.choices import _similar_lengths
+
+    lengths = [1, 9, 2, 1, 3, 2, 1, 1, 4]
+    groups = _similar_lengths(lengths, lambda n: n)
+    assert sorted(n for g in groups for n in g) == sorted(lengths)  # every item once
+    assert [n for g in groups for n in g] == sorted(lengths)  # shortest first
+    for g in groups:  # padded size at most twice the real tokens
+        assert len(g) * max(g) <= 2 * sum(g)
+    assert groups == [[1, 1, 1, 1, 2, 2, 3], [4, 9]]  # the long ones do not pad the many short ones

@@ -19,7 +19,7 @@ PROMPTS = DATA / "general_prompts.jsonl"
 CHOICES = DATA / "general_choices.jsonl"
 
 N_PROMPTS = 320
-N_CHOICES = 160
+N_CHOICES = 320
 MIN_SKILLS = 10
 MIN_PER_SKILL = 10
 NEAR_DUPLICATE = 0.8  # word-3-gram Jaccard at or above this: two prompts of one file are near-duplicates

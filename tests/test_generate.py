@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from kaizenlm.base.generate import MIN_SHARED_PREFIX, greedy_tokens, plain_greedy, shared_prefix_length
+from kaizenlm.base.generate import MIN_SHARED_PREFIX, greedy_tokens, plain_greedy, select_rows, shared_prefix_length
 
 PAD = 0
 
@@ -84,3 +84,15 @@ def test_a_model_with_logits_processors_is_decoded_by_generate(model):
     finally:
         model.generation_config.repetition_penalty = 1.0
     assert plain_greedy(model) and penalized != plain
+
+
+def test_select_rows_leaves_the_cache_it_selects_from_as_it_was(model):
+    seqs = torch.randint(1, 300, (3, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cache = model(input_ids=seqs, use_cache=True).cache
+        keys = [layer.keys.clone() for layer in cache.layers]
+        picked = select_rows(cache, torch.tensor([2, 0]))
+        model(input_ids=torch.tensor([[7], [8]]), cache=picked, use_cache=True)  # grows the selection only
+    assert [layer.keys.shape[0] for layer in picked.layers] == [2, 2] and picked.get_seq_length() == 6
+    assert all(torch.equal(layer.keys, k) for layer, k in zip(cache.layers, keys, strict=True))
+    assert torch.equal(picked.layers[0].keys[0, :, :5], keys[0][2])

@@ -26,6 +26,26 @@ def count_batches(backend: LocalBackend) -> list[int]:
     return calls
 
 
+def answered_together(backend: LocalBackend, ask) -> list:
+    """ask(i) for each of QUESTIONS from its own thread, all queued while the model is held (as a
+    busy gateway would hold it), then answered."""
+    start = threading.Barrier(len(QUESTIONS))
+
+    def call(i):
+        start.wait()
+        return ask(i)
+
+    with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+        backend.lock.acquire()
+        try:
+            futures = [pool.submit(call, i) for i in range(len(QUESTIONS))]
+            while len(backend.pending) < len(QUESTIONS):
+                threading.Event().wait(0.01)
+        finally:
+            backend.lock.release()
+        return [f.result(timeout=120) for f in futures]
+
+
 def test_concurrent_greedy_requests_are_batched_and_answer_as_alone(tmp_path):
     backend = LocalBackend(build_tiny_model(tmp_path / "m"), device="cpu", threads=1)
     budgets = [3, 7, 5, 8, 2, 6, 4, 8]
@@ -34,22 +54,8 @@ def test_concurrent_greedy_requests_are_batched_and_answer_as_alone(tmp_path):
     alone = [backend.generate([system, {"role": "user", "content": q}], None, ChatParams(max_tokens=n, temperature=0))
              for q, n in zip(QUESTIONS, budgets, strict=True)]
     calls = count_batches(backend)
-    start = threading.Barrier(len(QUESTIONS))
-
-    def ask(i):
-        start.wait()
-        return backend.generate([system, {"role": "user", "content": QUESTIONS[i]}], None,
-                                ChatParams(max_tokens=budgets[i], temperature=0))
-
-    with ThreadPoolExecutor(len(QUESTIONS)) as pool:
-        backend.lock.acquire()  # hold the model while all eight queue up, as a busy gateway would
-        try:
-            futures = [pool.submit(ask, i) for i in range(len(QUESTIONS))]
-            while len(backend.pending) < len(QUESTIONS):
-                threading.Event().wait(0.01)
-        finally:
-            backend.lock.release()
-        together = [f.result(timeout=120) for f in futures]
+    together = answered_together(backend, lambda i: backend.generate(
+        [system, {"role": "user", "content": QUESTIONS[i]}], None, ChatParams(max_tokens=budgets[i], temperature=0)))
     assert calls == [len(QUESTIONS)]  # one batch for all eight
     ids = [backend._inputs([system, {"role": "user", "content": q}], ChatParams())[0]["input_ids"][0].tolist()
            for q in QUESTIONS]
@@ -57,6 +63,23 @@ def test_concurrent_greedy_requests_are_batched_and_answer_as_alone(tmp_path):
     for a, b, n in zip(alone, together, budgets, strict=True):
         assert (b.text, b.finish_reason, b.completion_tokens) == (a.text, a.finish_reason, a.completion_tokens)
         assert b.completion_tokens <= n
+
+
+def test_concurrent_sampled_requests_are_batched_and_padded_like_alone(tmp_path):
+    """The sampled path (`padded_generate` on a left-padded batch). With top_p that keeps only
+    the most likely token, sampling picks what greedy picks: each answer of the batch must then
+    be the request's greedy answer alone, whatever its prompt length and token budget."""
+    backend = LocalBackend(build_tiny_model(tmp_path / "m"), device="cpu", threads=1)
+    budgets = [3, 7, 5, 8, 2, 6, 4, 8]
+    alone = [backend.generate([{"role": "user", "content": q}], None, ChatParams(max_tokens=n, temperature=0))
+             for q, n in zip(QUESTIONS, budgets, strict=True)]
+    calls = count_batches(backend)
+    together = answered_together(backend, lambda i: backend.generate(
+        [{"role": "user", "content": QUESTIONS[i]}], None,
+        ChatParams(max_tokens=budgets[i], temperature=0.7, top_p=1e-9)))
+    assert calls == [len(QUESTIONS)]
+    for a, b in zip(alone, together, strict=True):
+        assert (b.text, b.finish_reason, b.completion_tokens) == (a.text, a.finish_reason, a.completion_tokens)
 
 
 def test_seeded_requests_are_not_batched(tmp_path):

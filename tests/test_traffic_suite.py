@@ -74,7 +74,7 @@ def test_the_exam_is_whole_clusters_of_answered_questions(cfg_con):
                                                    ("weather in Oslo", "football results", "stock prices",
                                                     "a pizza recipe")}
     assert {r["reference"] for r in suite.refusal} == {REFUSAL}
-    assert len(suite.general) == 160 and all(r["choices"] for r in suite.general)
+    assert len(suite.general) == 320 and all(r["choices"] for r in suite.general)
 
 
 def test_it_is_written_once_reused_and_held_out_of_training(cfg_con):

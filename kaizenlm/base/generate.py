@@ -48,6 +48,17 @@ def prefix_cache(model, prefix: list[int], rows: int):
     return cache
 
 
+def select_rows(cache, index):
+    """A new cache holding the rows `index` of `cache` (which stays as it is): one cache serves
+    several forward passes on different subsets of its rows."""
+    import copy
+
+    selected = copy.copy(cache)
+    selected.layers = [copy.copy(layer) for layer in cache.layers]
+    selected.batch_select_indices(index)  # each layer rebinds its own tensors to the selection
+    return selected
+
+
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 64) -> list[str]:
     """Greedy answers; special tokens and surrounding space removed."""
     return [text for text, _ in generate_with_ends(model, tokenizer, prompts, max_new_tokens, batch_size)]

@@ -221,7 +221,7 @@ class EvalConfig:
     similarity: bool = True
     """Also score domain answers by embedding similarity to the reference (all-MiniLM-L6-v2; reported, not gated)."""
     retention_metric: str = "choice_prob"
-    """What general_score (the retention gate's number) is, from the suite's general rows: 'choice_prob' = the mean probability of the right choice of each multiple-choice question, the model's log-likelihoods renormalised over the choices; 'choices' = multiple-choice accuracy by log-likelihood (lm-evaluation-harness acc: one flipped question out of 160 moves it 0.6 points); 'agreement' = token F1 of the model's answers with the base's own answers to held-out general prompts. docs/TRAINING.md "Retention metric" shows which separates forgetting from a healthy retrain."""
+    """What general_score (the retention gate's number) is, from the suite's general rows: 'choice_prob' = the mean probability of the right choice of each multiple-choice question, the model's log-likelihoods renormalised over the choices; 'choices' = multiple-choice accuracy by log-likelihood (lm-evaluation-harness acc: one flipped question out of 320 moves it 0.3 points); 'agreement' = token F1 of the model's answers with the base's own answers to held-out general prompts. docs/TRAINING.md "Retention metric" shows which separates forgetting from a healthy retrain."""
     mc_length_normalized: bool = False
     """Multiple-choice general rows: pick the choice with the highest log-likelihood per character (lm-evaluation-harness acc_norm) instead of the highest total."""
     pairwise_sample: int = 48
