@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration  # builds a torch model and generates with 
 
 QUESTIONS = ["hello", "what is the price of the plan", "reset my password please thank you very much",
              "red blue green", "the quick brown fox jumps over the lazy dog", "thank you", "cat", "apple pear plum"]
+BUDGETS = [3, 7, 5, 8, 2, 6, 4, 8]  # each question's max_tokens: rows of a batch end at different steps
 
 
 def count_batches(backend: LocalBackend) -> list[int]:
@@ -48,19 +49,18 @@ def answered_together(backend: LocalBackend, ask) -> list:
 
 def test_concurrent_greedy_requests_are_batched_and_answer_as_alone(tmp_path):
     backend = LocalBackend(build_tiny_model(tmp_path / "m"), device="cpu", threads=1)
-    budgets = [3, 7, 5, 8, 2, 6, 4, 8]
     # A shared system prompt, which the batch runs once (alone, a request has nothing to share).
     system = {"role": "system", "content": "You answer questions about the plan and the password."}
     alone = [backend.generate([system, {"role": "user", "content": q}], None, ChatParams(max_tokens=n, temperature=0))
-             for q, n in zip(QUESTIONS, budgets, strict=True)]
+             for q, n in zip(QUESTIONS, BUDGETS, strict=True)]
     calls = count_batches(backend)
     together = answered_together(backend, lambda i: backend.generate(
-        [system, {"role": "user", "content": QUESTIONS[i]}], None, ChatParams(max_tokens=budgets[i], temperature=0)))
+        [system, {"role": "user", "content": QUESTIONS[i]}], None, ChatParams(max_tokens=BUDGETS[i], temperature=0)))
     assert calls == [len(QUESTIONS)]  # one batch for all eight
     ids = [backend._inputs([system, {"role": "user", "content": q}], ChatParams())[0]["input_ids"][0].tolist()
            for q in QUESTIONS]
     assert shared_prefix_length(ids) >= MIN_SHARED_PREFIX  # the batch ran its shared prefix once
-    for a, b, n in zip(alone, together, budgets, strict=True):
+    for a, b, n in zip(alone, together, BUDGETS, strict=True):
         assert (b.text, b.finish_reason, b.completion_tokens) == (a.text, a.finish_reason, a.completion_tokens)
         assert b.completion_tokens <= n
 
@@ -70,13 +70,12 @@ def test_concurrent_sampled_requests_are_batched_and_padded_like_alone(tmp_path)
     the most likely token, sampling picks what greedy picks: each answer of the batch must then
     be the request's greedy answer alone, whatever its prompt length and token budget."""
     backend = LocalBackend(build_tiny_model(tmp_path / "m"), device="cpu", threads=1)
-    budgets = [3, 7, 5, 8, 2, 6, 4, 8]
     alone = [backend.generate([{"role": "user", "content": q}], None, ChatParams(max_tokens=n, temperature=0))
-             for q, n in zip(QUESTIONS, budgets, strict=True)]
+             for q, n in zip(QUESTIONS, BUDGETS, strict=True)]
     calls = count_batches(backend)
     together = answered_together(backend, lambda i: backend.generate(
         [{"role": "user", "content": QUESTIONS[i]}], None,
-        ChatParams(max_tokens=budgets[i], temperature=0.7, top_p=1e-9)))
+        ChatParams(max_tokens=BUDGETS[i], temperature=0.7, top_p=1e-9)))
     assert calls == [len(QUESTIONS)]
     for a, b in zip(alone, together, strict=True):
         assert (b.text, b.finish_reason, b.completion_tokens) == (a.text, a.finish_reason, a.completion_tokens)

@@ -63,15 +63,16 @@ def choice_logprobs(model, tokenizer, rows: list[dict]) -> list[list[float]]:
         # token's prediction is never read), in groups of similar length (little padding).
         rest = [(k, j, len(tail) - 1) for k, i in enumerate(idx) for j, tail in enumerate(tails[i]) if len(tail) > 1]
         for group in _similar_lengths(rest, lambda item: item[2]):
-            cache = select_rows(out.cache, torch.tensor([k for k, _, _ in group], device=device))
+            picked = [k for k, _, _ in group]  # each choice's question: its rows of the cache and mask
+            cache = select_rows(out.cache, torch.tensor(picked, device=device))
             inputs = [tails[idx[k]][j][:-1] for k, j, _ in group]
             width = max(len(t) for t in inputs)
             tail_ids = torch.tensor([t + [pad] * (width - len(t)) for t in inputs], device=device)
             tail_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in inputs], device=device)
-            lengths = torch.tensor([len(contexts[idx[k]]) for k, _, _ in group], device=device)
+            lengths = torch.tensor([len(contexts[idx[k]]) for k in picked], device=device)
             positions = lengths.unsqueeze(1) + torch.arange(width, device=device).unsqueeze(0)
             with torch.no_grad():
-                logits = model(input_ids=tail_ids, attention_mask=torch.cat([ctx_mask[[k for k, _, _ in group]], tail_mask], 1),
+                logits = model(input_ids=tail_ids, attention_mask=torch.cat([ctx_mask[picked], tail_mask], 1),
                                position_ids=positions, cache=cache, use_cache=False).logits.float()
             logp = torch.log_softmax(logits, dim=-1)  # position t predicts tail token t + 1
             for row, (k, j, _) in enumerate(group):
