@@ -70,7 +70,7 @@ def dpo_pairs(domain: Domain, seed: int, exam: bool) -> list[dict]:
 
 
 def evaluate(spec, suite, base_answers, pairs, cfg) -> dict:
-    loaded = ev.load_for_eval(spec)
+    loaded = ev.load_for_eval(spec, cfg.precision)
     metrics = ev.evaluate(spec, suite, cfg, loaded=loaded, base_answers=base_answers)
     if pairs:
         metrics["dpo_margin"] = ev.preference_margin(*loaded, pairs)

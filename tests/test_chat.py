@@ -247,6 +247,13 @@ def test_a_streamed_turn_is_logged_when_the_client_hangs_up_after_done():
 # --------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def fp32_gateway(kaizen_env, tmp_path):
+    """The gateway answers in fp32, the references' dtype: equality with them is exact only in one
+    dtype's arithmetic, on a random model whose top logits lie close (bf16 serving: the demo test)."""
+    (tmp_path / "kaizen.toml").write_text('[serving]\nprecision = "fp32"\n', encoding="utf-8")
+
+
 @pytest.fixture
 def served(stack, tiny):
     """base-0001 (the tiny base) as champion; adapter-0001/-0002 on it registered."""

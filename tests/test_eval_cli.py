@@ -110,3 +110,22 @@ def test_stored_metrics_of_the_version_compared_with_are_reused_until_the_suite_
     assert main(["eval", registered["adapter"], "--json", "--no-store"]) == 0
     against = json.loads(capsys.readouterr().out)["against"]
     assert against["reused"] is False and against["general_score"] != 0.123
+
+
+def test_fail_fast_stops_after_a_failing_retention_and_rejects(registered, capsys):
+    client = registered["client"]
+    assert main(["eval", "champion", "--against", "none", "--json"]) == 0
+    capsys.readouterr()
+    # A champion general score no model reaches: the candidate's retention fails whatever it says.
+    client.set_metrics(registered["base"], {"general_score": 5.0})
+    assert main(["eval", registered["adapter"], "--json", "--apply-gate", "--fail-fast"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    m = result["metrics"]
+    assert "stopped_early" in m and "domain_score" not in m and "refusal_rate" not in m and "eval_key" not in m
+    assert m["n_general"] == 320 and 0.0 < m["general_score"] < 1.0
+    assert m["retention"] == pytest.approx(m["general_score"] / 5.0, abs=1e-4)
+    reasons = result["gate"]["reasons"]
+    assert reasons[0].startswith("fail: general-skill retention") and len(reasons) == 3
+    assert result["status"] == "rejected" and client.show(registered["adapter"])["status"] == "rejected"
+    # Partial metrics never stand in for an evaluation of this version later.
+    assert "eval_key" not in client.show(registered["adapter"])["metrics"]

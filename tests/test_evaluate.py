@@ -91,6 +91,17 @@ def test_gate_thresholds_come_from_config_and_first_model_passes():
     assert ev.gate(cand, None) == (True, ["pass: no champion to compare with"])
 
 
+def test_gate_on_an_evaluation_that_stopped_after_the_general_skills():
+    # Retention measured and failing: the unmeasured checks fail too (no gate passes on a guess).
+    passed, reasons = ev.gate({"general_score": 0.40}, CHAMP)
+    assert not passed and reasons[0].startswith("fail: general-skill retention 0.500")
+    assert reasons[1:] == ["fail: domain score not measured (the evaluation stopped after the retention check)",
+                           "fail: refusal rate not measured (the evaluation stopped after the retention check)"]
+    # Even a passing retention does not make a partial evaluation pass.
+    passed, reasons = ev.gate({"general_score": 0.80}, CHAMP)
+    assert not passed and reasons[0].startswith("pass: general-skill retention 1.000")
+
+
 def test_stored_metrics_are_reused_only_under_the_same_evaluation_key():
     suite = Suite(domain=[{"prompt": "Q?", "reference": "A."}], source="traffic")
     answers = [{"prompt": "Hi?", "response": "Hello."}]
@@ -102,6 +113,8 @@ def test_stored_metrics_are_reused_only_under_the_same_evaluation_key():
     assert not ev.reusable(stored, ev.evaluation_key(next_month, EvalConfig(), answers))
     assert not ev.reusable(stored, ev.evaluation_key(suite, EvalConfig(max_new_tokens=8), answers))
     assert not ev.reusable(stored, ev.evaluation_key(suite, EvalConfig(retention_metric="choices"), answers))
+    fp32, bf16 = (ev.evaluation_key(suite, EvalConfig(precision=p), answers) for p in ("fp32", "bf16"))
+    assert fp32 != bf16 and key in (fp32, bf16)  # "auto" is one of the two on any machine
     assert not ev.reusable(stored, ev.evaluation_key(suite, EvalConfig(), []))
     assert not ev.reusable({k: v for k, v in stored.items() if k != "refusal_rate"}, key)
     assert not ev.reusable(None, key) and not ev.reusable({**stored, "eval_key": None}, key)

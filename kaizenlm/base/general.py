@@ -85,19 +85,24 @@ def base_key(base_dir: str | Path) -> str:
 
 
 def answers_key(base_dir: str | Path, prompts_path: str | Path | None = None, max_new_tokens: int = 48,
-                limit: int | None = None) -> str:
+                limit: int | None = None, precision: str = "auto") -> str:
     """The cache key of a base's general answers: its content key and a hash of what it was asked
-    (the prompts in answer order, how many, the token budget), so changing `[base]
-    general_prompts_path`, `general_answers` or `general_max_new_tokens` answers anew."""
+    (the prompts in answer order, how many, the token budget) and the dtype it answers in, so
+    changing `[base] general_prompts_path`, `general_answers`, `general_max_new_tokens` or
+    `precision` answers anew."""
+    from kaizenlm.base.model import dtype_name, inference_dtype
+
     asked = [r["prompt"] for r in answer_order(general_prompts(prompts_path))[:limit]]
-    digest = hashlib.sha256(json.dumps([asked, max_new_tokens]).encode()).hexdigest()[:8]
+    dtype = dtype_name(inference_dtype(precision))
+    digest = hashlib.sha256(json.dumps([asked, max_new_tokens, dtype]).encode()).hexdigest()[:8]
     return f"{base_key(base_dir)}-{digest}"
 
 
 def configured_answers_paths(cfg, base_dir: str | Path) -> tuple[Path, Path]:
     """answers_paths of the base at `base_dir` under the configuration's `[base]` settings."""
     return answers_paths(cfg.home, answers_key(base_dir, cfg.base.general_prompts_path or None,
-                                               cfg.base.general_max_new_tokens, cfg.base.general_answers))
+                                               cfg.base.general_max_new_tokens, cfg.base.general_answers,
+                                               cfg.base.precision))
 
 
 def answers_paths(home: str | Path, key: str) -> tuple[Path, Path]:
@@ -109,13 +114,13 @@ def answers_paths(home: str | Path, key: str) -> tuple[Path, Path]:
 
 
 def answer_prompts(base_dir: str | Path, rows: list[dict], max_new_tokens: int, batch_size: int = 32,
-                   on_batch=None) -> list[dict]:
+                   on_batch=None, precision: str = "auto") -> list[dict]:
     """Greedy answers of the base at `base_dir` to `rows` ({prompt, skill}); adds `response` and
     `ended` (False: the answer was cut at max_new_tokens)."""
     from kaizenlm.base.generate import generate_with_ends
     from kaizenlm.base.model import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(base_dir)
+    model, tokenizer = load_model_and_tokenizer(base_dir, precision=precision)
     answers: list[tuple[str, bool]] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
@@ -154,7 +159,7 @@ def answer_order(rows: list[dict]) -> list[dict]:
 
 
 def write_answers(base_dir: str | Path, home: str | Path, prompts_path: str | Path | None = None,
-                  max_new_tokens: int = 48, limit: int | None = None) -> tuple[Path, Path]:
+                  max_new_tokens: int = 48, limit: int | None = None, precision: str = "auto") -> tuple[Path, Path]:
     """Answer the first `limit` general prompts (answer_order) with the base and write both files
     (atomically); returns their paths."""
     rows = answer_order(general_prompts(prompts_path))[:limit]
@@ -163,8 +168,9 @@ def write_answers(base_dir: str | Path, home: str | Path, prompts_path: str | Pa
     def progress(done: int, total: int) -> None:
         print(f"general answers: {done}/{total} ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    answered = answer_prompts(base_dir, rows, max_new_tokens, on_batch=progress)
-    train_path, heldout_path = answers_paths(home, answers_key(base_dir, prompts_path, max_new_tokens, limit))
+    answered = answer_prompts(base_dir, rows, max_new_tokens, on_batch=progress, precision=precision)
+    key = answers_key(base_dir, prompts_path, max_new_tokens, limit, precision)
+    train_path, heldout_path = answers_paths(home, key)
     for path, keep in ((train_path, False), (heldout_path, True)):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp-{os.getpid()}")
@@ -197,7 +203,7 @@ def ensure_answers_in_child(cfg, base_dir: str | Path, log_fn=print) -> tuple[Pa
     log_fn(f"answering the general prompts with the base {base_dir} (once per base; log: {log_path})")
     argv = [sys.executable, "-m", "kaizenlm.base.general", "--base", str(base_dir), "--home", str(cfg.home),
             "--threads", str(cfg.base.threads), "--max-new-tokens", str(cfg.base.general_max_new_tokens),
-            "--limit", str(cfg.base.general_answers)]
+            "--limit", str(cfg.base.general_answers), "--precision", cfg.base.precision]
     if cfg.base.general_prompts_path:
         argv += ["--prompts", cfg.base.general_prompts_path]
     with open(log_path, "ab") as out:
@@ -215,12 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N prompts (answer_order)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="dtype the base answers in (auto: bf16 where the CPU computes it natively)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
     torch.set_num_threads(args.threads)
-    train_path, heldout_path = write_answers(args.base, args.home, args.prompts, args.max_new_tokens, args.limit)
+    train_path, heldout_path = write_answers(args.base, args.home, args.prompts, args.max_new_tokens, args.limit,
+                                             args.precision)
     print(json.dumps({"replay": str(train_path), "heldout": str(heldout_path)}), flush=True)
     return 0
 

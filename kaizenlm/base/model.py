@@ -47,19 +47,70 @@ def as_messages(prompt: str | list[dict], system: str | None = None) -> list[dic
 
 
 
-def load_model_and_tokenizer(path: str | Path, adapter: str | Path | None = None):
-    """Load any Hugging Face causal LM directory (+ optional LoRA adapter) for inference. The
-    adapter is merged into the weights: the same function at the base's speed (unmerged, each
-    of the adapted layers runs two more small matmuls per token)."""
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def native_cpu_bf16() -> bool:
+    """Does this CPU compute bf16 natively (AVX512-BF16 or AMX)? Elsewhere torch emulates it,
+    slower than fp32."""
+    import torch
+
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(probe() for probe in probes if probe is not None)
+
+
+def inference_dtype(precision: str = "auto", device: str = "cpu"):
+    """The torch dtype a model answers and scores in: 'fp32', 'bf16', or 'auto' = bf16 where the
+    hardware computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32.
+    Measured on a 2-core AMD EPYC with AVX512-BF16: greedy generation 1.7x and multiple-choice
+    scoring 1.4x faster than fp32, the right choice's probability moving by sd 0.015 a question
+    (docs/TRAINING.md "Inference precision")."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return torch.bfloat16 if precision == "bf16" else torch.float32
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if native_cpu_bf16() else torch.float32
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def contiguous_head_input(model):
+    """Make the LM head's input contiguous before it runs, once per model; returns the model.
+
+    Generation and scoring keep the last position's hidden state only (`logits_to_keep`), a
+    strided [batch, 1, hidden] view. For a weight that does not require grad (an adapter merged
+    with merge_and_unload, a frozen model) torch.matmul then multiplies it by the whole
+    vocabulary matrix expanded once per row (bmm over [batch, hidden, vocab]): measured on
+    SmolLM2-135M in bf16, a forward of 64 x 40 tokens took 6.2 s instead of 2.1, a merged adapter
+    scored the 320 multiple-choice questions in 32 s instead of 12. A contiguous input folds into
+    one matrix product; the copy is one hidden vector a row."""
+    head = model.get_output_embeddings()
+    if head is not None and not getattr(head, "_kaizen_contiguous_input", False):
+        head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
+        head._kaizen_contiguous_input = True
+    return model
+
+
+def load_model_and_tokenizer(path: str | Path, adapter: str | Path | None = None, precision: str = "fp32"):
+    """Load any Hugging Face causal LM directory (+ optional LoRA adapter) for inference on the
+    CPU, in `precision` (inference_dtype). The adapter is merged into the weights in fp32 before
+    the cast (a LoRA update added to bf16 weights would round away): the same function at the
+    base's speed (unmerged, each of the adapted layers runs two more small matmuls per token)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32")
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    model.eval()
+    model = contiguous_head_input(model.to(inference_dtype(precision, "cpu")).eval())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -139,6 +139,8 @@ class ServingConfig:
     """Backend 'local': 'auto' (cuda when available, else cpu), 'cpu' or 'cuda'."""
     threads: int = 2
     """Backend 'local': torch CPU threads for generation."""
+    precision: str = "auto"
+    """Backend 'local': dtype the models answer in: 'auto' (bf16 on a GPU with bf16 or a CPU that computes it natively, AVX512-BF16 or AMX; else fp32), 'bf16' or 'fp32'. Adapters are merged in fp32, then cast."""
     merge_adapters_max_params: int = 1_000_000_000
     """Backend 'local': an adapter over a base of up to this many parameters is merged into its own copy of the base, so every arm runs at the base's speed (memory: one copy per served adapter); above it adapters share one base unmerged (less memory, each LoRA layer adds compute). 0 = never merge."""
     routing_heartbeat_s: float = 30.0
@@ -159,6 +161,7 @@ class ServingConfig:
         _check(bool(self.default_alias.strip()), "serving.default_alias", "must name an alias, e.g. 'champion'")
         _check(self.device in ("auto", "cpu", "cuda"), "serving.device", "must be 'auto', 'cpu' or 'cuda'")
         _check(self.threads >= 1, "serving.threads", "must be >= 1")
+        _check(self.precision in ("auto", "bf16", "fp32"), "serving.precision", "must be 'auto', 'bf16' or 'fp32'")
         _check(self.merge_adapters_max_params >= 0, "serving.merge_adapters_max_params", "must be >= 0 (0 = never merge)")
         _check(1.0 <= self.routing_heartbeat_s <= 3600.0, "serving.routing_heartbeat_s", "must be in 1..3600 seconds")
 

@@ -21,9 +21,12 @@ class BaseModelConfig:
     """Longest answer (tokens) the base gives to a general prompt."""
     threads: int = 2
     """CPU threads for converting the embedded model and answering the general prompts."""
+    precision: str = "auto"
+    """Dtype the base answers the general prompts in: 'auto' (bf16 on a CPU that computes it natively, AVX512-BF16 or AMX; else fp32), 'bf16' or 'fp32'. Part of the answers' cache key."""
 
     def __post_init__(self) -> None:
         _check(bool(self.path.strip()), "base.path", "must be 'embedded' or a model directory")
+        _check(self.precision in ("auto", "bf16", "fp32"), "base.precision", "must be 'auto', 'bf16' or 'fp32'")
         _check(8 <= self.general_max_new_tokens <= 1024, "base.general_max_new_tokens", "must be in 8..1024")
         _check(10 <= self.general_answers <= 100_000, "base.general_answers", "must be in 10..100000")
         _check(1 <= self.threads <= 256, "base.threads", "must be in 1..256")
@@ -238,8 +241,11 @@ class EvalConfig:
     """Gate: the candidate's general-skill score must be at least this fraction of the champion's."""
     max_refusal_drop: float = 0.02
     """Gate: the candidate's out-of-scope refusal rate may be at most this much (absolute) below the champion's."""
+    precision: str = "auto"
+    """Dtype the evaluated models run in: 'auto' (bf16 on a CPU that computes it natively, AVX512-BF16 or AMX; else fp32), 'bf16' or 'fp32'. Part of the evaluation key: metrics measured in another dtype are not reused."""
 
     def __post_init__(self) -> None:
+        _check(self.precision in ("auto", "bf16", "fp32"), "eval.precision", "must be 'auto', 'bf16' or 'fp32'")
         _check(1 <= self.max_new_tokens <= 4096, "eval.max_new_tokens", "must be in 1..4096")
         _check(self.pairwise_sample >= 0, "eval.pairwise_sample", "must be >= 0")
         _check(self.retention_metric in ("choice_prob", "choices", "agreement"), "eval.retention_metric",

@@ -223,13 +223,13 @@ def _decision_for(analysis: dict, experiment: str) -> dict | None:
 
 
 def corrupted_rows(domain, seed: int) -> list[dict]:
-    """Each fact's questions (canonical and two paraphrases) answered with another fact's answer:
-    the poisoned labels of the bad candidate (and no general replay at all)."""
+    """Each fact's question answered with another fact's answer: the poisoned labels of the bad
+    candidate (and no general replay at all)."""
     rng = random.Random(seed)
     rows = []
     for fact in domain.facts:
         wrong = rng.choice([f for f in domain.facts if f.qid != fact.qid])
-        rows += [{"prompt": q, "response": wrong.answer} for q in [fact.question, *fact.paraphrases[:2]]]
+        rows.append({"prompt": fact.question, "response": wrong.answer})
     return rows
 
 
@@ -237,7 +237,7 @@ def stage_bad_candidate(ctx) -> None:
     """A deliberately bad candidate (corrupted labels, no replay) must be stopped by the gates.
 
     Trained here with the same recipe as the monthly retrain, registered as a candidate
-    like any other, then put through `kaizen eval --apply-gate`: it never reaches users."""
+    like any other, then put through `kaizen eval --apply-gate --fail-fast`: it never reaches users."""
     from kaizenlm.config import LoraSFTConfig
     from kaizenlm.eval.cli import evaluate_version, model_spec
     from kaizenlm.registry.client import RegistryClient
@@ -248,14 +248,15 @@ def stage_bad_candidate(ctx) -> None:
     spec = model_spec(client, champion)
     base_dir = spec[0] if isinstance(spec, tuple) else spec
     run_dir = ctx.cfg.home / "demo" / "bad-candidate"
-    # The monthly recipe (the embedded overrides apply) for exactly one pass over the 144
-    # corrupted rows: enough to learn wrong answers and forget (retention ~0.6 after two).
+    # The monthly recipe (the embedded overrides apply) for one pass over the 48 corrupted rows
+    # (6 steps, ~10 s on 2 cores): enough to forget (retention 0.84, measured offline; 0.66
+    # after 144 rows, 18 steps). The gate measures retention first and stops there.
     sft = train_sft(base_dir, corrupted_rows(ctx.domain, ctx.seed), run_dir,
                     LoraSFTConfig(epochs=1.0, max_epochs=1.0), ctx.cfg.retrain)
     version = client.register_version("adapter", sft["adapter_dir"], parent_id=champion["version_id"],
                                       status="candidate", config={"base": base_dir, "demo": "corrupted labels, no replay"},
                                       note="demo: deliberately bad candidate (corrupted labels, no replay)")
-    result = evaluate_version(ctx.cfg, client, version["version_id"], "champion", apply_gate=True)
+    result = evaluate_version(ctx.cfg, client, version["version_id"], "champion", apply_gate=True, fail_fast=True)
     failing = [r for r in (result["gate"] or {}).get("reasons", []) if r.startswith("fail")]
     outcome = "rejected by the gates" if result.get("status") == "rejected" else "NOT caught"
     ctx.summary["bad candidate"] = f"{version['version_id']}: {outcome} ({'; '.join(failing)[:120]})"

@@ -6,7 +6,8 @@ The same evaluation the monthly retrain runs (kaizenlm.eval.evaluate) on the sui
 the version compared with, out-of-scope refusal, validation perplexity and the blind
 pairwise comparison (reference judge, or the OpenAI-compatible judge at --judge-url /
 eval.judge_url). The gates are reported; with --apply-gate a failing version is marked
-`rejected` with the failing numbers. The metrics are written into the registry (through the
+`rejected` with the failing numbers; --fail-fast measures the general skills first and stops
+there when retention already fails (the rest cannot save a gate that failed). The metrics are written into the registry (through the
 controller when it runs) unless --no-store.
 """
 
@@ -34,6 +35,9 @@ def add_arguments(p) -> None:
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible judge for the pairwise comparison "
                    "(default: eval.judge_url; empty = the reference-based judge)")
     p.add_argument("--apply-gate", action="store_true", help="mark the version 'rejected' when a gate fails")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="score the general skills first and stop when retention already fails the gate "
+                        "(a bad candidate is rejected in a third of the time; its domain and refusal go unmeasured)")
     p.add_argument("--no-store", action="store_true", help="do not write the metrics into the registry")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -58,8 +62,9 @@ def model_spec(client: RegistryClient, version: dict) -> str | tuple[str, str]:
 
 
 def evaluate_version(cfg: Config, client: RegistryClient, name: str, against: str | None = "champion",
-                     apply_gate: bool = False, store: bool = True) -> dict:
-    """Evaluate `name` (and `against`, when given) and return the result; see the module docstring."""
+                     apply_gate: bool = False, store: bool = True, fail_fast: bool = False) -> dict:
+    """Evaluate `name` (and `against`, when given) and return the result; see the module docstring.
+    fail_fast: measure the general skills first and stop there when retention already fails."""
     from kaizenlm.eval.evaluate import evaluate, gate, retention
     from kaizenlm.eval.suite import SuiteError
     from kaizenlm.eval.traffic_suite import suite_for
@@ -76,7 +81,9 @@ def evaluate_version(cfg: Config, client: RegistryClient, name: str, against: st
         if baseline_version["version_id"] != version["version_id"]:
             baseline, compare_with = _baseline(cfg, client, baseline_version, suite, base_answers)
     spec = model_spec(client, version)
-    metrics = evaluate(spec, suite, cfg.eval, champion=compare_with, base_answers=base_answers(spec))
+    floor = cfg.eval.min_retention * baseline["general_score"] if fail_fast and baseline is not None else None
+    metrics = evaluate(spec, suite, cfg.eval, champion=compare_with, base_answers=base_answers(spec),
+                       general_floor=floor)
     metrics.pop("answers", None)
     result = {"version_id": version["version_id"], "metrics": metrics, "against": None, "gate": None}
     if baseline is not None:
@@ -138,7 +145,8 @@ def run(args, cfg: Config) -> int:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, judge_url=args.judge_url))
     client = RegistryClient(cfg)
     try:
-        result = evaluate_version(cfg, client, args.version, args.against, args.apply_gate, not args.no_store)
+        result = evaluate_version(cfg, client, args.version, args.against, args.apply_gate, not args.no_store,
+                                  args.fail_fast)
     except RegistryError as e:
         raise UsageError(f"{e}; list versions with `kaizen registry list`") from None
     if args.json:
@@ -156,6 +164,8 @@ def _text(result: dict) -> str:
     for key in keys:
         if key in m:
             lines.append(f"  {key + ':':22}{m[key]:.3f}" if isinstance(m[key], float) else f"  {key}: {m[key]}")
+    if m.get("stopped_early"):
+        lines.append(f"  stopped early: {m['stopped_early']}")
     if result["against"]:
         a = result["against"]
         lines.append(f"  against {a['version_id']}: domain {a['domain_score']:.3f}, general {a['general_score']:.3f}, "

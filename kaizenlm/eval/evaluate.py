@@ -55,14 +55,15 @@ ModelSpec = str | Path | tuple  # a model directory, or (base directory, adapter
 # ---------------------------------------------------------------- model I/O
 
 
-def load_for_eval(model: ModelSpec):
-    """(model, tokenizer) from a directory or a (base, adapter) pair, in eval mode."""
+def load_for_eval(model: ModelSpec, precision: str = "fp32"):
+    """(model, tokenizer) from a directory or a (base, adapter) pair, in eval mode, in `precision`
+    (eval.precision; kaizenlm.base.model.inference_dtype)."""
     from kaizenlm.base.model import load_model_and_tokenizer
 
     if isinstance(model, tuple):
         base, adapter = model
-        return load_model_and_tokenizer(base, adapter)
-    return load_model_and_tokenizer(model)
+        return load_model_and_tokenizer(base, adapter, precision)
+    return load_model_and_tokenizer(model, precision=precision)
 
 
 def answer_positions(labels):
@@ -200,11 +201,13 @@ GATED_KEYS = ("domain_score", "general_score", "refusal_rate")
 
 def evaluation_key(suite: Suite, cfg: EvalConfig, base_answers: list[dict] | None) -> str:
     """What a model's scores depend on besides the model: the suite's rows (an edited suite file
-    keeps its path), the settings that change a score, and the base answers general agreement
-    compares with."""
+    keeps its path), the settings that change a score (the dtype eval.precision resolves to among them), and the
+    base answers general agreement compares with."""
+    from kaizenlm.base.model import dtype_name, inference_dtype
+
     parts = {"suite": suite.content_hash(), "max_new_tokens": cfg.max_new_tokens,
              "retention_metric": cfg.retention_metric, "mc_length_normalized": cfg.mc_length_normalized,
-             "similarity": cfg.similarity,
+             "similarity": cfg.similarity, "dtype": dtype_name(inference_dtype(cfg.precision)),
              "base_answers": [[r["prompt"], r["response"]] for r in base_answers or []]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -224,6 +227,7 @@ def evaluate(
     seed: int = 0,
     loaded=None,
     base_answers: list[dict] | None = None,
+    general_floor: float | None = None,
 ) -> dict:
     """Evaluate a model on a suite; see the module docstring for the metrics.
 
@@ -232,15 +236,15 @@ def evaluate(
     comparison. val_rows: {prompt, response} rows for perplexity (default: the domain
     references). loaded: an already loaded (model, tokenizer) to skip loading. base_answers:
     {prompt, response} rows the base model gave to held-out general prompts (kaizenlm.base.general):
-    general_agreement is how much of them the model still says.
+    general_agreement is how much of them the model still says. general_floor: the general_score
+    below which the retention gate fails anyway; the general skills are measured first, and a
+    score under it ends the evaluation there (`stopped_early` says why; no domain or refusal
+    scores, no eval_key: such metrics never stand in for a full evaluation).
     """
     cfg = cfg or EvalConfig()
     started = time.perf_counter()
-    net, tokenizer = loaded or load_for_eval(model)
-    exam = suite.domain
-    metrics: dict = _domain_metrics(net, tokenizer, exam, suite.refusals(), cfg)
-    answers = metrics.pop("_answers")
-    metrics.update(_general_metrics(net, tokenizer, suite.general, cfg))
+    net, tokenizer = loaded or load_for_eval(model, cfg.precision)
+    metrics: dict = _general_metrics(net, tokenizer, suite.general, cfg)
     if base_answers:
         answers_now = generate_answers(net, tokenizer, [r["prompt"] for r in base_answers], cfg.max_new_tokens)
         # The base answered once with more tokens than an evaluation generates: compare like with
@@ -249,6 +253,16 @@ def evaluate(
         metrics["general_agreement"] = _mean(token_f1(a, b) for a, b in zip(answers_now, base_now, strict=True))
         metrics["n_general_agreement"] = len(base_answers)
     metrics["general_score"] = metrics.get(RETENTION_METRICS[cfg.retention_metric], metrics["general_score"])
+    if general_floor is not None and metrics["general_score"] < general_floor:
+        metrics["stopped_early"] = (f"general_score {metrics['general_score']:.3f} < {general_floor:.3f}: the "
+                                    "retention gate fails whatever the rest says; domain and refusal not measured")
+        metrics["suite"] = suite.source
+        metrics["eval_seconds"] = round(time.perf_counter() - started, 1)
+        return metrics
+    exam = suite.domain
+    domain = _domain_metrics(net, tokenizer, exam, suite.refusals(), cfg)
+    answers = domain.pop("_answers")
+    metrics.update(domain)
     oos_answers = generate_answers(net, tokenizer, [r["prompt"] for r in suite.refusal], cfg.max_new_tokens)
     metrics["refusal_rate"] = _mean(is_refusal(a, r["reference"]) for a, r in zip(oos_answers, suite.refusal,
                                                                                   strict=True))
@@ -328,7 +342,7 @@ def _compare_with_champion(champion: ModelSpec | dict, exam: list[dict], answers
     if isinstance(champion, dict):
         champ_answers = [champion["answers"][q] for q in questions]
     else:
-        net, tok = load_for_eval(champion)
+        net, tok = load_for_eval(champion, cfg.precision)
         champ_answers = generate_answers(net, tok, questions, cfg.max_new_tokens)
     return pairwise(questions, [answers[i] for i in sample], champ_answers,
                     [exam[i]["reference"] for i in sample], cfg, seed)
@@ -344,6 +358,8 @@ def gate(candidate: dict, champion: dict | None, cfg: EvalConfig | None = None) 
     cfg = cfg or EvalConfig()
     if champion is None:
         return True, ["pass: no champion to compare with"]
+    if any(k not in candidate for k in GATED_KEYS):  # an evaluation that stopped early (general_floor)
+        return _gate_on_what_was_measured(candidate, champion, cfg)
     reasons = []
     cand_d, champ_d = candidate["domain_score"], champion["domain_score"]
     ok_domain = cand_d > champ_d + cfg.min_domain_gain
@@ -359,6 +375,19 @@ def gate(candidate: dict, champion: dict | None, cfg: EvalConfig | None = None) 
     reasons.append(f"{'pass' if ok_refusal else 'fail'}: refusal rate {cand_r:.3f} vs champion {champ_r:.3f} "
                    f"(may drop at most {cfg.max_refusal_drop:.3f})")
     return ok_domain and ok_general and ok_refusal, reasons
+
+
+def _gate_on_what_was_measured(candidate: dict, champion: dict, cfg: EvalConfig) -> tuple[bool, list[str]]:
+    """The retention line for a candidate whose evaluation stopped at its general skills, and a
+    failing line for each check it never reached: a gate passes only on measured numbers."""
+    kept = retention(candidate, champion)
+    ok = kept >= cfg.min_retention
+    reasons = [f"{'pass' if ok else 'fail'}: general-skill retention {kept:.3f} ({candidate['general_score']:.3f} "
+               f"vs {champion['general_score']:.3f}; must be >= {cfg.min_retention:.3f})"]
+    reasons += [f"fail: {name} not measured (the evaluation stopped after the retention check)"
+                for key, name in (("domain_score", "domain score"), ("refusal_rate", "refusal rate"))
+                if key not in candidate]
+    return False, reasons
 
 
 def retention(candidate: dict, champion: dict) -> float:

@@ -96,18 +96,22 @@ class LocalBackend:
     BATCH_WINDOW_S = 0.02
 
     def __init__(self, base_dir: str | Path, device: str = "auto", threads: int | None = None,
-                 default_max_tokens: int = 128):
+                 default_max_tokens: int = 128, precision: str = "fp32"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from kaizenlm.base.model import contiguous_head_input, inference_dtype
 
         if threads:
             torch.set_num_threads(threads)
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.dtype = inference_dtype(precision, self.device)
         self.base_dir = str(base_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_dir)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(self.base_dir).to(self.device).eval()
+        model = AutoModelForCausalLM.from_pretrained(self.base_dir, dtype="float32")
+        self.model = contiguous_head_input(model.to(self.device, self.dtype).eval())
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
         self.default_max_tokens = default_max_tokens
         self.adapters: dict[str, str] = {}
@@ -123,12 +127,15 @@ class LocalBackend:
 
         from peft import PeftModel
 
+        from kaizenlm.base.model import contiguous_head_input
+
         with self.lock:  # the base model must not be mid-generation while it is copied
             if self.adapters:
                 raise ValueError("cannot merge into a base that already serves unmerged adapters")
-            model = copy.deepcopy(self.model)
+            model = copy.deepcopy(self.model).float()  # merged in fp32: a LoRA update added in bf16 rounds away
         merged = copy.copy(self)
-        merged.model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().eval()
+        merged.model = contiguous_head_input(PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+                                             .to(self.dtype).eval())
         merged.adapters, merged.lock = {}, threading.Lock()
         merged.pending, merged.pending_lock = [], threading.Lock()
         return merged
@@ -373,9 +380,9 @@ class LocalServing:
     into the shared base by version id (large bases: one copy in memory)."""
 
     def __init__(self, device: str = "auto", threads: int | None = None, default_max_tokens: int = 128,
-                 merge_max_params: int = 1_000_000_000):
+                 merge_max_params: int = 1_000_000_000, precision: str = "fp32"):
         self.device, self.threads, self.default_max_tokens = device, threads, default_max_tokens
-        self.merge_max_params = merge_max_params
+        self.merge_max_params, self.precision = merge_max_params, precision
         self.bases: dict[str, LocalBackend] = {}
         self.merged: dict[tuple[str, str], LocalBackend] = {}
         self._lock = threading.Lock()
@@ -396,7 +403,8 @@ class LocalServing:
             backend = self.bases.get(target.model_dir)
             if backend is None:
                 try:
-                    backend = LocalBackend(target.model_dir, self.device, self.threads, self.default_max_tokens)
+                    backend = LocalBackend(target.model_dir, self.device, self.threads, self.default_max_tokens,
+                                           self.precision)
                 except OSError as e:
                     raise BackendError(503, f"cannot load the model of '{target.version_id}' from "
                                        f"{target.model_dir}: {e}", "model_load_failed") from None

@@ -128,7 +128,8 @@ def make_backend(serving) -> LocalServing | OpenAIBackend:
     if serving.backend == "openai":
         return OpenAIBackend(serving.upstream_url, serving.upstream_api_key, serving.timeout_s, serving.retries,
                              serving.retry_backoff_s, serving.max_new_tokens)
-    return LocalServing(serving.device, serving.threads, serving.max_new_tokens, serving.merge_adapters_max_params)
+    return LocalServing(serving.device, serving.threads, serving.max_new_tokens, serving.merge_adapters_max_params,
+                        serving.precision)
 
 
 def start_serving(cfg: Config) -> Serving:
