@@ -199,6 +199,8 @@ def main() -> int:
     p.add_argument("--base", help="a converted SmolLM2 directory (default: convert into <out>/base once)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads in all")
     p.add_argument("--jobs", type=int, default=2, help="worker processes running the seeds' tasks side by side")
+    p.add_argument("--train-precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="retrain.precision of SFT and DPO (auto: fp32 on a CPU)")
     args = p.parse_args()
     import torch
 
@@ -218,7 +220,7 @@ def main() -> int:
     base_answers = read_jsonl(heldout_file)
     timings["general_answers_s"] = round(time.perf_counter() - t, 1)
     eval_cfg = EvalConfig(pairwise_sample=0, max_new_tokens=24, similarity=False)
-    run_cfg = RetrainConfig(cpu_threads=max(1, args.threads // args.jobs))
+    run_cfg = RetrainConfig(cpu_threads=max(1, args.threads // args.jobs), precision=args.train_precision)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     common = (base_dir, out, replay_file, base_answers, eval_cfg, run_cfg)
     # Longest first, so the last task to start is a short one.
@@ -253,7 +255,8 @@ def main() -> int:
         **{k: agg(k)["mean"] for k in keys},
         "ranges": {k: agg(k) for k in keys},
         "retention_metric": eval_cfg.retention_metric,
-        "eval_dtype": dtype_name(inference_dtype(eval_cfg.precision)),  # training: fp32 on a CPU
+        "eval_dtype": dtype_name(inference_dtype(eval_cfg.precision)),
+        "train_precision": run_cfg.precision,  # "auto": fp32 on a CPU
         "gate_passed": [r["gate_passed"] for r in per_seed],
         "base": {k: before.get(k) for k in ("domain_score", "general_mc_accuracy", "general_mc_prob", "general_agreement",
                                             "refusal_rate", "dpo_margin")},
