@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kaizenlm.base.embedded import convert_embedded  # noqa: E402
 from kaizenlm.base.general import answers_key, answers_paths, read_jsonl, write_answers  # noqa: E402
-from kaizenlm.base.model import dtype_name, inference_dtype  # noqa: E402
+from kaizenlm.base.model import inference_dtype_name  # noqa: E402
 from kaizenlm.config import EvalConfig, LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
 from kaizenlm.demo.domain import Domain, build_domain  # noqa: E402
 from kaizenlm.demo.inputs import demo_suite  # noqa: E402
@@ -255,7 +255,7 @@ def main() -> int:
         **{k: agg(k)["mean"] for k in keys},
         "ranges": {k: agg(k) for k in keys},
         "retention_metric": eval_cfg.retention_metric,
-        "eval_dtype": dtype_name(inference_dtype(eval_cfg.precision)),
+        "eval_dtype": inference_dtype_name(eval_cfg.precision),
         "train_precision": run_cfg.precision,  # "auto": fp32 on a CPU
         "gate_passed": [r["gate_passed"] for r in per_seed],
         "base": {k: before.get(k) for k in ("domain_score", "general_mc_accuracy", "general_mc_prob", "general_agreement",

@@ -20,6 +20,26 @@ def test_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
         base_model.inference_dtype("fp8")
 
 
+def test_the_keys_that_name_the_dtype_need_no_torch(tmp_path):
+    """The controller computes evaluation and answer keys and never loads torch."""
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text("{}")
+    code = f"""
+import sys
+from kaizenlm.base.general import answers_key
+from kaizenlm.config import EvalConfig
+from kaizenlm.eval.evaluate import evaluation_key
+from kaizenlm.eval.suite import Suite
+evaluation_key(Suite(domain=[{{"prompt": "Q?", "reference": "A."}}], source="s"), EvalConfig(), [])
+answers_key({str(tmp_path)!r}, None, 48, 96)
+print("torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_the_config_names_a_bad_precision():
     with pytest.raises(ConfigError, match="eval.precision"):
         EvalConfig(precision="half")

@@ -90,10 +90,10 @@ def answers_key(base_dir: str | Path, prompts_path: str | Path | None = None, ma
     (the prompts in answer order, how many, the token budget) and the dtype it answers in, so
     changing `[base] general_prompts_path`, `general_answers`, `general_max_new_tokens` or
     `precision` answers anew."""
-    from kaizenlm.base.model import dtype_name, inference_dtype
+    from kaizenlm.base.model import inference_dtype_name
 
     asked = [r["prompt"] for r in answer_order(general_prompts(prompts_path))[:limit]]
-    dtype = dtype_name(inference_dtype(precision))
+    dtype = inference_dtype_name(precision)
     digest = hashlib.sha256(json.dumps([asked, max_new_tokens, dtype]).encode()).hexdigest()[:8]
     return f"{base_key(base_dir)}-{digest}"
 

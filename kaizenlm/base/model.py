@@ -1,10 +1,13 @@
 """Where the base model lives, and loading any Hugging Face causal LM directory (+ a LoRA adapter)
-with its tokenizer; the chat-message form of a prompt that training, evaluation and serving share."""
+with its tokenizer in the inference dtype; the chat-message form of a prompt that training,
+evaluation and serving share."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import re
 from pathlib import Path
 
 EMBEDDED_MARKER = "kaizen_base.json"  # written next to the weights by kaizenlm.base.embedded.convert_embedded
@@ -46,38 +49,44 @@ def as_messages(prompt: str | list[dict], system: str | None = None) -> list[dic
     return messages + [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
-
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+@functools.cache
 def native_cpu_bf16() -> bool:
-    """Does this CPU compute bf16 natively (AVX512-BF16 or AMX)? Elsewhere torch emulates it,
-    slower than fp32."""
-    import torch
+    """Does this CPU compute bf16 natively (the avx512_bf16 or amx_bf16 flag in /proc/cpuinfo)?
+    Elsewhere torch emulates it, slower than fp32. Read without torch: the controller computes
+    evaluation and answer keys, which name the dtype, and never loads torch. No /proc: False."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
 
-    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return any(probe() for probe in probes if probe is not None)
 
-
-def inference_dtype(precision: str = "auto", device: str = "cpu"):
-    """The torch dtype a model answers and scores in: 'fp32', 'bf16', or 'auto' = bf16 where the
-    hardware computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32.
-    Measured on a 2-core AMD EPYC with AVX512-BF16: greedy generation 1.7x and multiple-choice
-    scoring 1.4x faster than fp32, the right choice's probability moving by sd 0.015 a question
-    (docs/TRAINING.md "Inference precision")."""
-    import torch
-
+def inference_dtype_name(precision: str = "auto", device: str = "cpu") -> str:
+    """'bfloat16' or 'float32': the dtype a model answers and scores in. 'fp32', 'bf16', or
+    'auto' = bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with
+    AVX512-BF16 or AMX), else fp32. Measured on a 2-core AMD EPYC with AVX512-BF16: greedy
+    generation 1.7x and multiple-choice scoring 1.4x faster than fp32, the right choice's
+    probability moving by sd 0.015 a question (docs/TRAINING.md "Inference precision"). Only a
+    CUDA device imports torch to ask."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision != "auto":
-        return torch.bfloat16 if precision == "bf16" else torch.float32
+        return "bfloat16" if precision == "bf16" else "float32"
     if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if native_cpu_bf16() else torch.float32
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if native_cpu_bf16() else "float32"
 
 
-def dtype_name(dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+def inference_dtype(precision: str = "auto", device: str = "cpu"):
+    """inference_dtype_name as a torch dtype."""
+    import torch
+
+    return getattr(torch, inference_dtype_name(precision, device))
 
 
 def contiguous_head_input(model):

@@ -17,6 +17,7 @@ Metrics (all in [0, 1] unless said otherwise; greedy decoding; kaizenlm/eval/met
   false_refusal_rate    share of domain questions wrongly refused
   val_perplexity        exp(mean token NLL) of the reference answers (or the given val_rows)
   pairwise_win_rate     blind comparison with the champion's answers on a sample (ties count half)
+  stopped_early         only with general_floor: why the evaluation ended after the general skills
 Forgetting is the caller's subtraction: champion general_score minus candidate general_score.
 Each result carries `eval_key` (evaluation_key): a version's stored metrics stand in for a new
 evaluation of it only under the same key (same suite rows, settings and base answers).
@@ -201,13 +202,13 @@ GATED_KEYS = ("domain_score", "general_score", "refusal_rate")
 
 def evaluation_key(suite: Suite, cfg: EvalConfig, base_answers: list[dict] | None) -> str:
     """What a model's scores depend on besides the model: the suite's rows (an edited suite file
-    keeps its path), the settings that change a score (the dtype eval.precision resolves to among them), and the
-    base answers general agreement compares with."""
-    from kaizenlm.base.model import dtype_name, inference_dtype
+    keeps its path), the settings that change a score (the dtype eval.precision resolves to among
+    them), and the base answers general agreement compares with."""
+    from kaizenlm.base.model import inference_dtype_name
 
     parts = {"suite": suite.content_hash(), "max_new_tokens": cfg.max_new_tokens,
              "retention_metric": cfg.retention_metric, "mc_length_normalized": cfg.mc_length_normalized,
-             "similarity": cfg.similarity, "dtype": dtype_name(inference_dtype(cfg.precision)),
+             "similarity": cfg.similarity, "dtype": inference_dtype_name(cfg.precision),
              "base_answers": [[r["prompt"], r["response"]] for r in base_answers or []]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
