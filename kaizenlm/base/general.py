@@ -27,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from kaizenlm.base.model import base_marker
+from kaizenlm.base.model import base_marker, inference_dtype_name
+from kaizenlm.config.core import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ def answers_key(base_dir: str | Path, prompts_path: str | Path | None = None, ma
     (the prompts in answer order, how many, the token budget) and the dtype it answers in, so
     changing `[base] general_prompts_path`, `general_answers`, `general_max_new_tokens` or
     `precision` answers anew."""
-    from kaizenlm.base.model import inference_dtype_name
-
     asked = [r["prompt"] for r in answer_order(general_prompts(prompts_path))[:limit]]
     dtype = inference_dtype_name(precision)
     digest = hashlib.sha256(json.dumps([asked, max_new_tokens, dtype]).encode()).hexdigest()[:8]
@@ -221,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N prompts (answer_order)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="dtype the base answers in (auto: bf16 where the CPU computes it natively)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

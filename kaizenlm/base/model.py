@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+from kaizenlm.config.core import PRECISIONS
+
 EMBEDDED_MARKER = "kaizen_base.json"  # written next to the weights by kaizenlm.base.embedded.convert_embedded
 
 
@@ -47,9 +49,6 @@ def as_messages(prompt: str | list[dict], system: str | None = None) -> list[dic
     if isinstance(prompt, str):
         return messages + [{"role": "user", "content": prompt}]
     return messages + [{"role": m["role"], "content": m["content"]} for m in prompt]
-
-
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @functools.cache

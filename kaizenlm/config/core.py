@@ -19,6 +19,15 @@ def _check(cond: bool, key: str, problem: str) -> None:
         raise ConfigError(f"config key '{key}': {problem}")
 
 
+# The inference dtypes `base.precision`, `eval.precision` and `serving.precision` take
+# (kaizenlm.base.model.inference_dtype_name resolves "auto").
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def _check_precision(value: str, key: str) -> None:
+    _check(value in PRECISIONS, key, "must be 'auto', 'bf16' or 'fp32'")
+
+
 @dataclass
 class PathsConfig:
     home: str = "~/.kaizen"

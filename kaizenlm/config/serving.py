@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kaizenlm.config.core import ConfigError, _check
+from kaizenlm.config.core import ConfigError, _check, _check_precision
 
 
 @dataclass
@@ -161,7 +161,7 @@ class ServingConfig:
         _check(bool(self.default_alias.strip()), "serving.default_alias", "must name an alias, e.g. 'champion'")
         _check(self.device in ("auto", "cpu", "cuda"), "serving.device", "must be 'auto', 'cpu' or 'cuda'")
         _check(self.threads >= 1, "serving.threads", "must be >= 1")
-        _check(self.precision in ("auto", "bf16", "fp32"), "serving.precision", "must be 'auto', 'bf16' or 'fp32'")
+        _check_precision(self.precision, "serving.precision")
         _check(self.merge_adapters_max_params >= 0, "serving.merge_adapters_max_params", "must be >= 0 (0 = never merge)")
         _check(1.0 <= self.routing_heartbeat_s <= 3600.0, "serving.routing_heartbeat_s", "must be in 1..3600 seconds")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kaizenlm.config.core import _check
+from kaizenlm.config.core import _check, _check_precision
 
 
 @dataclass
@@ -26,7 +26,7 @@ class BaseModelConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.path.strip()), "base.path", "must be 'embedded' or a model directory")
-        _check(self.precision in ("auto", "bf16", "fp32"), "base.precision", "must be 'auto', 'bf16' or 'fp32'")
+        _check_precision(self.precision, "base.precision")
         _check(8 <= self.general_max_new_tokens <= 1024, "base.general_max_new_tokens", "must be in 8..1024")
         _check(10 <= self.general_answers <= 100_000, "base.general_answers", "must be in 10..100000")
         _check(1 <= self.threads <= 256, "base.threads", "must be in 1..256")
@@ -245,7 +245,7 @@ class EvalConfig:
     """Dtype the evaluated models run in: 'auto' (bf16 on a CPU that computes it natively, AVX512-BF16 or AMX; else fp32), 'bf16' or 'fp32'. Part of the evaluation key: metrics measured in another dtype are not reused."""
 
     def __post_init__(self) -> None:
-        _check(self.precision in ("auto", "bf16", "fp32"), "eval.precision", "must be 'auto', 'bf16' or 'fp32'")
+        _check_precision(self.precision, "eval.precision")
         _check(1 <= self.max_new_tokens <= 4096, "eval.max_new_tokens", "must be in 1..4096")
         _check(self.pairwise_sample >= 0, "eval.pairwise_sample", "must be >= 0")
         _check(self.retention_metric in ("choice_prob", "choices", "agreement"), "eval.retention_metric",

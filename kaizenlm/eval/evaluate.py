@@ -367,11 +367,8 @@ def gate(candidate: dict, champion: dict | None, cfg: EvalConfig | None = None) 
     ok_domain = cand_d > champ_d + cfg.min_domain_gain
     reasons.append(f"{'pass' if ok_domain else 'fail'}: domain score {cand_d:.3f} vs champion {champ_d:.3f} "
                    f"(must exceed it by more than {cfg.min_domain_gain:.3f})")
-    cand_g, champ_g = candidate["general_score"], champion["general_score"]
-    kept = retention(candidate, champion)
-    ok_general = kept >= cfg.min_retention
-    reasons.append(f"{'pass' if ok_general else 'fail'}: general-skill retention {kept:.3f} "
-                   f"({cand_g:.3f} vs {champ_g:.3f}; must be >= {cfg.min_retention:.3f})")
+    ok_general, line = _retention_check(candidate, champion, cfg)
+    reasons.append(line)
     cand_r, champ_r = candidate["refusal_rate"], champion["refusal_rate"]
     ok_refusal = cand_r >= champ_r - cfg.max_refusal_drop - 1e-12
     reasons.append(f"{'pass' if ok_refusal else 'fail'}: refusal rate {cand_r:.3f} vs champion {champ_r:.3f} "
@@ -382,14 +379,19 @@ def gate(candidate: dict, champion: dict | None, cfg: EvalConfig | None = None) 
 def _gate_on_what_was_measured(candidate: dict, champion: dict, cfg: EvalConfig) -> tuple[bool, list[str]]:
     """The retention line for a candidate whose evaluation stopped at its general skills, and a
     failing line for each check it never reached: a gate passes only on measured numbers."""
-    kept = retention(candidate, champion)
-    ok = kept >= cfg.min_retention
-    reasons = [f"{'pass' if ok else 'fail'}: general-skill retention {kept:.3f} ({candidate['general_score']:.3f} "
-               f"vs {champion['general_score']:.3f}; must be >= {cfg.min_retention:.3f})"]
+    reasons = [_retention_check(candidate, champion, cfg)[1]]
     reasons += [f"fail: {name} not measured (the evaluation stopped after the retention check)"
                 for key, name in (("domain_score", "domain score"), ("refusal_rate", "refusal rate"))
                 if key not in candidate]
     return False, reasons
+
+
+def _retention_check(candidate: dict, champion: dict, cfg: EvalConfig) -> tuple[bool, str]:
+    """Does the candidate keep at least eval.min_retention of the champion's general score? And the gate line."""
+    kept = retention(candidate, champion)
+    ok = kept >= cfg.min_retention
+    return ok, (f"{'pass' if ok else 'fail'}: general-skill retention {kept:.3f} ({candidate['general_score']:.3f} "
+                f"vs {champion['general_score']:.3f}; must be >= {cfg.min_retention:.3f})")
 
 
 def retention(candidate: dict, champion: dict) -> float:
