@@ -47,6 +47,7 @@ from kaizenlm.retrain import anchor  # noqa: E402
 from kaizenlm.retrain.lora_dpo import train_dpo  # noqa: E402
 from kaizenlm.retrain.lora_sft import resolve_config as sft_config  # noqa: E402
 from kaizenlm.retrain.lora_sft import train_sft  # noqa: E402
+from kaizenlm.retrain.training import training_precision  # noqa: E402
 
 REPLAY_RATIO = 0.08  # the share the issue asks about (curation.replay_fraction's default)
 GENERAL_ANSWERS = 96  # general prompts the base answers for this benchmark (replay pool + held-out agreement)
@@ -200,7 +201,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="CPU threads in all")
     p.add_argument("--jobs", type=int, default=2, help="worker processes running the seeds' tasks side by side")
     p.add_argument("--train-precision", default="auto", choices=("auto", "bf16", "fp32"),
-                   help="retrain.precision of SFT and DPO (auto: fp32 on a CPU)")
+                   help="retrain.precision of SFT and DPO (auto: bf16 where the CPU computes it natively)")
     args = p.parse_args()
     import torch
 
@@ -256,7 +257,7 @@ def main() -> int:
         "ranges": {k: agg(k) for k in keys},
         "retention_metric": eval_cfg.retention_metric,
         "eval_dtype": inference_dtype_name(eval_cfg.precision),
-        "train_precision": run_cfg.precision,  # "auto": fp32 on a CPU
+        "train_precision": training_precision(run_cfg.precision),
         "gate_passed": [r["gate_passed"] for r in per_seed],
         "base": {k: before.get(k) for k in ("domain_score", "general_mc_accuracy", "general_mc_prob", "general_agreement",
                                             "refusal_rate", "dpo_margin")},

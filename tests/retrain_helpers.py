@@ -10,7 +10,9 @@ from kaizenlm.config import LoraDPOConfig, LoraSFTConfig, RetrainConfig
 
 TINY_BASE = TinyBaseConfig(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                             max_position=64, steps=4, batch_size=8, warmup_steps=1, rows_per_skill=20)
-FAST_RUN = RetrainConfig(seed=0, cpu_threads=2, keep_checkpoints=5)
+# fp32 on every CPU: "auto" trains in bf16 where the CPU computes it natively, and the unit tier
+# compares runs step by step (tests/test_recipes.py trains in bf16 on purpose).
+FAST_RUN = RetrainConfig(seed=0, cpu_threads=2, keep_checkpoints=5, precision="fp32")
 
 
 def build_tiny_base(out_dir: Path) -> Path:

@@ -148,3 +148,26 @@ def test_the_general_answers_are_cached_per_base_and_per_what_was_asked(tmp_path
     assert general.configured_answers_paths(cfg, base) == general.answers_paths(cfg.home, key)
     cfg = Config(paths=PathsConfig(home=str(tmp_path / "home")), base=BaseModelConfig(general_prompts_path=str(own)))
     assert general.configured_answers_paths(cfg, base)[0].name == general.answers_key(base, own, 48, 96) + ".jsonl"
+
+
+def test_a_converted_base_and_its_registered_copy_share_the_answers_key(tmp_path):
+    """The conversion's child answers before the controller registers the copy: the copy must find them."""
+    import shutil
+
+    from kaizenlm.base import general
+    from kaizenlm.base.model import EMBEDDED_MARKER
+    from kaizenlm.registry.artifacts import store_artifacts
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    plain_key = general.base_key(base)  # no marker: a hash of the files
+    (base / EMBEDDED_MARKER).write_text(json.dumps({"name": "SmolLM2-135M-Instruct", "content_hash": "ab" * 32}))
+    copy, digest = store_artifacts(base, tmp_path / "home")
+    assert general.base_key(base) == general.base_key(copy) == "ab" * 8 != plain_key
+    # A registered base kaizenlm did not convert: keyed by its content-addressed name.
+    other = tmp_path / "other"
+    shutil.copytree(base, other)
+    (other / EMBEDDED_MARKER).unlink()
+    other_copy, other_digest = store_artifacts(other, tmp_path / "home")
+    assert general.base_key(other_copy) == other_digest[:16] == general.base_key(other)

@@ -20,6 +20,17 @@ def test_auto_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
         base_model.inference_dtype("fp8")
 
 
+def test_training_auto_precision_follows_the_same_probe(monkeypatch):
+    from kaizenlm.retrain import training
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(training, "native_cpu_bf16", lambda: True)
+    assert training.training_precision("auto") == "bf16"
+    monkeypatch.setattr(training, "native_cpu_bf16", lambda: False)
+    assert training.training_precision("auto") == "fp32"
+    assert training.training_precision("bf16") == "bf16" and training.training_precision("fp32") == "fp32"
+
+
 def test_the_keys_that_name_the_dtype_need_no_torch(tmp_path):
     """The controller computes evaluation and answer keys and never loads torch."""
     import subprocess

@@ -73,6 +73,20 @@ def test_sft_trains_the_adapter_from_a_parquet_snapshot(base_dir, domain, tmp_pa
     assert set(config["target_modules"]) == {"q_proj", "v_proj"}  # the default: only the embedded base gets all-linear
 
 
+def test_sft_in_bf16_keeps_the_adapter_in_fp32_and_learns(base_dir, domain, tmp_path):
+    """What "auto" picks on a CPU with AVX512-BF16 or AMX (and on a bf16 GPU): bf16 weights with
+    autocast, the LoRA weights and their optimizer in fp32 (forced here, whatever the CPU)."""
+    import dataclasses
+
+    metrics = lora_sft.train_sft(base_dir, sft_rows(domain), tmp_path / "sft", sft_cfg(epochs=3.0),
+                                 dataclasses.replace(FAST_RUN, precision="bf16"))
+    curve = [loss for _, loss in metrics["train_loss_curve"]]
+    assert len(curve) >= 2 and curve[-1] < curve[0]  # it learnt
+    weights = load_file(tmp_path / "sft" / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(v.dtype == torch.float32 and v.abs().sum() > 0 for v in lora_b)
+
+
 def test_kl_anchor_trains_towards_the_base_and_logs_its_kl_apart(base_dir, domain, tmp_path):
     from kaizenlm.demo.general import general_skills
     from kaizenlm.retrain import anchor

@@ -37,7 +37,9 @@ def check_base(cfg) -> Path:
 
 def ensure_base_in_child(cfg, log_fn: Callable[[str], None] = print) -> Path:
     """The base directory; the embedded model is converted first (in a child process, so the
-    caller never loads torch) when it is not on disk yet."""
+    caller never loads torch) when it is not on disk yet. The same child then has it answer the
+    general prompts (the answers are keyed by content, so the registered copy finds them): one
+    process loading torch and the model instead of two."""
     base_dir = resolve_base_path(cfg)
     if is_hf_model_dir(base_dir) or cfg.base.path != "embedded":
         return check_base(cfg)
@@ -45,7 +47,7 @@ def ensure_base_in_child(cfg, log_fn: Callable[[str], None] = print) -> Path:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_fn(f"converting the embedded base model into {base_dir} (once; log: {log_path})")
     with open(log_path, "ab") as out:
-        done = subprocess.run([sys.executable, "-m", "kaizenlm.cli", "base", "build", "--no-register", "--no-answers",
+        done = subprocess.run([sys.executable, "-m", "kaizenlm.cli", "base", "build", "--no-register",
                                "--out", str(base_dir)], stdout=out, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"building the base model failed (exit {done.returncode}); see {log_path}")

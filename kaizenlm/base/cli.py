@@ -51,7 +51,7 @@ def run(args, cfg) -> int:
     if not args.no_register:
         report["registered"] = _register(cfg, base_dir)
     if not args.no_answers:
-        report["general_answers"] = _answer(cfg, base_dir)
+        report["general_answers"] = _answer(cfg, base_dir, registered=not args.no_register)
     print(json.dumps(report, indent=2, default=str) if args.json else _text(report))
     return 0
 
@@ -67,12 +67,24 @@ def _register(cfg, base_dir: Path) -> dict | None:
         raise UsageError(f"registering {base_dir} failed: {e}") from None
 
 
-def _answer(cfg, base_dir: Path) -> dict:
-    """The general answers of the registered copy (what retraining starts from), in a child process."""
-    from kaizenlm.base.general import ensure_answers_in_child
+def _answer(cfg, base_dir: Path, registered: bool) -> dict:
+    """The general answers of the base (of its registered copy when `registered`; the embedded
+    model's are keyed by its content, so the built directory and the copy share them), computed in
+    this process when missing: the process that has just converted the model has torch and
+    transformers loaded already (a child would import them again, ~9 s)."""
+    from kaizenlm.base.general import configured_answers_paths, write_answers
 
-    target = _registered_base_dir(cfg) or base_dir
-    train_path, heldout_path = ensure_answers_in_child(cfg, target, lambda m: print(m, file=sys.stderr, flush=True))
+    # --no-register (the controller's child): never ask the registry, whose controller is busy starting.
+    target = (_registered_base_dir(cfg) if registered else None) or base_dir
+    train_path, heldout_path = configured_answers_paths(cfg, target)
+    if not (train_path.is_file() and heldout_path.is_file()):
+        import torch
+
+        print(f"answering the general prompts with the base {target} (once per base)", file=sys.stderr, flush=True)
+        torch.set_num_threads(cfg.base.threads)
+        train_path, heldout_path = write_answers(target, cfg.home, cfg.base.general_prompts_path or None,
+                                                 cfg.base.general_max_new_tokens, cfg.base.general_answers,
+                                                 cfg.base.precision)
     return {"replay": str(train_path), "heldout": str(heldout_path)}
 
 

@@ -14,6 +14,8 @@ not needed), and `importlib.util.find_spec` finds the file without importing the
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -58,8 +60,9 @@ def convert_embedded(out_dir: Path) -> dict:
     started = time.perf_counter()
     folder = gguf_location()
     log.info("converting %s from %s", EMBEDDED_FILE, folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_FILE)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_FILE, dtype=torch.float32)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_FILE)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_FILE, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):  # the dequantized weights are plain fp32 now
         delattr(config, "quantization_config")
@@ -87,6 +90,26 @@ def convert_embedded(out_dir: Path) -> dict:
     log.info("saved %s to %s (%s parameters, %.1f s)", EMBEDDED_NAME, out_dir, marker["parameters"],
              marker["convert_seconds"])
     return marker
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """While converting, one parse of the GGUF file and one tensor-name map.
+
+    Why: transformers reads the file anew for the config, the tokenizer's config, the tokenizer
+    and the weights, each time parsing its metadata (the 49k-token vocabulary and merges)
+    element by element, and builds gguf's tensor-name map once per module (~400 times); that was
+    most of the conversion's time, the dequantizing ~3 s of it. Both are looked up through the
+    `gguf` module when called, so caching them there for the conversion's span is enough.
+    """
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader, gguf.get_tensor_name_map = functools.cache(reader), functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
 
 
 def _wheel_version() -> str:

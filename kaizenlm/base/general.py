@@ -72,14 +72,15 @@ def is_held_out(prompt: str) -> bool:
 
 
 def base_key(base_dir: str | Path) -> str:
-    """A short content key of a base model: the content-addressed artifact name when the base is a
-    registered version, else the hash its kaizenlm marker recorded, else a hash of its files."""
+    """A short content key of a base model: the hash its kaizenlm marker recorded (the same for the
+    built directory and its registered copy, so the build can answer before registering), else the
+    content-addressed artifact name when the base is a registered version, else a hash of its files."""
     base_dir = Path(base_dir)
-    if base_dir.parent.name == "artifacts" and len(base_dir.name) == 64:
-        return base_dir.name[:16]
     recorded = base_marker(base_dir).get("content_hash")
     if recorded:
         return recorded[:16]
+    if base_dir.parent.name == "artifacts" and len(base_dir.name) == 64:
+        return base_dir.name[:16]
     from kaizenlm.registry.artifacts import hash_dir
 
     return hash_dir(base_dir)[:16]

@@ -165,7 +165,7 @@ class RetrainConfig:
     seed: int = 0
     """Seed of data shuffling, LoRA initialisation and the train/validation split."""
     precision: str = "auto"
-    """'auto' (bf16 on a GPU that supports it, else fp32), 'bf16', 'fp16' or 'fp32'."""
+    """'auto' (bf16 on a GPU that supports it or a CPU with AVX512-BF16/AMX, else fp32), 'bf16', 'fp16' or 'fp32'."""
     gradient_checkpointing: str = "auto"
     """'auto' (on with a GPU, off on CPU where memory is not the limit), 'on' or 'off'."""
     cpu_threads: int = 2

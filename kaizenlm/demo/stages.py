@@ -6,7 +6,9 @@ exactly as an operator's tools would, and adds its figures to the demo summary.
 
 from __future__ import annotations
 
+import importlib
 import random
+import threading
 import time
 
 import httpx
@@ -64,6 +66,10 @@ NEW_DOCUMENTS = [
 def stage_knowledge(ctx) -> None:
     """Weekly tier: the support documents (three of them new) -> a FAISS knowledge version; the
     new facts are answered through retrieval before any retrain has taught them."""
+    # The bad candidate trains next, in this process: import trl and peft now (~10 s of one core),
+    # while the refresh job and the gateway's few answers leave a core idle.
+    threading.Thread(target=importlib.import_module, args=("kaizenlm.retrain.lora_sft",), daemon=True,
+                     name="import-training").start()
     docs = ctx.cfg.home / "docs"
     written = ctx.domain.write_documents(docs)
     for doc_id, title, text, _, _ in NEW_DOCUMENTS:

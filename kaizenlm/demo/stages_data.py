@@ -24,7 +24,8 @@ def wait_for_general_answers(ctx, timeout_s: float = GENERAL_ANSWERS_TIMEOUT_S) 
         while ctx.cfg.replay_path is None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the base has not answered the general prompts after {timeout_s:.0f} s; "
-                                   f"see {ctx.cfg.home / 'logs' / 'general-answers.log'} and rerun `kaizen demo`")
+                                   f"see {ctx.cfg.home / 'logs' / 'base-build.log'} (or general-answers.log there) "
+                                   "and rerun `kaizen demo`")
             time.sleep(2.0)
 
 

@@ -246,14 +246,10 @@ def evaluate(
     started = time.perf_counter()
     net, tokenizer = loaded or load_for_eval(model, cfg.precision)
     metrics: dict = _general_metrics(net, tokenizer, suite.general, cfg)
-    if base_answers:
-        answers_now = generate_answers(net, tokenizer, [r["prompt"] for r in base_answers], cfg.max_new_tokens)
-        # The base answered once with more tokens than an evaluation generates: compare like with
-        # like, so the base itself agrees with its own answers (~1.0 in fp32; ~0.94 in bf16, whose
-        # rounding depends on the batch a prompt runs in) and the ratio reads as retention.
-        base_now = [_first_tokens(tokenizer, r["response"], cfg.max_new_tokens) for r in base_answers]
-        metrics["general_agreement"] = _mean(token_f1(a, b) for a, b in zip(answers_now, base_now, strict=True))
-        metrics["n_general_agreement"] = len(base_answers)
+    base_answers = base_answers or []
+    agreement_first = bool(base_answers) and cfg.retention_metric == "agreement"  # the floor needs it now
+    if agreement_first:
+        metrics.update(_agreement(tokenizer, base_answers, _generate(net, tokenizer, base_answers, cfg), cfg))
     metrics["general_score"] = metrics.get(RETENTION_METRICS[cfg.retention_metric], metrics["general_score"])
     if general_floor is not None and metrics["general_score"] < general_floor:
         metrics["stopped_early"] = (f"general_score {metrics['general_score']:.3f} < {general_floor:.3f}: the "
@@ -262,10 +258,14 @@ def evaluate(
         metrics["eval_seconds"] = round(time.perf_counter() - started, 1)
         return metrics
     exam = suite.domain
-    domain = _domain_metrics(net, tokenizer, exam, suite.refusals(), cfg)
-    answers = domain.pop("_answers")
-    metrics.update(domain)
-    oos_answers = generate_answers(net, tokenizer, [r["prompt"] for r in suite.refusal], cfg.max_new_tokens)
+    # Every answer still to generate in one call: fewer, fuller batches than one call per part.
+    later = [] if agreement_first else base_answers
+    generated = _generate(net, tokenizer, [*later, *exam, *suite.refusal], cfg)
+    if later:
+        metrics.update(_agreement(tokenizer, later, generated[:len(later)], cfg))
+    answers = generated[len(later):len(later) + len(exam)]
+    oos_answers = generated[len(later) + len(exam):]
+    metrics.update(_domain_metrics(answers, exam, suite.refusals(), cfg))
     metrics["refusal_rate"] = _mean(is_refusal(a, r["reference"]) for a, r in zip(oos_answers, suite.refusal,
                                                                                   strict=True))
     metrics["n_refusal"] = len(oos_answers)
@@ -280,10 +280,23 @@ def evaluate(
     return metrics
 
 
-def _domain_metrics(net, tokenizer, exam: list[dict], refusals: set[str], cfg: EvalConfig) -> dict:
+def _generate(net, tokenizer, rows: list[dict], cfg: EvalConfig) -> list[str]:
+    return generate_answers(net, tokenizer, [r["prompt"] for r in rows], cfg.max_new_tokens)
+
+
+def _agreement(tokenizer, base_answers: list[dict], answers_now: list[str], cfg: EvalConfig) -> dict:
+    """general_agreement: token F1 of the model's answers with the base's own to the same prompts."""
+    # The base answered once with more tokens than an evaluation generates: compare like with
+    # like, so the base itself agrees with its own answers (~1.0 in fp32; ~0.94 in bf16, whose
+    # rounding depends on the batch a prompt runs in) and the ratio reads as retention.
+    base_now = [_first_tokens(tokenizer, r["response"], cfg.max_new_tokens) for r in base_answers]
+    return {"general_agreement": _mean(token_f1(a, b) for a, b in zip(answers_now, base_now, strict=True)),
+            "n_general_agreement": len(base_answers)}
+
+
+def _domain_metrics(answers: list[str], exam: list[dict], refusals: set[str], cfg: EvalConfig) -> dict:
     """The domain exam: key facts stated (domain_score, what the gate compares), word overlap,
     embedding similarity to the reference, and how often a domain question was refused."""
-    answers = generate_answers(net, tokenizer, [r["prompt"] for r in exam], cfg.max_new_tokens)
     pairs = list(zip(answers, exam, strict=True))
     metrics = {
         "domain_score": _mean(key_fact_score(a, r["reference"], r.get("must_include")) for a, r in pairs),
@@ -292,7 +305,6 @@ def _domain_metrics(net, tokenizer, exam: list[dict], refusals: set[str], cfg: E
         "domain_rouge_l": _mean(rouge_l(a, r["reference"]) for a, r in pairs),
         "false_refusal_rate": _mean(any(is_refusal(a, text) for text in refusals) for a in answers),
         "n_exam": len(exam),
-        "_answers": answers,
     }
     if cfg.similarity and exam:
         metrics["domain_similarity"] = _mean(similarities(answers, [r["reference"] for r in exam]))

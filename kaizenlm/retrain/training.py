@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from kaizenlm.base.model import native_cpu_bf16  # noqa: E402
 from kaizenlm.config import LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
 
 if TYPE_CHECKING:
@@ -72,15 +73,23 @@ def apply_overrides(cfg, overrides: dict):
     return dataclasses.replace(cfg, **changes)
 
 
+def training_precision(precision: str) -> str:
+    """retrain.precision resolved: "auto" is bf16 where the hardware computes it natively (a CUDA
+    GPU with bf16, a CPU with AVX512-BF16 or AMX), as for inference, else fp32."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if native_cpu_bf16() else "fp32"
+
+
 def hardware(run: RetrainConfig) -> dict:
     """Device, precision, gradient checkpointing, padding-free batches and the attention kernel
     for this machine and config (the "auto" choices: docs/TRAINING.md "Training speed")."""
     from kaizenlm.retrain import launch, speed
 
     cuda = torch.cuda.is_available()
-    precision = run.precision
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    precision = training_precision(run.precision)
     checkpointing = run.gradient_checkpointing == "on" or (run.gradient_checkpointing == "auto" and cuda)
     padding_free = run.padding_free == "on" or (run.padding_free == "auto" and not cuda)
     attention = run.attention
