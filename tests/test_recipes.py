@@ -13,7 +13,7 @@ from retrain_helpers import FAST_RUN, build_tiny_base, dpo_cfg, sft_cfg
 from safetensors.torch import load_file, save_file
 
 from kaizenlm.base.embedded import EMBEDDED_NAME
-from kaizenlm.config import LoraDPOConfig, LoraSFTConfig
+from kaizenlm.config import ConfigError, LoraDPOConfig, LoraSFTConfig
 from kaizenlm.demo.domain import build_domain
 from kaizenlm.retrain import lora_dpo, lora_sft, training
 from kaizenlm.retrain.monitoring import HealthMonitor, NonFiniteLossError
@@ -145,6 +145,16 @@ def test_dpo_on_top_of_sft_changes_the_adapter(base_dir, domain, tmp_path):
     assert before.keys() == after.keys()
     changed = [k for k in before if "lora" in k and not torch.equal(before[k], after[k])]
     assert changed, "DPO left every LoRA weight as the SFT adapter had it"
+
+
+def test_dpo_max_pairs_trains_on_a_sample_of_the_pairs(base_dir, domain, tmp_path):
+    lora_sft.train_sft(base_dir, sft_rows(domain), tmp_path / "sft", sft_cfg(epochs=1.0), FAST_RUN)
+    pairs = dpo_rows(domain)
+    metrics = lora_dpo.train_dpo(base_dir, tmp_path / "sft" / "adapter", pairs, tmp_path / "dpo",
+                                 dpo_cfg(epochs=1.0, max_pairs=8, val_fraction=0.0), FAST_RUN)
+    assert len(pairs) > 8 and metrics["train_pairs"] == 8 and metrics["steps"] == 1  # 8 pairs, batch 8
+    with pytest.raises(ConfigError, match="dpo.max_pairs"):
+        LoraDPOConfig(max_pairs=-1)
 
 
 @pytest.mark.slow  # two training runs: ~10 s alone, 15-45 s on the shared 2-core machine

@@ -134,6 +134,8 @@ class LoraDPOConfig:
     """Evaluations without a better validation loss before training stops; 0 disables early stopping."""
     evals_per_epoch: int = 2
     """Validation-loss evaluations (and checkpoints) per epoch."""
+    max_pairs: int = 0
+    """Most preference pairs one run trains on (a sample drawn with the run's seed; the validation pairs are kept apart first). 0 = all of them. More pairs are more steps, and on a small model more drift of the general skills (docs/TRAINING.md)."""
     anchor_weight: float = 0.0
     """Weight of the KL anchor to the base model on general prompts, as sft.anchor_weight (same rows). 0 = off, the default for real models; the embedded SmolLM2 uses 10."""
     anchor_batch_size: int = 16
@@ -153,6 +155,7 @@ class LoraDPOConfig:
         _check(0.0 <= self.val_fraction < 0.5, "dpo.val_fraction", "must be in [0, 0.5)")
         _check(self.early_stopping_patience >= 0, "dpo.early_stopping_patience", "must be >= 0")
         _check(self.evals_per_epoch >= 1, "dpo.evals_per_epoch", "must be >= 1")
+        _check(self.max_pairs >= 0, "dpo.max_pairs", "must be >= 0 (0 = every pair)")
         _check(self.anchor_weight >= 0, "dpo.anchor_weight", "must be >= 0 (0 turns the KL anchor off)")
         _check(self.anchor_batch_size >= 1, "dpo.anchor_batch_size", "must be >= 1")
         _check(self.anchor_answer_tokens >= 0, "dpo.anchor_answer_tokens", "must be >= 0 (0 = the whole answer)")

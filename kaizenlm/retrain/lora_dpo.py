@@ -88,6 +88,9 @@ def train_dpo(
         if eval_pairs is not None:
             val_rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in training.load_rows(eval_pairs)]
         train_ds, val_ds = _setup_data(rows, val_rows, cfg, run.seed, chat)
+        if 0 < cfg.max_pairs < len(train_ds):
+            training.log.info("dpo: %d of %d pairs (dpo.max_pairs)", cfg.max_pairs, len(train_ds))
+            train_ds = train_ds.shuffle(seed=run.seed).select(range(cfg.max_pairs))
         args = _setup_training_args(cfg, run, hw, run_dir, len(train_ds), val_ds is not None)
         monitor, callbacks = training.callbacks(cfg, run, run_dir, val_ds is not None, name=f"dpo {run_dir.name}")
         anchor = setup_anchor(anchor_rows, cfg, model, tokenizer, chat, run.seed)
