@@ -430,14 +430,6 @@ class LocalServing:
                 log.info("serving %s merged into its own copy of %s", target.version_id, target.model_dir)
         return merged
 
-    @staticmethod
-    def import_libraries() -> None:
-        """Import torch and transformers (run in a background thread when the gateway starts):
-        ~5 s of one core that a first start otherwise spends after the base is registered, while
-        users wait, instead of while the controller converts it."""
-        import torch  # noqa: F401
-        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
-
     def warm(self, targets: list[Target]) -> None:
         """Load what these targets need (run in a background thread when routing changes)."""
         for target in targets:

@@ -144,8 +144,6 @@ def start_serving(cfg: Config) -> Serving:
             wanted |= {v for e in state.experiments for v in (e.champion, e.challenger)}
             targets = [state.targets[v] for v in sorted(wanted) if v in state.targets]
             threading.Thread(target=backend.warm, args=(targets,), name="local-warm", daemon=True).start()
-    if isinstance(backend, LocalServing):
-        threading.Thread(target=backend.import_libraries, name="local-import", daemon=True).start()
     follower = RoutingFollower(cfg, on_change=on_change).start()
     return Serving(cfg, follower, backend, knowledge)
 
