@@ -24,9 +24,9 @@ def test_training_auto_precision_follows_the_same_probe(monkeypatch):
     from kaizenlm.retrain import training
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(training, "native_cpu_bf16", lambda: True)
+    monkeypatch.setattr(base_model, "native_cpu_bf16", lambda: True)
     assert training.training_precision("auto") == "bf16"
-    monkeypatch.setattr(training, "native_cpu_bf16", lambda: False)
+    monkeypatch.setattr(base_model, "native_cpu_bf16", lambda: False)
     assert training.training_precision("auto") == "fp32"
     assert training.training_precision("bf16") == "bf16" and training.training_precision("fp32") == "fp32"
 

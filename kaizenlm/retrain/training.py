@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from kaizenlm.base.model import native_cpu_bf16  # noqa: E402
+from kaizenlm.base.model import inference_dtype_name  # noqa: E402
 from kaizenlm.config import LoraDPOConfig, LoraSFTConfig, RetrainConfig  # noqa: E402
 
 if TYPE_CHECKING:
@@ -75,12 +75,11 @@ def apply_overrides(cfg, overrides: dict):
 
 def training_precision(precision: str) -> str:
     """retrain.precision resolved: "auto" is bf16 where the hardware computes it natively (a CUDA
-    GPU with bf16, a CPU with AVX512-BF16 or AMX), as for inference, else fp32."""
+    GPU with bf16, a CPU with AVX512-BF16 or AMX), the same probe as inference's, else fp32."""
     if precision != "auto":
         return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if native_cpu_bf16() else "fp32"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "bf16" if inference_dtype_name("auto", device) == "bfloat16" else "fp32"
 
 
 def hardware(run: RetrainConfig) -> dict:
